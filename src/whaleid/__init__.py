@@ -1,0 +1,3 @@
+"""whaleid: photo-identification of individual whales and dolphins."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,82 @@
+"""What a model sees of a photo: train/eval transforms and the photo dataset."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch.utils.data import Dataset
+from torchvision.transforms import v2
+
+from whaleid.images import ImageError, open_image
+
+
+def eval_transform(size: int, mean: Sequence[float], std: Sequence[float]) -> Callable:
+    return v2.Compose(
+        [
+            v2.ToImage(),
+            v2.Resize((size, size), antialias=True),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(mean, std),
+        ]
+    )
+
+
+def train_transform(
+    size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    hflip: bool = False,
+    rotation: float = 10.0,
+    crop_scale: tuple[float, float] = (0.7, 1.0),
+    jitter: float = 0.2,
+    cutout: float = 0.25,
+) -> Callable:
+    """The Happywhale notebooks' augmentations.
+
+    Horizontal flip is off by default: it turns a left-side fin or a callosity
+    pattern into another animal's, so it is a per-dataset choice.
+    """
+    steps = [
+        v2.ToImage(),
+        v2.RandomResizedCrop((size, size), scale=crop_scale, ratio=(0.85, 1.18), antialias=True),
+        v2.RandomAffine(degrees=rotation),
+    ]
+    if hflip:
+        steps.append(v2.RandomHorizontalFlip())
+    steps += [
+        v2.ColorJitter(brightness=jitter, contrast=jitter, saturation=jitter, hue=jitter / 4),
+        v2.ToDtype(torch.float32, scale=True),
+        v2.Normalize(mean, std),
+    ]
+    if cutout:
+        steps.append(v2.RandomErasing(p=cutout, scale=(0.02, 0.15), value=0))
+    return v2.Compose(steps)
+
+
+class PhotoDataset(Dataset):
+    """Photos by path, with integer targets; an unreadable photo yields None (see `collate_skipping`)."""
+
+    def __init__(self, paths: Sequence[str], transform: Callable, targets: Sequence[int] | None = None):
+        self.paths = list(paths)
+        self.transform = transform
+        self.targets = list(targets) if targets is not None else [-1] * len(self.paths)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        try:
+            image = open_image(self.paths[i])
+        except ImageError:
+            return None
+        return self.transform(image), self.targets[i], i
+
+
+def collate_skipping(batch: list):
+    """Drop photos that failed to open so one bad file never stops a long job."""
+    kept = [item for item in batch if item is not None]
+    if not kept:
+        return None
+    images, targets, indices = zip(*kept)
+    return torch.stack(images), torch.as_tensor(targets), torch.as_tensor(indices)

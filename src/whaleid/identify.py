@@ -1,0 +1,299 @@
+"""From neighbour lists to answers: top individuals per query, the "new_individual"
+decision, and the ``Identifier`` that bundles an index, its labels and a threshold.
+
+The recipe is the one the Happywhale notebooks converged on: search k (~100) nearest
+gallery photos by cosine, keep each individual's best score ("max cosine per
+individual"), and insert "new_individual" in front of the first candidate whose score
+falls below a threshold calibrated on held-out individuals.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from whaleid.evaluate import CUTOFF, NEW_INDIVIDUAL, default_thresholds, threshold_sweep
+from whaleid.index import Index, atomic_path, load_index
+
+__all__ = [
+    "NEW_INDIVIDUAL",
+    "Ranking",
+    "top_individuals",
+    "insert_new_individual",
+    "Identifier",
+    "calibrate_threshold",
+]
+
+SIDECAR = "identifier.json"
+INDEX_FILE = "index.npz"
+IDS_FILE = "gallery_ids.json"
+FORMAT = "whaleid.identifier"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class Ranking:
+    """Candidate individuals for one query, best first, with their cosine scores."""
+
+    ids: list[str]
+    scores: list[float]
+
+    def __post_init__(self) -> None:
+        if len(self.ids) != len(self.scores):
+            raise ValueError(f"Ranking has {len(self.ids)} ids but {len(self.scores)} scores")
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"ids": list(self.ids), "scores": [float(s) for s in self.scores]}
+
+
+def _check_gallery_ids(gallery_ids: Sequence[str]) -> list[str]:
+    ids = list(gallery_ids)
+    for i, x in enumerate(ids):
+        if not isinstance(x, str) or not x:
+            raise TypeError(f"gallery_ids[{i}] = {x!r}; ids must be non-empty strings")
+    if NEW_INDIVIDUAL in ids:
+        raise ValueError(f"{NEW_INDIVIDUAL!r} is reserved for the 'not in the gallery' answer "
+                         "and cannot label gallery photos")
+    return ids
+
+
+def top_individuals(
+    scores: np.ndarray, indices: np.ndarray, gallery_ids: Sequence[str], top: int = CUTOFF
+) -> list[Ranking]:
+    """Collapse neighbour photos to distinct individuals, each at its best score.
+
+    An individual with many catalog photos would otherwise fill all five slots. Rows
+    need not be pre-sorted (they are re-sorted, stably); index -1 (an approximate
+    index's empty slot) is skipped. Fewer than ``top`` entries come back when the
+    neighbours hold fewer distinct individuals.
+    """
+    scores = np.asarray(scores)
+    indices = np.asarray(indices)
+    if scores.shape != indices.shape or scores.ndim != 2:
+        raise ValueError(f"scores {scores.shape} and indices {indices.shape} must be the "
+                         "same 2-D shape (queries, neighbours)")
+    if top < 1:
+        raise ValueError(f"top must be >= 1, got {top}")
+    labels = np.asarray(list(gallery_ids), dtype=object)
+    valid = indices >= 0
+    if valid.any() and indices[valid].max() >= len(labels):
+        raise IndexError(f"neighbour index {indices[valid].max()} is out of range for "
+                         f"{len(labels)} gallery ids")
+    order = np.argsort(np.where(valid, -scores, np.inf), axis=1, kind="stable")
+    scores = np.take_along_axis(scores, order, axis=1)
+    indices = np.take_along_axis(indices, order, axis=1)
+    out: list[Ranking] = []
+    for row_scores, row_idx in zip(scores.tolist(), indices.tolist()):
+        ids: list[str] = []
+        best: list[float] = []
+        seen: set[str] = set()
+        for s, i in zip(row_scores, row_idx):
+            if i < 0:
+                break  # invalid slots were sorted last
+            ident = labels[i]
+            if ident in seen:
+                continue
+            seen.add(ident)
+            ids.append(ident)
+            best.append(float(s))
+            if len(ids) == top:
+                break
+        out.append(Ranking(ids, best))
+    return out
+
+
+def insert_new_individual(ranking: Ranking, threshold: float, top: int = CUTOFF) -> Ranking:
+    """Put "new_individual" in front of the first candidate scoring below ``threshold``.
+
+    If every candidate clears the threshold it goes after them (still within ``top`` if
+    there is room), so a query whose neighbours hold only a few individuals still
+    offers "new" as an answer. Its score is reported as the threshold. The result holds
+    distinct ids and at most ``top`` of them; no padding is invented here (see
+    ``evaluate.write_submission`` for the AP-neutral padding to five).
+    """
+    if top < 1:
+        raise ValueError(f"top must be >= 1, got {top}")
+    threshold = float(threshold)
+    pairs = [(i, float(s)) for i, s in zip(ranking.ids, ranking.scores) if i != NEW_INDIVIDUAL]
+    pos = next((j for j, (_, s) in enumerate(pairs) if s < threshold), len(pairs))
+    pairs.insert(pos, (NEW_INDIVIDUAL, threshold))
+    pairs = pairs[:top]
+    return Ranking([i for i, _ in pairs], [s for _, s in pairs])
+
+
+class Identifier:
+    """Gallery index + one individual id per index row + the new_individual threshold.
+
+    Works on embedding vectors; the embedding model is attached elsewhere so this part
+    stays testable without a network. ``metadata`` is free-form JSON saved in the
+    sidecar (e.g. how the embeddings were made) so the query path can check it.
+    """
+
+    def __init__(
+        self,
+        index: Index,
+        gallery_ids: Sequence[str],
+        threshold: float | None = None,
+        neighbours: int = 100,
+        metadata: dict[str, Any] | None = None,
+    ):
+        ids = _check_gallery_ids(gallery_ids)
+        if len(ids) != len(index):
+            raise ValueError(f"{len(ids)} gallery ids for an index of {len(index)} vectors")
+        if isinstance(neighbours, bool) or not isinstance(neighbours, (int, np.integer)) \
+                or neighbours < 1:
+            raise ValueError(f"neighbours must be a positive integer, got {neighbours!r}")
+        if threshold is not None and not np.isfinite(threshold):
+            raise ValueError(f"threshold must be finite or None, got {threshold!r}")
+        self.index = index
+        self.gallery_ids = ids
+        self.threshold = None if threshold is None else float(threshold)
+        self.neighbours = int(neighbours)
+        self.metadata = dict(metadata or {})
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    @property
+    def n_individuals(self) -> int:
+        return len(set(self.gallery_ids))
+
+    def __repr__(self) -> str:
+        return (f"Identifier(kind={self.index.kind!r}, n={len(self)}, "
+                f"individuals={self.n_individuals}, threshold={self.threshold})")
+
+    def rank(self, queries: np.ndarray, top: int = CUTOFF) -> list[Ranking]:
+        """Known individuals only, best first: the input to threshold calibration."""
+        scores, indices = self.index.search(queries, self.neighbours)
+        return top_individuals(scores, indices, self.gallery_ids, top=top)
+
+    def identify(self, queries: np.ndarray, top: int = CUTOFF) -> list[Ranking]:
+        """The answer: ``rank`` plus "new_individual" when a threshold is set."""
+        rankings = self.rank(queries, top=top)
+        if self.threshold is None:
+            return rankings
+        return [insert_new_individual(r, self.threshold, top=top) for r in rankings]
+
+    def save(self, directory: str | os.PathLike) -> Path:
+        """index.npz + gallery_ids.json + identifier.json, each written atomically.
+
+        The sidecar goes last, so a directory with a sidecar is always complete.
+        """
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / SIDECAR).unlink(missing_ok=True)  # mark incomplete while rewriting
+        self.index.save(directory / INDEX_FILE)
+        with atomic_path(directory / IDS_FILE) as tmp:
+            tmp.write_text(json.dumps(self.gallery_ids), encoding="utf-8")
+        sidecar = {
+            "format": FORMAT,
+            "version": FORMAT_VERSION,
+            "kind": self.index.kind,
+            "dim": self.index.dim,
+            "n": len(self),
+            "n_individuals": self.n_individuals,
+            "threshold": self.threshold,
+            "neighbours": self.neighbours,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "metadata": self.metadata,
+        }
+        with atomic_path(directory / SIDECAR) as tmp:
+            tmp.write_text(json.dumps(sidecar, indent=2) + "\n", encoding="utf-8")
+        return directory
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike, *, threads: int | None = None) -> Identifier:
+        directory = Path(directory)
+        sidecar_path = directory / SIDECAR
+        if not sidecar_path.is_file():
+            raise FileNotFoundError(f"no {SIDECAR} in {directory} (not an Identifier, or its "
+                                    "save was interrupted)")
+        sidecar = json.loads(sidecar_path.read_text(encoding="utf-8"))
+        if sidecar.get("format") != FORMAT:
+            raise ValueError(f"{sidecar_path} is not a whaleid identifier sidecar")
+        if sidecar.get("version", 0) > FORMAT_VERSION:
+            raise ValueError(f"{directory} was written by a newer whaleid")
+        index = load_index(directory / INDEX_FILE, threads=threads)
+        ids = json.loads((directory / IDS_FILE).read_text(encoding="utf-8"))
+        if len(index) != sidecar["n"] or index.dim != sidecar["dim"]:
+            raise ValueError(f"{directory}: index (n={len(index)}, dim={index.dim}) does not "
+                             f"match its sidecar (n={sidecar['n']}, dim={sidecar['dim']})")
+        return cls(index, ids, threshold=sidecar["threshold"],
+                   neighbours=sidecar.get("neighbours", 100),
+                   metadata=sidecar.get("metadata") or {})
+
+
+def _best_plateau_midpoint(thresholds: np.ndarray, values: np.ndarray) -> float:
+    """Middle of the widest run of grid points at the maximum: the threshold with the
+    most margin on both sides, rather than the edge of the optimum that argmax gives."""
+    order = np.argsort(thresholds, kind="stable")
+    thresholds, values = thresholds[order], values[order]
+    best = np.nanmax(values)
+    on = np.isclose(values, best, rtol=0, atol=1e-12)
+    runs: list[tuple[int, int]] = []
+    start = None
+    for i, flag in enumerate(on):
+        if flag and start is None:
+            start = i
+        if not flag and start is not None:
+            runs.append((start, i - 1))
+            start = None
+    if start is not None:
+        runs.append((start, len(on) - 1))
+    a, b = max(runs, key=lambda r: (thresholds[r[1]] - thresholds[r[0]], r[1] - r[0]))
+    return float((thresholds[a] + thresholds[b]) / 2)
+
+
+def calibrate_threshold(
+    rankings: Sequence[Ranking],
+    truths: Sequence[str] | None,
+    method: str = "sweep",
+    new_rate: float | None = None,
+    thresholds: np.ndarray | Sequence[float] | None = None,
+) -> float:
+    """Choose the new_individual threshold from validation rankings (from ``rank``).
+
+    "sweep": the threshold with the best MAP@5, where truths of queries whose
+    individual is absent from the gallery are "new_individual" (middle of the best
+    plateau when several thresholds tie). "rate": ignore truths and pick the threshold
+    below which a fraction ``new_rate`` of top-1 scores fall, for when the expected
+    share of new animals is known but no labelled open-set split exists.
+    """
+    if len(rankings) == 0:
+        raise ValueError("cannot calibrate on zero rankings")
+    if method == "sweep":
+        if truths is None:
+            raise ValueError("method='sweep' needs truths")
+        grid = default_thresholds(rankings) if thresholds is None else np.asarray(thresholds, float)
+        sweep = threshold_sweep(rankings, truths, grid)
+        if not any(t == NEW_INDIVIDUAL for t in truths):
+            warnings.warn("no validation truth is new_individual, so the sweep cannot reward "
+                          "predicting new; the threshold will be at the low end", stacklevel=2)
+        return _best_plateau_midpoint(sweep["threshold"].to_numpy(), sweep["map5"].to_numpy())
+    if method == "rate":
+        if new_rate is None or not 0.0 <= new_rate <= 1.0:
+            raise ValueError(f"method='rate' needs new_rate in [0, 1], got {new_rate!r}")
+        top1 = np.sort([r.scores[0] if len(r) else -np.inf for r in rankings])
+        n = len(top1)
+        m = int(round(new_rate * n))  # queries to send to new_individual (top-1 < threshold)
+        finite = top1[np.isfinite(top1)]
+        if m == 0:
+            return float(finite.min()) if finite.size else 0.0
+        if m >= n:
+            return float(np.nextafter(finite.max(), np.inf)) if finite.size else 0.0
+        lo, hi = top1[m - 1], top1[m]
+        if not np.isfinite(lo):
+            return float(hi)
+        return float((lo + hi) / 2) if hi > lo else float(hi)
+    raise ValueError(f"unknown method {method!r}; use 'sweep' or 'rate'")

@@ -1,0 +1,208 @@
+"""Reading photos: the one place in whaleid where an image file is opened.
+
+Every stage (preprocess, train, embed, identify, the web app) reads photos through
+:func:`open_image`, so that a photo looks the same everywhere (EXIF orientation applied,
+RGB) and so that a bad file fails in one predictable way: :class:`ImageError` with a
+short reason that can be shown to a person and stored in a problems table.
+
+Decisions:
+
+- Truncated files are errors. Pillow's ``ImageFile.LOAD_TRUNCATED_IMAGES`` would
+  silently pad a cut-off JPEG with grey, and a half-grey whale trains and matches
+  badly without anyone noticing. whaleid keeps the flag ``False``; if some other
+  library switched it on, :func:`open_image` switches it back and logs a warning.
+- Transparent pixels are composited on **black** (:data:`ALPHA_BACKGROUND`): cut-out
+  fins and flukes then look like the background-removed crops made by ``preprocess``.
+- 16-bit and 32-bit greyscale photos are scaled to 8 bits (``I;16``: value / 257, so
+  the full 16-bit range maps to 0..255) instead of being clipped at 255, which would
+  turn most of a 16-bit photo white.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+__all__ = ["ALPHA_BACKGROUND", "ImageError", "check_image", "open_image"]
+
+log = logging.getLogger(__name__)
+
+#: RGB colour that transparent pixels are composited onto.
+ALPHA_BACKGROUND: tuple[int, int, int] = (0, 0, 0)
+
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+_ALPHA_MODES = {"RGBA", "RGBa", "LA", "La", "PA"}
+
+
+class ImageError(ValueError):
+    """A photo that cannot be read; ``reason`` is short and meant for people.
+
+    Typical reasons: ``"missing file"``, ``"empty file"``, ``"not a file"``,
+    ``"not an image"``, ``"truncated JPEG"``, ``"corrupt PNG (...)"``,
+    ``"permission denied"``, ``"image too large (... pixels)"``.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], reason: str) -> None:
+        self.path = Path(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+    def __reduce__(self):  # keep picklable across worker processes
+        return (type(self), (self.path, self.reason))
+
+
+def _guard_truncation_flag() -> None:
+    if ImageFile.LOAD_TRUNCATED_IMAGES:
+        log.warning(
+            "PIL.ImageFile.LOAD_TRUNCATED_IMAGES was switched on by other code; "
+            "whaleid switches it off so that truncated photos are reported, not padded"
+        )
+        ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+
+def _file_reason(path: Path) -> str | None:
+    """Reason a path cannot be a photo, judged without opening it (None if it may be)."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return "missing file"
+    except PermissionError:
+        return "permission denied"
+    except OSError as exc:
+        return f"cannot access file ({exc.strerror or exc})"
+    if path.is_dir():
+        return "not a file"
+    if st.st_size == 0:
+        return "empty file"
+    return None
+
+
+def _decode_reason(exc: BaseException, fmt: str | None) -> str:
+    kind = fmt or "image"
+    msg = str(exc)
+    if isinstance(exc, PermissionError):
+        return "permission denied"
+    if isinstance(exc, Image.DecompressionBombError):
+        return "image too large (decompression bomb guard)"
+    if "truncated" in msg.lower() or isinstance(exc, EOFError):
+        return f"truncated {kind}"
+    msg = msg.splitlines()[0][:80] if msg else type(exc).__name__
+    return f"corrupt {kind} ({msg})"
+
+
+def _load(path: Path, *, draft: bool) -> Image.Image:
+    """Open and fully decode ``path``; raise ImageError. The caller must close it."""
+    reason = _file_reason(path)
+    if reason:
+        raise ImageError(path, reason)
+    _guard_truncation_flag()
+    try:
+        im = Image.open(path)
+    except UnidentifiedImageError:
+        raise ImageError(path, "not an image") from None
+    except PermissionError:
+        raise ImageError(path, "permission denied") from None
+    except Image.DecompressionBombError as exc:
+        raise ImageError(path, _decode_reason(exc, None)) from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise ImageError(path, _decode_reason(exc, None)) from None
+    fmt = im.format
+    try:
+        if draft and fmt == "JPEG":
+            # Decode at 1/8 scale: every entropy-coded byte is still read, so
+            # truncation and corruption are found, at a fraction of the cost.
+            im.draft(im.mode, (1, 1))
+        im.load()
+    except Exception as exc:  # Pillow raises OSError, SyntaxError, ValueError, ...
+        im.close()
+        raise ImageError(path, _decode_reason(exc, fmt)) from None
+    return im
+
+
+def _to_8bit(im: Image.Image) -> Image.Image:
+    """High-bit-depth and float greyscale to mode L without clipping the range away."""
+    a = np.asarray(im)
+    if im.mode.startswith("I;16"):
+        a = a.astype(np.float64) / 257.0
+    elif im.mode == "F" and a.size and np.nanmin(a) >= 0 and np.nanmax(a) <= 1:
+        a = a.astype(np.float64) * 255.0
+    else:  # I (32-bit) or F: 0..255 kept, 0..65535 scaled, anything else stretched
+        a = a.astype(np.float64)
+        lo, hi = (float(np.nanmin(a)), float(np.nanmax(a))) if a.size else (0.0, 0.0)
+        if lo >= 0 and hi <= 255:
+            pass
+        elif lo >= 0 and hi <= 65535:
+            a = a / 257.0
+        elif hi > lo:
+            a = (a - lo) * (255.0 / (hi - lo))
+        else:
+            a = np.zeros_like(a)
+    a = np.nan_to_num(a, nan=0.0)
+    return Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), mode="L")
+
+
+def _to_rgb(im: Image.Image, background: tuple[int, int, int]) -> Image.Image:
+    if im.mode == "RGB":
+        return im
+    if im.mode.startswith("I") or im.mode == "F":
+        return _to_8bit(im).convert("RGB")
+    if im.mode == "P" and "transparency" in im.info:
+        im = im.convert("RGBA")
+    elif im.mode in _ALPHA_MODES and im.mode != "RGBA":
+        im = im.convert("RGBA")
+    if im.mode == "RGBA":
+        base = Image.new("RGBA", im.size, (*background, 255))
+        return Image.alpha_composite(base, im).convert("RGB")
+    return im.convert("RGB")  # L, 1, P, CMYK, YCbCr, LAB, HSV, RGBX, ...
+
+
+def open_image(
+    path: str | os.PathLike[str], *, background: tuple[int, int, int] = ALPHA_BACKGROUND
+) -> Image.Image:
+    """Read a photo fully, upright and in RGB, or raise :class:`ImageError`.
+
+    Decoding happens here, not lazily later, so a truncated file fails at this call.
+    EXIF orientation is applied (a portrait phone photo stays portrait); a broken EXIF
+    block is ignored rather than making the photo unreadable. Any mode becomes RGB;
+    transparent pixels are composited onto ``background`` (black by default).
+    The returned image is independent of the file (which is closed).
+    """
+    path = Path(path)
+    im = _load(path, draft=False)
+    try:
+        try:
+            upright = ImageOps.exif_transpose(im)
+        except Exception as exc:  # corrupt EXIF: keep the pixels as stored
+            log.debug("%s: ignoring unreadable EXIF orientation (%s)", path, exc)
+            upright = im
+        try:
+            out = _to_rgb(upright, background)
+        except Exception as exc:
+            raise ImageError(path, f"cannot convert mode {upright.mode} to RGB ({exc})") from None
+        return out.copy() if out is im else out
+    finally:
+        im.close()
+
+
+def check_image(path: str | os.PathLike[str], *, decode: bool = True) -> str | None:
+    """Why ``path`` cannot be read as a photo, or None if it can.
+
+    With ``decode=True`` (the default) the whole file is decoded, because truncation
+    and corrupt data only show up then; JPEGs are decoded at 1/8 scale, which reads
+    every byte but costs a fraction of a full decode. With ``decode=False`` only the
+    file itself is checked (exists, is a file, not empty): fast, but blind to content.
+    """
+    path = Path(path)
+    if not decode:
+        return _file_reason(path)
+    try:
+        im = _load(path, draft=True)
+    except ImageError as exc:
+        return exc.reason
+    im.close()
+    return None

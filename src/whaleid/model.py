@@ -1,0 +1,107 @@
+"""Embedding model: a timm backbone, GeM pooling and a linear + BatchNorm neck.
+
+The ArcFace head is not part of this model: it belongs to training (`whaleid.losses`).
+Inference models output raw embeddings; `whaleid.embed` normalises them once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from whaleid.pretrained import create_backbone
+
+DEFAULT_BACKBONE = "tf_efficientnet_lite0"
+
+
+class GeM(nn.Module):
+    """Generalised mean pooling: p=1 is average pooling, large p tends to max pooling.
+
+    A learnable p lets the model choose how peaky the pooling is; retrieval models
+    with local cues (nicks, scars) usually settle around p = 3.
+    """
+
+    def __init__(self, p: float = 3.0, eps: float = 1e-6, learnable: bool = True):
+        super().__init__()
+        self.p = nn.Parameter(torch.tensor(float(p)), requires_grad=learnable)
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pooled = F.adaptive_avg_pool2d(x.clamp(min=self.eps).pow(self.p), 1)
+        return pooled.pow(1.0 / self.p).flatten(1)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p.item():.3f}, eps={self.eps}"
+
+
+@dataclass
+class ModelConfig:
+    """Everything needed to rebuild the model and its preprocessing at query time."""
+
+    backbone: str = DEFAULT_BACKBONE
+    embedding_dim: int = 512  # 0: no neck, the pooled backbone features are the embedding
+    img_size: int = 224
+    gem_p: float = 3.0
+    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    grad_checkpointing: bool = False
+    extra: dict = field(default_factory=dict)
+
+
+class EmbeddingModel(nn.Module):
+    def __init__(self, config: ModelConfig, pretrained: bool | str = True):
+        super().__init__()
+        self.backbone, data_config = create_backbone(
+            config.backbone, pretrained=pretrained, num_classes=0, global_pool=""
+        )
+        if pretrained:
+            # The normalisation belongs to the weights the backbone starts from.
+            config.mean = tuple(float(v) for v in data_config["mean"])
+            config.std = tuple(float(v) for v in data_config["std"])
+        if config.grad_checkpointing:
+            self.backbone.set_grad_checkpointing(True)
+        self.config = config
+        self.pool = GeM(config.gem_p)
+        features = self.backbone.num_features
+        if config.embedding_dim:
+            self.neck = nn.Sequential(nn.Linear(features, config.embedding_dim), nn.BatchNorm1d(config.embedding_dim))
+        else:
+            self.neck = nn.Identity()
+        self.embedding_dim = config.embedding_dim or features
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.neck(self.pool(self.backbone.forward_features(images)))
+
+
+def save_checkpoint(model: EmbeddingModel, path: str | Path, labels: list[str], extra: dict | None = None) -> Path:
+    """Inference checkpoint: weights, model config and label map; written atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "format": "whaleid.model/1",
+        "config": asdict(model.config),
+        "state_dict": model.state_dict(),
+        "labels": list(labels),
+        "extra": extra or {},
+    }
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(payload, tmp)
+    tmp.replace(path)
+    return path
+
+
+def load_checkpoint(path: str | Path) -> tuple[EmbeddingModel, dict]:
+    """Rebuild the model from an inference checkpoint (no pretrained download needed)."""
+    payload = torch.load(Path(path), map_location="cpu", weights_only=False)
+    if payload.get("format") != "whaleid.model/1":
+        raise ValueError(f"{path} is not a whaleid model checkpoint")
+    config = ModelConfig(**payload["config"])
+    config.mean, config.std = tuple(config.mean), tuple(config.std)
+    model = EmbeddingModel(config, pretrained=False)
+    model.load_state_dict(payload["state_dict"], strict=True)
+    model.eval()
+    return model, payload

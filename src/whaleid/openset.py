@@ -1,0 +1,58 @@
+"""Open-set protocol: every photo of a held-out set queries all the others.
+
+A query whose individual has no other photo in the set has the truth
+`new_individual`, as unseen animals do in a new field season.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+
+import numpy as np
+
+from whaleid.catalog import NEW_INDIVIDUAL
+from whaleid.evaluate import evaluate
+from whaleid.identify import Ranking, calibrate_threshold, insert_new_individual, top_individuals
+from whaleid.index import ExactIndex
+
+
+def leave_one_out(vectors: np.ndarray, ids: Sequence[str], neighbours: int = 100) -> tuple[list[Ranking], list[str]]:
+    """Rankings of each photo against the rest of the set, and the truths they should match."""
+    ids = list(ids)
+    k = min(neighbours + 1, len(ids))
+    scores, indices = ExactIndex(vectors).search(vectors, k)
+    # Drop each query's own photo wherever it landed (ties can move it off rank 1).
+    own = indices == np.arange(len(ids))[:, None]
+    scores = np.where(own, -np.inf, scores)
+    indices = np.where(own, -1, indices)
+    counts = Counter(ids)
+    truths = [i if counts[i] > 1 else NEW_INDIVIDUAL for i in ids]
+    return top_individuals(scores, indices, ids), truths
+
+
+def known_accuracy(rankings: Sequence[Ranking], truths: Sequence[str], k: int) -> float:
+    """Top-k over queries that have a match, before any new_individual insertion."""
+    hits = [t in r.ids[:k] for r, t in zip(rankings, truths) if t != NEW_INDIVIDUAL]
+    return float(np.mean(hits)) if hits else float("nan")
+
+
+def with_threshold(rankings: Sequence[Ranking], threshold: float) -> list[list[str]]:
+    return [insert_new_individual(r, threshold).ids for r in rankings]
+
+
+def score_open_set(vectors: np.ndarray, ids: Sequence[str], threshold: float | None = None) -> dict:
+    """Leave-one-out metrics; without a threshold, the best one for this very set (optimistic)."""
+    rankings, truths = leave_one_out(vectors, ids)
+    if threshold is None:
+        threshold = calibrate_threshold(rankings, truths, "sweep")
+    report = evaluate(with_threshold(rankings, threshold), truths)
+    return {
+        "map5": report.map5,
+        "top1_known": known_accuracy(rankings, truths, 1),
+        "top5_known": known_accuracy(rankings, truths, 5),
+        "new_precision": report.new_precision,
+        "new_recall": report.new_recall,
+        "threshold": float(threshold),
+    }
+

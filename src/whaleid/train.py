@@ -1,0 +1,239 @@
+"""Metric-learning training loop: Accelerate, AdamW, warmup + cosine, checkpoints and resume."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from whaleid.augment import PhotoDataset, collate_skipping, train_transform
+from whaleid.catalog import Catalog
+from whaleid.embed import Embedder, default_workers
+from whaleid.losses import ArcFaceLoss, ArcFaceSubCenter, SpeciesHead, dynamic_margins
+from whaleid.openset import score_open_set
+from whaleid.model import DEFAULT_BACKBONE, EmbeddingModel, ModelConfig, save_checkpoint
+
+
+@dataclass
+class TrainConfig:
+    backbone: str = DEFAULT_BACKBONE
+    pretrained: bool | str = True
+    embedding_dim: int = 512
+    img_size: int = 224
+    epochs: int = 10
+    batch_size: int = 32
+    lr: float = 1e-3  # neck, pooling and heads: they start from scratch
+    backbone_lr: float = 2e-4  # pretrained layers move slower
+    weight_decay: float = 1e-4
+    warmup_epochs: float = 1.0
+    grad_accum: int = 1
+    clip_grad: float = 5.0
+    seed: int = 0
+    subcenters: int = 3
+    arcface_scale: float = 21.0
+    dynamic_margin: bool = True
+    margin: float = 0.3  # used when dynamic_margin is off
+    margin_a: float = 0.27
+    margin_lambda: float = 0.36
+    margin_b: float = 0.05
+    species_head: bool = False
+    species_weight: float = 0.1
+    label_smoothing: float = 0.0
+    hflip: bool = False
+    rotation: float = 10.0
+    num_workers: int | None = None
+    mixed_precision: str = "auto"  # auto: bf16 on a GPU that has it, else full precision
+    max_steps_per_epoch: int | None = None  # for smoke tests
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(values) - known
+        if unknown:
+            raise ValueError(f"unknown training options: {sorted(unknown)}")
+        return cls(**values)
+
+
+@dataclass
+class TrainResult:
+    checkpoint: Path
+    history: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def _mixed_precision(choice: str) -> str:
+    if choice != "auto":
+        return choice
+    if torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "no"
+
+
+def warmup_cosine(total_steps: int, warmup_steps: int):
+    """LR multiplier: linear warmup from ~0, then cosine decay to 0."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+def validate(model: EmbeddingModel, catalog: Catalog, batch_size: int, num_workers: int | None) -> dict:
+    """Leave-one-out MAP@5 among held-out photos: each photo queries all the others."""
+    was_training = model.training
+    embeddings = Embedder(model, batch_size=batch_size, num_workers=num_workers, device=next(model.parameters()).device).embed_catalog(catalog, progress=False)
+    model.train(was_training)
+    return score_open_set(embeddings.vectors, embeddings.table["individual_id"].tolist())
+
+
+def train(
+    catalog: Catalog,
+    config: TrainConfig,
+    out_dir: str | Path,
+    val_catalog: Catalog | None = None,
+    resume: bool = False,
+    progress: bool = True,
+) -> TrainResult:
+    """Train an embedding model on `catalog`; writes `model.pt`, `last.pt` and `metrics.jsonl` in `out_dir`."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    catalog = catalog.relabel()
+    set_seed(config.seed)
+    accelerator = Accelerator(
+        mixed_precision=_mixed_precision(config.mixed_precision), gradient_accumulation_steps=config.grad_accum
+    )
+    model_config = ModelConfig(backbone=config.backbone, embedding_dim=config.embedding_dim, img_size=config.img_size)
+    model = EmbeddingModel(model_config, pretrained=config.pretrained)
+
+    labels = catalog.table["label"].to_numpy()
+    counts = np.bincount(labels, minlength=len(catalog.labels))
+    margins = (
+        dynamic_margins(counts, config.margin_a, config.margin_lambda, config.margin_b)
+        if config.dynamic_margin
+        else config.margin
+    )
+    head = ArcFaceSubCenter(model.embedding_dim, len(catalog.labels), config.subcenters, config.arcface_scale, margins)
+    criterion = ArcFaceLoss(head, config.label_smoothing)
+    species_names = sorted(catalog.table["species"].unique())
+    species_head = SpeciesHead(model.embedding_dim, len(species_names)) if config.species_head else None
+    species_codes = catalog.table["species"].map({s: i for i, s in enumerate(species_names)}).to_numpy()
+    targets = labels if species_head is None else labels * len(species_names) + species_codes
+
+    heads = [model.pool, model.neck, criterion] + ([species_head] if species_head else [])
+    optimizer = torch.optim.AdamW(
+        [
+            {"params": model.backbone.parameters(), "lr": config.backbone_lr},
+            {"params": [p for h in heads for p in h.parameters()], "lr": config.lr},
+        ],
+        weight_decay=config.weight_decay,
+    )
+    workers = default_workers() if config.num_workers is None else config.num_workers
+    dataset = PhotoDataset(
+        catalog.table["path"].tolist(),
+        train_transform(config.img_size, model_config.mean, model_config.std, config.hflip, config.rotation),
+        targets,
+    )
+    loader = DataLoader(
+        dataset,
+        batch_size=config.batch_size,
+        shuffle=True,
+        drop_last=len(dataset) > config.batch_size,
+        num_workers=workers,
+        collate_fn=collate_skipping,
+        persistent_workers=workers > 0,
+    )
+    steps_per_epoch = len(loader) if config.max_steps_per_epoch is None else min(len(loader), config.max_steps_per_epoch)
+    optimizer_steps = math.ceil(steps_per_epoch / config.grad_accum)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        warmup_cosine(optimizer_steps * config.epochs, round(optimizer_steps * config.warmup_epochs)),
+    )
+    modules = [model, criterion] + ([species_head] if species_head else [])
+    prepared = accelerator.prepare(*modules, optimizer, loader, scheduler)
+    model, criterion = prepared[0], prepared[1]
+    species_head = prepared[2] if species_head else None
+    optimizer, loader, scheduler = prepared[-3:]
+
+    state_path, metrics_path, history, start_epoch = out_dir / "last.pt", out_dir / "metrics.jsonl", [], 0
+    if resume and state_path.exists():
+        state = torch.load(state_path, map_location="cpu", weights_only=False)
+        for module, key in zip(modules, ("model", "criterion", "species_head")):
+            accelerator.unwrap_model(module).load_state_dict(state[key])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start_epoch, history = state["epoch"], state["history"]
+        accelerator.print(f"resuming after epoch {start_epoch} from {state_path}")
+    elif metrics_path.exists():
+        metrics_path.unlink()
+
+    started = time.time() - sum(h["seconds"] for h in history)
+    n_species = len(species_names)
+    for epoch in range(start_epoch, config.epochs):
+        set_seed(config.seed + epoch)  # each epoch's shuffling and augmentation is reproducible on resume
+        model.train()
+        epoch_start, losses = time.time(), []
+        bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not (progress and accelerator.is_main_process))
+        for step, batch in enumerate(loader):
+            if step >= steps_per_epoch:
+                break
+            if batch is None:
+                continue
+            images, target, _ = batch
+            with accelerator.accumulate(model):
+                embeddings = model(images)
+                ids = target // n_species if species_head else target
+                loss = criterion(embeddings, ids)
+                if species_head:
+                    loss = loss + config.species_weight * species_head(embeddings, target % n_species)
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and config.clip_grad:
+                    accelerator.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], config.clip_grad)
+                optimizer.step()
+                scheduler.step() if accelerator.sync_gradients else None
+                optimizer.zero_grad()
+            losses.append(loss.item())
+            bar.update(1)
+            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
+        bar.close()
+        record = {
+            "epoch": epoch + 1,
+            "loss": float(np.mean(losses)) if losses else float("nan"),
+            "lr": scheduler.get_last_lr()[0],
+            "seconds": time.time() - epoch_start,
+        }
+        unwrapped = accelerator.unwrap_model(model)
+        if val_catalog is not None and accelerator.is_main_process:
+            record.update({f"val_{k}": v for k, v in validate(unwrapped, val_catalog, config.batch_size, workers).items()})
+        history.append(record)
+        if accelerator.is_main_process:
+            with metrics_path.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+            extra = {"train_config": asdict(config), "history": history}
+            save_checkpoint(unwrapped, out_dir / "model.pt", catalog.labels, extra)
+            state = {
+                "model": unwrapped.state_dict(),
+                "criterion": accelerator.unwrap_model(criterion).state_dict(),
+                "species_head": accelerator.unwrap_model(species_head).state_dict() if species_head else None,
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "epoch": epoch + 1,
+                "history": history,
+            }
+            torch.save(state, state_path.with_suffix(".tmp"))
+            state_path.with_suffix(".tmp").replace(state_path)
+            summary = ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items())
+            accelerator.print(summary)
+        accelerator.wait_for_everyone()
+    return TrainResult(out_dir / "model.pt", history, time.time() - started)

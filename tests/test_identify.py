@@ -1,0 +1,212 @@
+import json
+
+import numpy as np
+import pytest
+
+from whaleid.evaluate import NEW_INDIVIDUAL, average_precision_at_5, map_at_5
+from whaleid.identify import (
+    Identifier,
+    Ranking,
+    calibrate_threshold,
+    insert_new_individual,
+    top_individuals,
+)
+from whaleid.index import build_index
+
+NEW = NEW_INDIVIDUAL
+
+
+def unit(x):
+    x = np.asarray(x, dtype=np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+# ------------------------------------------------------------------ top_individuals
+
+
+def test_top_individuals_keeps_max_score_per_individual():
+    gallery_ids = ["a", "a", "b", "c", "b", "d", "e", "f"]
+    scores = np.array([[0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2]], np.float32)
+    indices = np.array([[1, 0, 4, 2, 3, 5, 6, 7]])
+    (r,) = top_individuals(scores, indices, gallery_ids, top=5)
+    assert r.ids == ["a", "b", "c", "d", "e"]
+    assert r.scores == pytest.approx([0.9, 0.7, 0.5, 0.4, 0.3])
+
+
+def test_top_individuals_unsorted_rows_and_missing_slots():
+    gallery_ids = ["a", "b", "c"]
+    scores = np.array([[0.1, 0.7, -np.inf, 0.9], [0.5, 0.4, -np.inf, -np.inf]], np.float32)
+    indices = np.array([[0, 1, -1, 0], [2, 2, -1, -1]])
+    r0, r1 = top_individuals(scores, indices, gallery_ids, top=5)
+    assert r0.ids == ["a", "b"] and r0.scores == pytest.approx([0.9, 0.7])
+    assert r1.ids == ["c"] and r1.scores == pytest.approx([0.5])  # fewer than top is fine
+
+
+def test_top_individuals_validates():
+    with pytest.raises(ValueError):
+        top_individuals(np.zeros((2, 3)), np.zeros((2, 2), int), ["a"])
+    with pytest.raises(IndexError):
+        top_individuals(np.zeros((1, 1)), np.array([[5]]), ["a"])
+
+
+# ------------------------------------------------------------------ insert_new_individual
+
+
+R = Ranking(["a", "b", "c", "d", "e"], [0.9, 0.8, 0.6, 0.4, 0.2])
+
+
+@pytest.mark.parametrize(
+    "threshold, ids",
+    [
+        (0.95, [NEW, "a", "b", "c", "d"]),  # above every score: new first
+        (0.7, ["a", "b", NEW, "c", "d"]),  # between
+        (0.6, ["a", "b", "c", NEW, "d"]),  # equal score is not below
+        (0.3, ["a", "b", "c", "d", NEW]),
+        (0.1, ["a", "b", "c", "d", "e"]),  # below every score: no room left for new
+    ],
+)
+def test_insert_new_individual_positions(threshold, ids):
+    out = insert_new_individual(R, threshold)
+    assert out.ids == ids
+    assert len(out.ids) == 5
+    if NEW in ids:
+        assert out.scores[ids.index(NEW)] == threshold
+    assert R.ids == ["a", "b", "c", "d", "e"]  # input untouched
+
+
+def test_insert_new_individual_short_ranking_appends():
+    out = insert_new_individual(Ranking(["a", "b"], [0.9, 0.8]), 0.5)
+    assert out.ids == ["a", "b", NEW] and out.scores == pytest.approx([0.9, 0.8, 0.5])
+    assert insert_new_individual(Ranking([], []), 0.5).ids == [NEW]
+    assert insert_new_individual(R, 0.7, top=2).ids == ["a", "b"]
+
+
+def test_insert_new_individual_does_not_duplicate_new():
+    out = insert_new_individual(Ranking(["a", NEW, "b"], [0.9, 0.85, 0.3]), 0.5)
+    assert out.ids == ["a", NEW, "b"]
+
+
+def test_new_truth_scores_one_when_threshold_above_top_score():
+    ranking = Ranking(["a", "b"], [0.42, 0.40])
+    assert average_precision_at_5(insert_new_individual(ranking, 0.5).ids, NEW) == 1.0
+    assert average_precision_at_5(insert_new_individual(ranking, 0.41).ids, NEW) == 0.5
+    assert average_precision_at_5(insert_new_individual(ranking, 0.3).ids, NEW) == pytest.approx(1 / 3)
+    # and a known individual pays for the same threshold with rank 2
+    assert average_precision_at_5(insert_new_individual(ranking, 0.5).ids, "a") == 0.5
+
+
+# ------------------------------------------------------------------ Identifier
+
+
+@pytest.fixture
+def gallery():
+    """Three individuals on orthogonal axes, two photos each, in 8-D."""
+    rng = np.random.default_rng(0)
+    centres = np.eye(8, dtype=np.float32)[:3]
+    vecs = np.repeat(centres, 2, axis=0) + 0.05 * rng.standard_normal((6, 8)).astype(np.float32)
+    return unit(vecs), ["a", "a", "b", "b", "c", "c"]
+
+
+def test_identifier_rank_and_identify(gallery):
+    vectors, ids = gallery
+    eye = np.eye(8, dtype=np.float32)
+    queries = unit(np.stack([0.95 * eye[1] + 0.3 * eye[0], eye[7]]))  # b then a; nobody
+    ident = Identifier(build_index(vectors), ids, threshold=0.5, neighbours=4)
+    ranked = ident.rank(queries)
+    assert ranked[0].ids[0] == "b" and ranked[0].scores[0] > 0.9
+    assert ranked[0].ids == ["b", "a"]  # 4 neighbours -> only 2 distinct individuals
+    assert NEW not in ranked[1].ids
+    identified = ident.identify(queries)
+    assert identified[0].ids == ["b", NEW, "a"]
+    assert identified[1].ids[0] == NEW
+    assert map_at_5([r.ids for r in identified], ["b", NEW]) == 1.0
+    no_threshold = Identifier(build_index(vectors), ids).identify(queries)
+    assert all(NEW not in r.ids for r in no_threshold)
+
+
+def test_identifier_validates(gallery):
+    vectors, ids = gallery
+    index = build_index(vectors)
+    with pytest.raises(ValueError):
+        Identifier(index, ids[:-1])
+    with pytest.raises(ValueError):
+        Identifier(index, ids[:-1] + [NEW])
+    with pytest.raises(TypeError):
+        Identifier(index, ids[:-1] + [None])
+    with pytest.raises(ValueError):
+        Identifier(index, ids, neighbours=0)
+
+
+@pytest.mark.parametrize("kind", ["exact", "faiss"])
+def test_identifier_save_load_roundtrip(tmp_path, gallery, kind):
+    vectors, ids = gallery
+    ident = Identifier(build_index(vectors, kind), ids, threshold=0.61, neighbours=3,
+                       metadata={"backbone": "tf_efficientnet_b0"})
+    out = ident.save(tmp_path / "ident")
+    assert sorted(p.name for p in out.iterdir()) == ["gallery_ids.json", "identifier.json",
+                                                     "index.npz"]
+    sidecar = json.loads((out / "identifier.json").read_text())
+    assert sidecar["kind"] == ("exact" if kind == "exact" else "faiss-flat")
+    assert (sidecar["dim"], sidecar["n"], sidecar["threshold"]) == (8, 6, 0.61)
+    assert sidecar["created"].endswith("+00:00")
+    loaded = Identifier.load(out)
+    assert loaded.gallery_ids == ids and loaded.threshold == 0.61 and loaded.neighbours == 3
+    assert loaded.metadata == {"backbone": "tf_efficientnet_b0"}
+    queries = vectors[[0, 3]] + 0.01
+    assert [r.ids for r in loaded.identify(queries)] == [r.ids for r in ident.identify(queries)]
+    (out / "identifier.json").unlink()
+    with pytest.raises(FileNotFoundError):
+        Identifier.load(out)
+
+
+# ------------------------------------------------------------------ calibrate_threshold
+
+
+def _open_set_example(rng, known=60, new=40):
+    rankings, truths = [], []
+    for q in range(known):
+        top = 0.9 + 0.03 * rng.standard_normal()
+        rankings.append(Ranking([f"k{q}", "x", "y"], [top, top - 0.2, top - 0.3]))
+        truths.append(f"k{q}")
+    for _ in range(new):
+        top = 0.3 + 0.03 * rng.standard_normal()
+        rankings.append(Ranking(["x", "y", "z"], [top, top - 0.05, top - 0.1]))
+        truths.append(NEW)
+    return rankings, truths
+
+
+def test_calibrate_sweep_separates_known_from_new():
+    rankings, truths = _open_set_example(np.random.default_rng(0))
+    t = calibrate_threshold(rankings, truths)
+    top_known = min(r.scores[0] for r, x in zip(rankings, truths) if x != NEW)
+    top_new = max(r.scores[0] for r, x in zip(rankings, truths) if x == NEW)
+    assert top_new < t <= top_known
+    assert 0.45 < t < 0.75  # middle of the gap, not its edge
+    preds = [insert_new_individual(r, t).ids for r in rankings]
+    assert map_at_5(preds, truths) == 1.0
+
+
+def test_calibrate_sweep_with_explicit_grid():
+    rankings, truths = _open_set_example(np.random.default_rng(1))
+    assert calibrate_threshold(rankings, truths, thresholds=[0.1, 0.5, 0.95]) == 0.5
+
+
+@pytest.mark.parametrize("rate", [0.0, 0.1, 0.25, 0.5, 0.9, 1.0])
+def test_calibrate_rate_hits_requested_rate(rate):
+    rng = np.random.default_rng(2)
+    rankings = [Ranking(["a"], [float(s)]) for s in rng.uniform(0, 1, 200)]
+    t = calibrate_threshold(rankings, None, method="rate", new_rate=rate)
+    first_new = np.mean([insert_new_individual(r, t).ids[0] == NEW for r in rankings])
+    assert first_new == pytest.approx(rate)
+
+
+def test_calibrate_validates():
+    rankings = [Ranking(["a"], [0.5])]
+    with pytest.raises(ValueError):
+        calibrate_threshold(rankings, ["a"], method="nope")
+    with pytest.raises(ValueError):
+        calibrate_threshold(rankings, None, method="rate", new_rate=1.5)
+    with pytest.raises(ValueError):
+        calibrate_threshold(rankings, None)
+    with pytest.raises(ValueError):
+        calibrate_threshold([], ["a"])

@@ -202,7 +202,8 @@ def main(argv: list[str] | None = None) -> int:
         import faiss
 
         out = {"config": vars(args) | {"json": str(args.json)},
-               "n_individuals": len(set(gallery_ids)), "n_new_queries": truths.count(NEW_INDIVIDUAL),
+               "n_individuals": len(set(gallery_ids)),
+               "n_new_queries": truths.count(NEW_INDIVIDUAL),
                "synthesise_s": gen_s, "max_rss_mib": max_rss_mib, "results": rows,
                "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
                            "python": platform.python_version(), "numpy": np.__version__,

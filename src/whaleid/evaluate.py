@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from whaleid.catalog import NEW_INDIVIDUAL  # one spelling for the whole package
+
 if TYPE_CHECKING:
     from whaleid.identify import Ranking
 
@@ -39,8 +41,6 @@ __all__ = [
     "evaluate",
 ]
 
-# TODO(lead): unify with whaleid.catalog.NEW_INDIVIDUAL once catalog.py lands.
-NEW_INDIVIDUAL = "new_individual"
 
 #: Kaggle scored the first five predictions per image.
 CUTOFF = 5

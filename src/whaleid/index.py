@@ -251,12 +251,14 @@ class ExactIndex(Index):
         chunk_bytes: int = 64 * 2**20,
         copy: bool = True,
     ):
-        vectors = check_vectors(vectors, "gallery vectors")
-        if len(vectors) == 0:
+        checked = check_vectors(vectors, "gallery vectors")
+        if len(checked) == 0:
             raise ValueError("cannot build an index over an empty gallery")
-        _warn_if_not_normalised(vectors)
-        # A copy means later edits to the caller's array cannot change search results.
-        self.vectors = vectors.copy() if copy else vectors
+        _warn_if_not_normalised(checked)
+        # Own the data, so later edits to the caller's array cannot change search results.
+        if copy and np.may_share_memory(checked, vectors):
+            checked = checked.copy()
+        self.vectors = checked
         self.threads = _check_threads(threads)
         if chunk_bytes < 1:
             raise ValueError("chunk_bytes must be positive")

@@ -1,0 +1,51 @@
+import pytest
+import torch
+
+from whaleid.model import GeM, EmbeddingModel, ModelConfig, load_checkpoint, save_checkpoint
+
+TINY = ModelConfig(backbone="test_efficientnet", embedding_dim=32, img_size=64)
+
+
+def test_gem_matches_hand_computed_generalised_mean():
+    x = torch.tensor([1.0, 2.0, 3.0, 4.0]).view(1, 1, 2, 2)
+    # ((1 + 8 + 27 + 64) / 4) ** (1/3) = 25 ** (1/3)
+    assert GeM(p=3.0)(x).item() == pytest.approx(25 ** (1 / 3), rel=1e-5)
+    assert GeM(p=1.0)(x).item() == pytest.approx(2.5, rel=1e-5)
+    assert GeM(p=50.0)(x).item() == pytest.approx(4.0 * 0.25 ** (1 / 50), rel=1e-4)  # tends to the max
+
+
+def test_gem_p_is_learned():
+    gem = GeM()
+    gem(torch.rand(2, 3, 4, 4) + 0.1).sum().backward()
+    assert gem.p.grad is not None and gem.p.grad.abs() > 0
+
+
+def test_embedding_shape_and_neck():
+    model = EmbeddingModel(ModelConfig(**vars(TINY)), pretrained=False).eval()
+    out = model(torch.randn(3, 3, 64, 64))
+    assert out.shape == (3, 32)
+    bare = EmbeddingModel(ModelConfig(backbone="test_efficientnet", embedding_dim=0), pretrained=False)
+    assert bare.embedding_dim == bare.backbone.num_features == 256
+
+
+def test_pretrained_model_takes_the_weights_normalisation():
+    model = EmbeddingModel(ModelConfig(embedding_dim=0), pretrained=True)
+    assert model.config.mean == (0.5, 0.5, 0.5) and model.config.std == (0.5, 0.5, 0.5)
+
+
+def test_checkpoint_round_trip(tmp_path):
+    torch.manual_seed(0)
+    model = EmbeddingModel(ModelConfig(**vars(TINY)), pretrained=False).eval()
+    path = save_checkpoint(model, tmp_path / "model.pt", ["a", "b"], {"note": 1})
+    loaded, payload = load_checkpoint(path)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x))
+    assert payload["labels"] == ["a", "b"] and loaded.config.img_size == 64
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_load_checkpoint_rejects_other_files(tmp_path):
+    torch.save({"state_dict": {}}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="not a whaleid model"):
+        load_checkpoint(tmp_path / "other.pt")

@@ -18,11 +18,11 @@ console = Console()
 ImagesOpt = typer.Option(None, "--images", help="Photo folder (default: images/ beside the CSV).")
 
 
-def _catalog(csv: Path, images: Optional[Path], require_labels: bool = True):
+def _catalog(csv: Path, images: Optional[Path], require_labels: bool = True, check: bool = True):
     from whaleid.catalog import CatalogError, read_catalog
 
     try:
-        catalog = read_catalog(csv, images, require_labels=require_labels, progress=True)
+        catalog = read_catalog(csv, images, require_labels=require_labels, check_images=check, progress=True)
     except CatalogError as error:
         console.print(f"[red]error:[/red] {error}")
         raise typer.Exit(2) from error
@@ -47,11 +47,10 @@ def _metrics_table(title: str, rows: dict[str, dict]) -> Table:
 @app.command()
 def summary(csv: Path, images: Optional[Path] = ImagesOpt, check: bool = typer.Option(True, help="Decode every photo.")):
     """Photos, individuals, species and photos-per-individual of a catalog."""
-    from whaleid.catalog import format_summary, read_catalog
+    from whaleid.catalog import format_summary
     from whaleid.catalog import summary as summarise
 
-    catalog = read_catalog(csv, images, check_images=check, progress=True) if not check else _catalog(csv, images)
-    console.print(format_summary(summarise(catalog)))
+    console.print(format_summary(summarise(_catalog(csv, images, check=check))))
 
 
 @app.command()

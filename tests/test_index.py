@@ -1,7 +1,14 @@
 import numpy as np
 import pytest
 
-from whaleid.index import ExactIndex, FaissIndex, Index, _top_k_rows, build_index, load_index
+from whaleid.index import (
+    ExactIndex,
+    FaissIndex,
+    Index,
+    _top_k_rows,
+    build_index,
+    load_index,
+)
 
 
 def unit(x):

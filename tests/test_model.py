@@ -1,7 +1,13 @@
 import pytest
 import torch
 
-from whaleid.model import GeM, EmbeddingModel, ModelConfig, load_checkpoint, save_checkpoint
+from whaleid.model import (
+    EmbeddingModel,
+    GeM,
+    ModelConfig,
+    load_checkpoint,
+    save_checkpoint,
+)
 
 TINY = ModelConfig(backbone="test_efficientnet", embedding_dim=32, img_size=64)
 

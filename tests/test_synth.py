@@ -13,8 +13,8 @@ import pytest
 from PIL import Image
 
 from whaleid.synth import (
-    FinIdentity,
     WIDTH_FRAC,
+    FinIdentity,
     _photo_count,
     _pose_matrix,
     fin_silhouette,

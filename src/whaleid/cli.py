@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
 import pandas as pd
 import typer
 from rich.console import Console

@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 
 from whaleid.augment import PhotoDataset, collate_skipping, eval_transform
 from whaleid.catalog import Catalog
+from whaleid.files import atomic_path
 from whaleid.model import DEFAULT_BACKBONE, EmbeddingModel, ModelConfig, load_checkpoint
 
 
@@ -39,10 +40,14 @@ class Embeddings:
     def save(self, directory: str | Path) -> Path:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        _atomic(directory / "vectors.npy", lambda p: np.save(p, self.vectors))
-        _atomic(directory / "photos.csv", lambda p: self.table.to_csv(p, index=False))
-        _atomic(directory / "failures.csv", lambda p: self.failures.to_csv(p, index=False))
-        _atomic(directory / "embeddings.json", lambda p: Path(p).write_text(json.dumps(self.meta, indent=2)))
+        with atomic_path(directory / "vectors.npy") as tmp, open(tmp, "wb") as f:
+            np.save(f, self.vectors)
+        with atomic_path(directory / "photos.csv") as tmp:
+            self.table.to_csv(tmp, index=False)
+        with atomic_path(directory / "failures.csv") as tmp:
+            self.failures.to_csv(tmp, index=False)
+        with atomic_path(directory / "embeddings.json") as tmp:  # last: a folder with it is complete
+            tmp.write_text(json.dumps(self.meta, indent=2))
         return directory
 
     @classmethod
@@ -54,12 +59,6 @@ class Embeddings:
             failures=pd.read_csv(directory / "failures.csv", dtype=str, keep_default_na=False),
             meta=json.loads((directory / "embeddings.json").read_text()),
         )
-
-
-def _atomic(path: Path, write) -> None:
-    tmp = path.with_name(path.name + ".tmp" + path.suffix)
-    write(tmp)
-    os.replace(tmp, path)
 
 
 class Embedder:

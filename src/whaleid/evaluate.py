@@ -11,11 +11,9 @@ truth A and ``[B, B, A]`` scores 1/3.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
-import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from whaleid.catalog import NEW_INDIVIDUAL  # one spelling for the whole package
+from whaleid.files import atomic_path
 
 if TYPE_CHECKING:
     from whaleid.identify import Ranking
@@ -206,23 +205,6 @@ def threshold_sweep(
 # --------------------------------------------------------------------------- files
 
 
-@contextlib.contextmanager
-def _atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Temp file beside the target, moved into place only on success (no half files)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    tmp_path = Path(tmp)
-    try:
-        yield tmp_path
-        os.chmod(tmp_path, 0o644)
-        os.replace(tmp_path, path)
-    except BaseException:
-        tmp_path.unlink(missing_ok=True)
-        raise
-
-
 def plot_threshold_sweep(sweep: pd.DataFrame, path: str | os.PathLike,
                          chosen: float | None = None) -> Path:
     """PNG of MAP@5/top-1 and new_individual precision/recall/rate against threshold.
@@ -260,7 +242,7 @@ def plot_threshold_sweep(sweep: pd.DataFrame, path: str | os.PathLike,
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="best")
     path = Path(path)
-    with _atomic_path(path) as tmp:
+    with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
     return path
 
@@ -288,7 +270,7 @@ def write_submission(images: Sequence[str], predictions: Sequence[Sequence[str]]
                                  "(empty, or contains a comma, quote or whitespace)")
         lines.append(f"{image},{' '.join(preds)}")
     path = Path(path)
-    with _atomic_path(path) as tmp:
+    with atomic_path(path) as tmp:
         tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
 

@@ -20,7 +20,6 @@ from whaleid.openset import leave_one_out, score_open_set, with_threshold
 from whaleid.train import TrainConfig, train
 
 
-
 @dataclass
 class OpenSetSplit:
     """Training individuals (fit), validation individuals for the threshold (val), held-out individuals (test)."""

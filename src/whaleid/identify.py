@@ -10,8 +10,8 @@ falls below a threshold calibrated on held-out individuals.
 from __future__ import annotations
 
 import json
-import warnings
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -21,7 +21,8 @@ from typing import Any
 import numpy as np
 
 from whaleid.evaluate import CUTOFF, NEW_INDIVIDUAL, default_thresholds, threshold_sweep
-from whaleid.index import Index, atomic_path, load_index
+from whaleid.files import atomic_path
+from whaleid.index import Index, load_index
 
 __all__ = [
     "NEW_INDIVIDUAL",

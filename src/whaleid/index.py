@@ -18,7 +18,6 @@ import contextlib
 import json
 import math
 import os
-import tempfile
 import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
@@ -26,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from whaleid.files import atomic_path
 
 __all__ = [
     "Index",
@@ -83,26 +84,6 @@ def _warn_if_not_normalised(x: np.ndarray, name: str = "gallery vectors") -> Non
             f"{norms.max():.3g}); scores will be inner products, not cosines",
             stacklevel=3,
         )
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temp path next to ``path``; move it into place only if the block succeeds.
-
-    A crash mid-write then leaves the previous file (or nothing), never half a file.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    tmp_path = Path(tmp)
-    try:
-        yield tmp_path
-        os.chmod(tmp_path, 0o644)  # mkstemp makes 0600; artifacts are meant to be shared
-        os.replace(tmp_path, path)
-    except BaseException:
-        tmp_path.unlink(missing_ok=True)
-        raise
 
 
 def _save_npz(path: str | os.PathLike, meta: dict, **arrays: np.ndarray) -> None:

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from whaleid.files import atomic_path
 from whaleid.pretrained import create_backbone
 
 DEFAULT_BACKBONE = "tf_efficientnet_lite0"
@@ -80,7 +81,6 @@ class EmbeddingModel(nn.Module):
 def save_checkpoint(model: EmbeddingModel, path: str | Path, labels: list[str], extra: dict | None = None) -> Path:
     """Inference checkpoint: weights, model config and label map; written atomically."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "format": "whaleid.model/1",
         "config": asdict(model.config),
@@ -88,9 +88,8 @@ def save_checkpoint(model: EmbeddingModel, path: str | Path, labels: list[str], 
         "labels": list(labels),
         "extra": extra or {},
     }
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(payload, tmp)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
     return path
 
 

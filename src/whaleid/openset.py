@@ -13,7 +13,12 @@ import numpy as np
 
 from whaleid.catalog import NEW_INDIVIDUAL
 from whaleid.evaluate import evaluate
-from whaleid.identify import Ranking, calibrate_threshold, insert_new_individual, top_individuals
+from whaleid.identify import (
+    Ranking,
+    calibrate_threshold,
+    insert_new_individual,
+    top_individuals,
+)
 from whaleid.index import ExactIndex
 
 

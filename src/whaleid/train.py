@@ -18,9 +18,10 @@ from tqdm.auto import tqdm
 from whaleid.augment import PhotoDataset, collate_skipping, train_transform
 from whaleid.catalog import Catalog
 from whaleid.embed import Embedder, default_workers
+from whaleid.files import atomic_path
 from whaleid.losses import ArcFaceLoss, ArcFaceSubCenter, SpeciesHead, dynamic_margins
-from whaleid.openset import score_open_set
 from whaleid.model import DEFAULT_BACKBONE, EmbeddingModel, ModelConfig, save_checkpoint
+from whaleid.openset import score_open_set
 
 
 @dataclass
@@ -231,8 +232,8 @@ def train(
                 "epoch": epoch + 1,
                 "history": history,
             }
-            torch.save(state, state_path.with_suffix(".tmp"))
-            state_path.with_suffix(".tmp").replace(state_path)
+            with atomic_path(state_path) as tmp:
+                torch.save(state, tmp)
             summary = ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items())
             accelerator.print(summary)
         accelerator.wait_for_everyone()

@@ -101,6 +101,7 @@ def train(
     img_size: int = 224,
     batch_size: int = 32,
     embedding_dim: int = 512,
+    subcenters: int = typer.Option(3, help="ArcFace sub-centers per individual."),
     lr: float = typer.Option(1e-3, help="Learning rate of neck and heads."),
     backbone_lr: float = 2e-4,
     grad_accum: int = 1,
@@ -118,7 +119,7 @@ def train(
 
     config = _train_config(
         backbone=backbone, pretrained=pretrained, weights=weights, epochs=epochs, img_size=img_size,
-        batch_size=batch_size, embedding_dim=embedding_dim, lr=lr, backbone_lr=backbone_lr, grad_accum=grad_accum,
+        batch_size=batch_size, embedding_dim=embedding_dim, subcenters=subcenters, lr=lr, backbone_lr=backbone_lr, grad_accum=grad_accum,
         hflip=hflip, species_head=species_head, label_smoothing=label_smoothing, mixed_precision=mixed_precision,
         num_workers=workers, seed=seed, max_steps_per_epoch=max_steps,
     )
@@ -245,6 +246,23 @@ def evaluate(
 
 
 @app.command()
+def openset(
+    test: Path = typer.Argument(..., help="Embeddings of held-out individuals: each photo queries all the others."),
+    val: Path = typer.Option(..., help="Embeddings of validation individuals, to choose the threshold."),
+    out: Optional[Path] = typer.Option(None, help="Write the metrics here as JSON."),
+):
+    """The demo's open-set score for any embeddings: threshold from val, metrics on test."""
+    from whaleid.embed import Embeddings
+    from whaleid.openset import calibrated_open_set
+
+    metrics, _, _ = calibrated_open_set(Embeddings.load(val), Embeddings.load(test))
+    console.print(_metrics_table("open set (leave-one-out)", {str(test): metrics}))
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(metrics, indent=2))
+
+
+@app.command()
 def synth(
     out: Path = typer.Option(Path("runs/synth"), help="Folder for images/ and train.csv."),
     individuals: int = 40,
@@ -270,6 +288,7 @@ def demo(
     backbone: str = "tf_efficientnet_lite0",
     backbone_lr: float = 5e-4,
     lr: float = 2e-3,
+    subcenters: int = typer.Option(3, help="ArcFace sub-centers per individual."),
     individuals: int = typer.Option(60, help="Synthetic individuals (without --data)."),
     new_fraction: float = 0.3,
     seed: int = 0,
@@ -290,7 +309,7 @@ def demo(
     catalog = _catalog(csv, None)
     config = _train_config(
         backbone=backbone, weights=None, epochs=epochs, img_size=img_size, batch_size=batch_size,
-        lr=lr, backbone_lr=backbone_lr, seed=seed, max_steps_per_epoch=max_steps,
+        lr=lr, backbone_lr=backbone_lr, subcenters=subcenters, seed=seed, max_steps_per_epoch=max_steps,
     )
     report = run_open_set(catalog, config, out, new_fraction=new_fraction, seed=seed, resume=resume)
     console.print(format_report(report))

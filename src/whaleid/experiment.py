@@ -14,9 +14,8 @@ import pandas as pd
 
 from whaleid.catalog import Catalog, open_set_split
 from whaleid.embed import Embedder
-from whaleid.evaluate import plot_threshold_sweep, threshold_sweep, write_submission
-from whaleid.identify import calibrate_threshold
-from whaleid.openset import leave_one_out, score_open_set, with_threshold
+from whaleid.evaluate import plot_threshold_sweep, write_submission
+from whaleid.openset import calibrated_open_set
 from whaleid.train import TrainConfig, train
 
 
@@ -34,19 +33,21 @@ class OpenSetSplit:
         fit, val = open_set_split(known, val_fraction, seed=seed + 1)
         return cls(fit, val, test)
 
+    def save(self, directory: Path) -> None:
+        """fit.csv / val.csv / test.csv, so each part can be re-used with the CLI commands."""
+        directory.mkdir(parents=True, exist_ok=True)
+        for name, part in vars(self).items():
+            part.to_csv(directory / f"{name}.csv")
+
     def sizes(self) -> dict:
         return {name: {"photos": len(part), "individuals": part.n_individuals} for name, part in vars(self).items()}
 
 
 def score_embedder(embedder: Embedder, split: OpenSetSplit, progress: bool = True) -> tuple[dict, pd.DataFrame, list[list[str]], list[str]]:
     """Threshold from the validation individuals, metrics on the held-out ones."""
-    val = embedder.embed_catalog(split.val, progress=progress)
-    val_rankings, val_truths = leave_one_out(val.vectors, val.table["individual_id"].tolist())
-    threshold = calibrate_threshold(val_rankings, val_truths, "sweep")
     test = embedder.embed_catalog(split.test, progress=progress)
-    metrics = score_open_set(test.vectors, test.table["individual_id"].tolist(), threshold)
-    rankings, _ = leave_one_out(test.vectors, test.table["individual_id"].tolist())
-    return metrics, threshold_sweep(val_rankings, val_truths), with_threshold(rankings, threshold), test.table["image"].tolist()
+    metrics, sweep, predictions = calibrated_open_set(embedder.embed_catalog(split.val, progress=progress), test)
+    return metrics, sweep, predictions, test.table["image"].tolist()
 
 
 def run_open_set(
@@ -63,6 +64,7 @@ def run_open_set(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     split = OpenSetSplit.make(catalog, new_fraction, val_fraction, seed)
+    split.save(out_dir / "split")
     report: dict = {"split": split.sizes(), "train_config": asdict(config), "results": {}}
 
     zero_shot = Embedder.zero_shot(config.backbone, config.img_size, batch_size=64)

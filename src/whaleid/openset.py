@@ -10,9 +10,11 @@ from collections import Counter
 from collections.abc import Sequence
 
 import numpy as np
+import pandas as pd
 
 from whaleid.catalog import NEW_INDIVIDUAL
-from whaleid.evaluate import evaluate
+from whaleid.embed import Embeddings
+from whaleid.evaluate import evaluate, threshold_sweep
 from whaleid.identify import (
     Ranking,
     calibrate_threshold,
@@ -61,3 +63,15 @@ def score_open_set(vectors: np.ndarray, ids: Sequence[str], threshold: float | N
         "threshold": float(threshold),
     }
 
+
+
+def calibrated_open_set(val: Embeddings, test: Embeddings) -> tuple[dict, pd.DataFrame, list[list[str]]]:
+    """Threshold chosen on the validation individuals, metrics on the test ones.
+
+    Returns the metrics, the validation threshold sweep, and the test predictions.
+    """
+    val_rankings, val_truths = leave_one_out(val.vectors, val.table["individual_id"].tolist())
+    threshold = calibrate_threshold(val_rankings, val_truths, "sweep")
+    rankings, _ = leave_one_out(test.vectors, test.table["individual_id"].tolist())
+    metrics = score_open_set(test.vectors, test.table["individual_id"].tolist(), threshold)
+    return metrics, threshold_sweep(val_rankings, val_truths), with_threshold(rankings, threshold)

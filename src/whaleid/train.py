@@ -221,8 +221,11 @@ def train(
         if accelerator.is_main_process:
             with metrics_path.open("a") as f:
                 f.write(json.dumps(record) + "\n")
-            extra = {"train_config": asdict(config), "history": history}
-            save_checkpoint(unwrapped, out_dir / "model.pt", catalog.labels, extra)
+            # With validation, model.pt is the epoch that generalised best to unseen individuals.
+            best = max(history, key=lambda h: h.get("val_map5", h["epoch"]))
+            if best is record:
+                extra = {"train_config": asdict(config), "history": history, "epoch": record["epoch"]}
+                save_checkpoint(unwrapped, out_dir / "model.pt", catalog.labels, extra)
             state = {
                 "model": unwrapped.state_dict(),
                 "criterion": accelerator.unwrap_model(criterion).state_dict(),

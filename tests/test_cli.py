@@ -34,13 +34,23 @@ def test_every_command_chains(synth_csv, tmp_path):
     model = tmp_path / "model" / "model.pt"
     run("embed", tmp_path / "split" / "known.csv", "--images", images, "--model", model, "--out", tmp_path / "gallery")
     run("embed", synth_csv, "--model", model, "--out", tmp_path / "queries", "--tta")
+    # a query CSV is embedded with the model that made the gallery
+    run("identify", tmp_path / "gallery", tmp_path / "split" / "new.csv", "--images", images,
+        "--threshold", 0.5, "--out", tmp_path / "csv_pred.csv")
+    assert len(pd.read_csv(tmp_path / "csv_pred.csv")) == len(new)
     out = run("identify", tmp_path / "gallery", tmp_path / "queries", "--calibrate", tmp_path / "gallery",
               "--out", tmp_path / "pred.csv", "--submission", tmp_path / "sub.csv", "--save", tmp_path / "identifier")
     assert "threshold" in out
     pred = pd.read_csv(tmp_path / "pred.csv")
     assert len(pred) == len(pd.read_csv(synth_csv))
     assert all(len(p.split()) == 5 for p in pd.read_csv(tmp_path / "sub.csv")["predictions"])
-    assert (tmp_path / "identifier" / "identifier.json").exists()
+    # the saved Identifier carries its model: photos in, the same answers out
+    from whaleid.identify import Identifier
+
+    identifier = Identifier.load(tmp_path / "identifier")
+    photos = pd.read_csv(synth_csv)["image"].head(4)
+    rankings, ok = identifier.identify_photos([str(images / p) for p in photos], num_workers=0, tta_flip=True)
+    assert ok.all() and [" ".join(r.ids) for r in rankings] == pred["predictions"].head(4).tolist()
 
     run("evaluate", tmp_path / "pred.csv", "--truth", synth_csv, "--gallery", tmp_path / "gallery", "--out", tmp_path / "eval")
     report = json.loads((tmp_path / "eval" / "report.json").read_text())

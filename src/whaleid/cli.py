@@ -160,22 +160,29 @@ def embed(
 @app.command()
 def identify(
     gallery: Path = typer.Argument(..., help="Embeddings folder of the labelled catalog (from `whaleid embed`)."),
-    queries: Path = typer.Argument(..., help="Embeddings folder of the photos to identify."),
+    queries: Path = typer.Argument(..., help="Embeddings folder of the photos to identify, or a CSV of them (embedded with the gallery's model)."),
+    images: Optional[Path] = typer.Option(None, "--images", help="Photo folder of a query CSV (default: images/ beside it)."),
     out: Path = typer.Option(Path("predictions.csv"), help="CSV: image, predictions, candidates, scores."),
     threshold: Optional[float] = typer.Option(None, help="new_individual below this cosine score."),
     calibrate: Optional[Path] = typer.Option(None, help="Embeddings of labelled validation photos: choose the threshold by best leave-one-out MAP@5."),
     new_rate: Optional[float] = typer.Option(None, help="Or choose the threshold so this share of queries is new."),
     index: str = typer.Option("exact", help="exact or faiss."),
+    tta: bool = typer.Option(False, help="Flip TTA when embedding a query CSV."),
     save: Optional[Path] = typer.Option(None, help="Also save the Identifier (index + ids + threshold) here."),
     submission: Optional[Path] = typer.Option(None, help="Also write a Kaggle submission CSV here."),
 ):
     """Top-5 individuals (or new_individual) for each query photo."""
-    from whaleid.embed import Embeddings
+    from whaleid.embed import Embedder, Embeddings
     from whaleid.identify import Identifier, calibrate_threshold
     from whaleid.index import build_index
     from whaleid.openset import leave_one_out
 
-    g, q = Embeddings.load(gallery), Embeddings.load(queries)
+    g = Embeddings.load(gallery)
+    if queries.is_dir():
+        q = Embeddings.load(queries)
+    else:
+        embedder = Embedder.from_source(g.meta.get("source", {}), g.meta["model"]["img_size"], tta_flip=tta)
+        q = embedder.embed_catalog(_catalog(queries, images, require_labels=False))
     identifier = Identifier(build_index(g.vectors, index), g.table["individual_id"].tolist(), metadata=g.meta)
     rankings = identifier.rank(q.vectors)
     if calibrate is not None:

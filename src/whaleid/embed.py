@@ -79,16 +79,30 @@ class Embedder:
         self.tta_flip = tta_flip
         self.num_workers = default_workers() if num_workers is None else num_workers
         self.transform = eval_transform(self.config.img_size, self.config.mean, self.config.std)
+        self.source: dict = {}  # where the weights came from, so a query path can rebuild this embedder
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, **kwargs) -> "Embedder":
         model, _ = load_checkpoint(path)
-        return cls(model, **kwargs)
+        embedder = cls(model, **kwargs)
+        embedder.source = {"checkpoint": str(Path(path).resolve())}
+        return embedder
+
+    @classmethod
+    def from_source(cls, source: dict, img_size: int = 224, **kwargs) -> "Embedder":
+        """Rebuild the embedder that made a set of embeddings (see `Embeddings.meta['source']`)."""
+        if "checkpoint" in source:
+            return cls.from_checkpoint(source["checkpoint"], **kwargs)
+        if "zero_shot" in source:
+            return cls.zero_shot(source["zero_shot"], img_size, **kwargs)
+        raise ValueError("these embeddings do not say which model made them")
 
     @classmethod
     def zero_shot(cls, backbone: str = DEFAULT_BACKBONE, img_size: int = 224, **kwargs) -> "Embedder":
         """Pretrained backbone features with GeM pooling and no trained neck: the baseline to beat."""
-        return cls(EmbeddingModel(ModelConfig(backbone=backbone, embedding_dim=0, img_size=img_size)), **kwargs)
+        embedder = cls(EmbeddingModel(ModelConfig(backbone=backbone, embedding_dim=0, img_size=img_size)), **kwargs)
+        embedder.source = {"zero_shot": backbone}
+        return embedder
 
     @torch.inference_mode()
     def embed_batch(self, images: torch.Tensor) -> torch.Tensor:
@@ -128,7 +142,7 @@ class Embedder:
             vectors=vectors,
             table=table.loc[ok, columns].reset_index(drop=True),
             failures=failures,
-            meta={"model": _describe(self.config), "tta_flip": self.tta_flip, "n": int(ok.sum())},
+            meta={"model": _describe(self.config), "source": self.source, "tta_flip": self.tta_flip, "n": int(ok.sum())},
         )
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ __all__ = [
 SIDECAR = "identifier.json"
 INDEX_FILE = "index.npz"
 IDS_FILE = "gallery_ids.json"
+MODEL_FILE = "model.pt"
 FORMAT = "whaleid.identifier"
 FORMAT_VERSION = 1
 
@@ -186,6 +188,15 @@ class Identifier:
             return rankings
         return [insert_new_individual(r, self.threshold, top=top) for r in rankings]
 
+    def identify_photos(self, paths: Sequence[str], top: int = CUTOFF, **embed_options: Any) -> tuple[list[Ranking], np.ndarray]:
+        """Rankings for photo files, embedded by the model that made the gallery; and which photos opened."""
+        from whaleid.embed import Embedder
+
+        source = self.metadata.get("source", {})
+        embedder = Embedder.from_source(source, self.metadata.get("model", {}).get("img_size", 224), **embed_options)
+        vectors, ok = embedder.embed_paths(list(paths))
+        return self.identify(vectors, top=top), ok
+
     def save(self, directory: str | os.PathLike) -> Path:
         """index.npz + gallery_ids.json + identifier.json, each written atomically.
 
@@ -197,6 +208,12 @@ class Identifier:
         self.index.save(directory / INDEX_FILE)
         with atomic_path(directory / IDS_FILE) as tmp:
             tmp.write_text(json.dumps(self.gallery_ids), encoding="utf-8")
+        checkpoint = self.metadata.get("source", {}).get("checkpoint")
+        if checkpoint and Path(checkpoint).resolve() != (directory / MODEL_FILE).resolve():
+            # The model travels with the index, so photos can be identified from this folder alone.
+            with atomic_path(directory / MODEL_FILE) as tmp:
+                shutil.copyfile(checkpoint, tmp)
+            self.metadata["source"] = {"checkpoint": str((directory / MODEL_FILE).resolve())}
         sidecar = {
             "format": FORMAT,
             "version": FORMAT_VERSION,

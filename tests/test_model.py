@@ -55,3 +55,17 @@ def test_load_checkpoint_rejects_other_files(tmp_path):
     torch.save({"state_dict": {}}, tmp_path / "other.pt")
     with pytest.raises(ValueError, match="not a whaleid model"):
         load_checkpoint(tmp_path / "other.pt")
+
+
+def test_inference_output_is_the_neck_or_the_pooled_features():
+    torch.manual_seed(0)
+    model = EmbeddingModel(ModelConfig(**vars(TINY)), pretrained=False).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(model.embed(x), model(x))
+        model.config.output = "pooled"
+        pooled = model.embed(x)
+        torch.testing.assert_close(pooled, model.pool(model.backbone.forward_features(x)))
+    assert pooled.shape == (2, model.output_dim) and model.output_dim == 256
+    with pytest.raises(ValueError, match="output"):
+        EmbeddingModel(ModelConfig(backbone="test_efficientnet", output="logits"), pretrained=False)

@@ -38,3 +38,14 @@ def test_checkpoint_every_epoch_and_resume_is_exact(synth_csv, tmp_path):
         torch.testing.assert_close(x, y, msg=name)
     assert payload["labels"] == sorted(catalog.table["individual_id"].unique())
     assert [h["loss"] for h in resumed.history] == pytest.approx([h["loss"] for h in straight.history])
+
+
+def test_validation_picks_the_best_epoch_and_output(synth_csv, tmp_path):
+    from whaleid.catalog import open_set_split
+
+    known, val = open_set_split(read_catalog(synth_csv), 0.3, seed=0)
+    result = train(known, TrainConfig(epochs=2, **TINY), tmp_path, val_catalog=val, progress=False)
+    scores = [(h[f"val_{p}map5"], h["epoch"], name) for h in result.history for p, name in (("", "neck"), ("pooled_", "pooled"))]
+    best_map, best_epoch, best_output = max(scores, key=lambda s: (s[0], -s[1]))
+    _, payload = load_checkpoint(result.checkpoint)
+    assert payload["extra"]["epoch"] == best_epoch and payload["config"]["output"] == best_output

@@ -107,9 +107,9 @@ class Embedder:
     @torch.inference_mode()
     def embed_batch(self, images: torch.Tensor) -> torch.Tensor:
         images = images.to(self.device, non_blocking=True)
-        vectors = self.model(images)
+        vectors = self.model.embed(images)
         if self.tta_flip:
-            vectors = vectors + self.model(images.flip(-1))
+            vectors = vectors + self.model.embed(images.flip(-1))
         return F.normalize(vectors.float(), dim=1)
 
     def embed_paths(self, paths: list[str], progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
@@ -121,7 +121,7 @@ class Embedder:
             collate_fn=collate_skipping,
             persistent_workers=False,
         )
-        vectors = np.zeros((len(paths), self.model.embedding_dim), dtype=np.float32)
+        vectors = np.zeros((len(paths), self.model.output_dim), dtype=np.float32)
         ok = np.zeros(len(paths), dtype=bool)
         with tqdm(total=len(paths), desc="embed", unit="photo", disable=not progress) as bar:
             for batch in loader:
@@ -150,6 +150,7 @@ def _describe(config: ModelConfig) -> dict:
     return {
         "backbone": config.backbone,
         "embedding_dim": config.embedding_dim,
+        "output": config.output,
         "img_size": config.img_size,
         "mean": list(config.mean),
         "std": list(config.std),

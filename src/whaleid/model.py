@@ -17,6 +17,7 @@ from whaleid.files import atomic_path
 from whaleid.pretrained import create_backbone
 
 DEFAULT_BACKBONE = "tf_efficientnet_lite0"
+OUTPUTS = ("neck", "pooled")
 
 
 class GeM(nn.Module):
@@ -50,6 +51,10 @@ class ModelConfig:
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     std: tuple[float, float, float] = (0.5, 0.5, 0.5)
     grad_checkpointing: bool = False
+    # What inference uses: the trained neck, or the GeM-pooled backbone features before it.
+    # The neck fits the training individuals; pooled features can transfer better to unseen
+    # ones (measured in docs/results/right-whales.md), so training picks on validation.
+    output: str = "neck"
     extra: dict = field(default_factory=dict)
 
 
@@ -65,6 +70,8 @@ class EmbeddingModel(nn.Module):
             config.std = tuple(float(v) for v in data_config["std"])
         if config.grad_checkpointing:
             self.backbone.set_grad_checkpointing(True)
+        if config.output not in OUTPUTS:
+            raise ValueError(f"output must be one of {OUTPUTS}, got {config.output!r}")
         self.config = config
         self.pool = GeM(config.gem_p)
         features = self.backbone.num_features
@@ -75,7 +82,17 @@ class EmbeddingModel(nn.Module):
         self.embedding_dim = config.embedding_dim or features
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """The training embedding, the one the ArcFace head sees."""
         return self.neck(self.pool(self.backbone.forward_features(images)))
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """The inference embedding chosen by `config.output`."""
+        pooled = self.pool(self.backbone.forward_features(images))
+        return pooled if self.config.output == "pooled" else self.neck(pooled)
+
+    @property
+    def output_dim(self) -> int:
+        return self.backbone.num_features if self.config.output == "pooled" else self.embedding_dim
 
 
 def save_checkpoint(model: EmbeddingModel, path: str | Path, labels: list[str], extra: dict | None = None) -> Path:

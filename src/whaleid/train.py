@@ -20,7 +20,13 @@ from whaleid.catalog import Catalog
 from whaleid.embed import Embedder, default_workers
 from whaleid.files import atomic_path
 from whaleid.losses import ArcFaceLoss, ArcFaceSubCenter, SpeciesHead, dynamic_margins
-from whaleid.model import DEFAULT_BACKBONE, EmbeddingModel, ModelConfig, save_checkpoint
+from whaleid.model import (
+    DEFAULT_BACKBONE,
+    OUTPUTS,
+    EmbeddingModel,
+    ModelConfig,
+    save_checkpoint,
+)
 from whaleid.openset import score_open_set
 
 
@@ -92,11 +98,30 @@ def warmup_cosine(total_steps: int, warmup_steps: int):
 
 
 def validate(model: EmbeddingModel, catalog: Catalog, batch_size: int, num_workers: int | None) -> dict:
-    """Leave-one-out MAP@5 among held-out photos: each photo queries all the others."""
-    was_training = model.training
-    embeddings = Embedder(model, batch_size=batch_size, num_workers=num_workers, device=next(model.parameters()).device).embed_catalog(catalog, progress=False)
+    """Leave-one-out metrics among held-out photos (each queries all the others), for each output.
+
+    Keys are `map5`, `top1_known`, ... for the neck and `pooled_map5`, ... for the pooled features.
+    """
+    was_training, output = model.training, model.config.output
+    device = next(model.parameters()).device
+    metrics = {}
+    for name in OUTPUTS if model.config.embedding_dim else ("neck",):
+        model.config.output = name
+        embedder = Embedder(model, batch_size=batch_size, num_workers=num_workers, device=device)
+        embeddings = embedder.embed_catalog(catalog, progress=False)
+        scores = score_open_set(embeddings.vectors, embeddings.table["individual_id"].tolist())
+        metrics.update({(k if name == "neck" else f"{name}_{k}"): v for k, v in scores.items()})
+    model.config.output = output
     model.train(was_training)
-    return score_open_set(embeddings.vectors, embeddings.table["individual_id"].tolist())
+    return metrics
+
+
+def _best_output(record: dict) -> tuple[float, str]:
+    """The record's best validation MAP@5 and the output that reached it (epoch number without validation)."""
+    if "val_map5" not in record:
+        return record["epoch"], "neck"
+    candidates = [(record.get(f"val_{prefix}map5", -1.0), name) for prefix, name in (("", "neck"), ("pooled_", "pooled"))]
+    return max(candidates, key=lambda c: c[0])  # ties: the neck, then the earliest epoch
 
 
 def train(
@@ -221,9 +246,10 @@ def train(
         if accelerator.is_main_process:
             with metrics_path.open("a") as f:
                 f.write(json.dumps(record) + "\n")
-            # With validation, model.pt is the epoch that generalised best to unseen individuals.
-            best = max(history, key=lambda h: h.get("val_map5", h["epoch"]))
+            # With validation, model.pt is the epoch and output that generalised best to unseen individuals.
+            best = max(history, key=lambda h: _best_output(h)[0])
             if best is record:
+                unwrapped.config.output = _best_output(record)[1]
                 extra = {"train_config": asdict(config), "history": history, "epoch": record["epoch"]}
                 save_checkpoint(unwrapped, out_dir / "model.pt", catalog.labels, extra)
             state = {

@@ -3,6 +3,7 @@
 import json
 
 import pandas as pd
+import pytest
 from typer.testing import CliRunner
 
 from whaleid.cli import app
@@ -50,7 +51,11 @@ def test_every_command_chains(synth_csv, tmp_path):
     identifier = Identifier.load(tmp_path / "identifier")
     photos = pd.read_csv(synth_csv)["image"].head(4)
     rankings, ok = identifier.identify_photos([str(images / p) for p in photos], num_workers=0, tta_flip=True)
-    assert ok.all() and [" ".join(r.ids) for r in rankings] == pred["predictions"].head(4).tolist()
+    assert ok.all()
+    # same answers up to float noise between batch sizes: near-tied candidates may swap
+    assert [r.ids[0] for r in rankings] == [p.split()[0] for p in pred["predictions"].head(4)]
+    for ranking, row in zip(rankings, pred.head(4).itertuples()):
+        assert ranking.scores == pytest.approx([float(x) for x in row.scores.split()], abs=2e-3)
 
     run("evaluate", tmp_path / "pred.csv", "--truth", synth_csv, "--gallery", tmp_path / "gallery", "--out", tmp_path / "eval")
     report = json.loads((tmp_path / "eval" / "report.json").read_text())

@@ -289,14 +289,15 @@ def synth(
 def demo(
     data: Optional[Path] = typer.Option(None, help="A real catalog folder (train.csv + images/); default: synthetic fins."),
     out: Path = typer.Option(Path("runs/demo"), help="Where everything goes."),
-    epochs: int = 6,
+    epochs: int = 20,
     img_size: int = 128,
     batch_size: int = 32,
     backbone: str = "tf_efficientnet_lite0",
     backbone_lr: float = 5e-4,
     lr: float = 2e-3,
     subcenters: int = typer.Option(3, help="ArcFace sub-centers per individual."),
-    individuals: int = typer.Option(60, help="Synthetic individuals (without --data)."),
+    individuals: int = typer.Option(120, help="Synthetic individuals (without --data)."),
+    variation: float = typer.Option(0.5, help="How much synthetic photos of one fin vary (0-1; without --data)."),
     new_fraction: float = 0.3,
     seed: int = 0,
     max_steps: Optional[int] = typer.Option(None, help="Cap steps per epoch (smoke runs)."),
@@ -310,7 +311,7 @@ def demo(
         csv = out / "catalog" / "train.csv"
         if not csv.exists():
             console.print("building a synthetic catalog of dorsal fins...")
-            csv = make_catalog(out / "catalog", individuals, (2, 8), 256, seed, progress=True)
+            csv = make_catalog(out / "catalog", individuals, (4, 10), 256, seed, progress=True, variation=variation)
     else:
         csv = data / "train.csv"
     catalog = _catalog(csv, None)

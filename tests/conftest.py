@@ -5,6 +5,14 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
+# The broken files in fixtures/images (and one absent one) with the reason each must give.
+BROKEN = {
+    "truncated.jpg": "truncated JPEG",
+    "truncated.png": "truncated PNG",
+    "not_an_image.jpg": "not an image",
+    "empty.jpg": "empty file",
+    "no_such_photo.jpg": "missing file",
+}
 SHARED_DATA = Path(os.environ.get("WHALEID_SHARED_DATA", ROOT.parent / "shared" / "data"))
 
 

@@ -10,6 +10,7 @@ import time
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import BROKEN
 
 from whaleid.catalog import (
     NEW_INDIVIDUAL,
@@ -29,13 +30,6 @@ from whaleid.catalog import (
 )
 
 VALID = ["rgb.jpg", "rotated.jpg", "cmyk.jpg", "gray.jpg", "gray16.png", "alpha.png", "palette.png"]
-BROKEN = {
-    "truncated.jpg": "truncated JPEG",
-    "truncated.png": "truncated PNG",
-    "not_an_image.jpg": "not an image",
-    "empty.jpg": "empty file",
-    "no_such_photo.jpg": "missing file",
-}
 
 
 def write_csv(path, text: str):

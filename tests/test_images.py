@@ -4,17 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import BROKEN
 from PIL import Image, ImageFile
 
 from whaleid.images import ImageError, check_image, open_image
-
-BROKEN = {
-    "truncated.jpg": "truncated JPEG",
-    "truncated.png": "truncated PNG",
-    "not_an_image.jpg": "not an image",
-    "empty.jpg": "empty file",
-    "no_such_photo.jpg": "missing file",
-}
 
 
 @pytest.fixture

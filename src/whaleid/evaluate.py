@@ -278,7 +278,8 @@ def write_submission(images: Sequence[str], predictions: Sequence[Sequence[str]]
 # --------------------------------------------------------------------------- report
 
 
-def _json_float(x: Any) -> float | None:
+def json_float(x: Any) -> float | None:
+    """NaN (an undefined metric) as JSON null rather than the non-standard NaN token."""
     x = float(x)
     return None if math.isnan(x) else x
 
@@ -298,10 +299,10 @@ class Report:
 
     def to_dict(self) -> dict[str, Any]:
         out = {k: v for k, v in asdict(self).items() if k != "per_species"}
-        out = {k: (v if k == "n" else _json_float(v)) for k, v in out.items()}
+        out = {k: (v if k == "n" else json_float(v)) for k, v in out.items()}
         if self.per_species is not None:
             out["per_species"] = [
-                {k: (v if k in ("species", "n") else _json_float(v)) for k, v in row.items()}
+                {k: (v if k in ("species", "n") else json_float(v)) for k, v in row.items()}
                 for row in self.per_species.to_dict(orient="records")
             ]
         return out

@@ -14,7 +14,7 @@ import pandas as pd
 
 from whaleid.catalog import Catalog, open_set_split
 from whaleid.embed import Embedder
-from whaleid.evaluate import plot_threshold_sweep, write_submission
+from whaleid.evaluate import json_float, plot_threshold_sweep, write_submission
 from whaleid.openset import calibrated_open_set
 from whaleid.train import TrainConfig, train
 
@@ -82,7 +82,8 @@ def run_open_set(
         "threshold_plot": str(plot_threshold_sweep(sweep, out_dir / "threshold_sweep.png", chosen=metrics["threshold"])),
         "submission": str(write_submission(images, predictions, out_dir / "submission.csv")),
     }
-    (out_dir / "report.json").write_text(json.dumps(report, indent=2, default=str))
+    results = {name: {k: json_float(v) for k, v in m.items()} for name, m in report["results"].items()}
+    (out_dir / "report.json").write_text(json.dumps({**report, "results": results}, indent=2, default=str))
     (out_dir / "report.md").write_text(format_report(report))
     return report
 

@@ -50,7 +50,11 @@ def with_threshold(rankings: Sequence[Ranking], threshold: float) -> list[list[s
 
 def score_open_set(vectors: np.ndarray, ids: Sequence[str], threshold: float | None = None) -> dict:
     """Leave-one-out metrics; without a threshold, the best one for this very set (optimistic)."""
-    rankings, truths = leave_one_out(vectors, ids)
+    return score_rankings(*leave_one_out(vectors, ids), threshold)
+
+
+def score_rankings(rankings: Sequence[Ranking], truths: Sequence[str], threshold: float | None = None) -> dict:
+    """MAP@5 with new_individual inserted at `threshold`, top-k on known queries, new precision/recall."""
     if threshold is None:
         threshold = calibrate_threshold(rankings, truths, "sweep")
     report = evaluate(with_threshold(rankings, threshold), truths)
@@ -64,7 +68,6 @@ def score_open_set(vectors: np.ndarray, ids: Sequence[str], threshold: float | N
     }
 
 
-
 def calibrated_open_set(val: Embeddings, test: Embeddings) -> tuple[dict, pd.DataFrame, list[list[str]]]:
     """Threshold chosen on the validation individuals, metrics on the test ones.
 
@@ -72,6 +75,6 @@ def calibrated_open_set(val: Embeddings, test: Embeddings) -> tuple[dict, pd.Dat
     """
     val_rankings, val_truths = leave_one_out(val.vectors, val.table["individual_id"].tolist())
     threshold = calibrate_threshold(val_rankings, val_truths, "sweep")
-    rankings, _ = leave_one_out(test.vectors, test.table["individual_id"].tolist())
-    metrics = score_open_set(test.vectors, test.table["individual_id"].tolist(), threshold)
+    rankings, truths = leave_one_out(test.vectors, test.table["individual_id"].tolist())
+    metrics = score_rankings(rankings, truths, threshold)
     return metrics, threshold_sweep(val_rankings, val_truths), with_threshold(rankings, threshold)

@@ -1,0 +1,35 @@
+import numpy as np
+import pytest
+
+from whaleid.catalog import NEW_INDIVIDUAL
+from whaleid.openset import known_accuracy, leave_one_out, score_rankings
+
+
+def unit(*rows):
+    v = np.array(rows, dtype=np.float32)
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def test_leave_one_out_never_matches_a_photo_with_itself():
+    vectors = unit([1, 0], [0.9, 0.1], [0, 1], [0.1, 1])
+    rankings, truths = leave_one_out(vectors, ["a", "a", "b", "c"])
+    assert truths == ["a", "a", NEW_INDIVIDUAL, NEW_INDIVIDUAL]  # b and c have no other photo
+    assert [r.ids[0] for r in rankings] == ["a", "a", "c", "b"]
+    # photo 0's own row is gone: its best "a" score is photo 1's, not 1.0
+    assert rankings[0].scores[0] == pytest.approx(float(vectors[0] @ vectors[1]))
+
+
+def test_scores_by_hand():
+    vectors = unit([1, 0], [0.9, 0.1], [0, 1], [0.5, 1])
+    rankings, truths = leave_one_out(vectors, ["a", "a", "b", "c"])
+    assert known_accuracy(rankings, truths, 1) == 1.0  # both "a" photos find each other
+    # cos(a0, a1) = 0.9/sqrt(0.82) = 0.994; cos(b, c) = 1/sqrt(1.25) = 0.894, each one's best.
+    # A threshold between them keeps the a's known and makes b and c new: all right.
+    m = score_rankings(rankings, truths, threshold=0.95)
+    assert m["map5"] == pytest.approx(1.0) and m["new_recall"] == 1.0 and m["new_precision"] == 1.0
+    # above both, the a's get new_individual first too: AP 1/2 each
+    assert score_rankings(rankings, truths, threshold=0.999)["map5"] == pytest.approx((0.5 + 0.5 + 1 + 1) / 4)
+    # at 0.5, b and c answer each other first; new_individual lands where scores drop below 0.5:
+    # b: [c .894, new] -> AP 1/2; c: [b .894, a1 .543, new] -> AP 1/3 (cos(c, a1) = 0.55/(1.118*0.906))
+    m = score_rankings(rankings, truths, threshold=0.5)
+    assert m["map5"] == pytest.approx((1 + 1 + 1 / 2 + 1 / 3) / 4) and m["new_recall"] == 0.0

@@ -16,7 +16,6 @@ from whaleid.preprocess import (
     saliency_masks,
 )
 
-
 # --- enlarge_box: hand-computed cases -------------------------------------------------
 
 
@@ -177,3 +176,87 @@ def test_real_clahe_runs_and_keeps_shape(real):
     m = saliency_masks(images[:1], clahe=True)[0]
     assert m.shape == (images[0].height, images[0].width)
     assert 0.0 <= float(m.min()) and float(m.max()) <= 1.0
+
+
+# --- remove_background: hand-computed on tiny synthetic images ---------------------------
+
+from whaleid.preprocess import remove_background  # noqa: E402
+
+_COLOUR = (200, 100, 50)
+
+
+def _const_image(colour=_COLOUR, h: int = 20, w: int = 20) -> Image.Image:
+    return Image.fromarray(np.full((h, w, 3), colour, dtype=np.uint8))
+
+
+def _left_mask(h: int = 20, w: int = 20) -> np.ndarray:
+    m = np.zeros((h, w), dtype=np.float32)
+    m[:, : w // 2] = 1.0
+    return m
+
+
+def test_remove_background_black_hard_edge():
+    out = np.asarray(remove_background(_const_image(), _left_mask(), mode="black", feather=0))
+    assert out.shape == (20, 20, 3)
+    assert (out[:, 10:] == 0).all()
+    assert (out[:, :10] == np.array(_COLOUR, dtype=np.uint8)).all()
+
+
+def test_remove_background_mean_fills_with_photo_mean():
+    arr = np.zeros((20, 20, 3), dtype=np.uint8)
+    arr[:, :10] = (200, 100, 50)
+    arr[:, 10:] = (0, 50, 100)  # photo mean = (100, 75, 75)
+    out = np.asarray(remove_background(Image.fromarray(arr), _left_mask(), mode="mean", feather=0))
+    assert (out[:, 10:] == np.array([100, 75, 75], dtype=np.uint8)).all()
+    assert (out[:, :10] == np.array([200, 100, 50], dtype=np.uint8)).all()
+
+
+def test_remove_background_blur_of_constant_image_is_unchanged():
+    img = _const_image()
+    for feather in (0.0, 0.05):
+        out = np.asarray(remove_background(img, _left_mask(), mode="blur", feather=feather))
+        assert (out == np.asarray(img)).all()
+
+
+def test_remove_background_blur_smooths_texture():
+    rng = np.random.default_rng(0)
+    arr = rng.integers(0, 256, size=(20, 20, 3), dtype=np.uint8)
+    out = np.asarray(remove_background(Image.fromarray(arr), _left_mask(), mode="blur", feather=0)).astype(float)
+    assert (out[:, :10] == arr[:, :10]).all()
+    # the blurred right half varies far less than the noisy original there
+    assert out[:, 10:].std() < 0.5 * arr[:, 10:].astype(float).std()
+
+
+def test_remove_background_feather_softens_only_the_edge():
+    out = np.asarray(remove_background(_const_image(), _left_mask(), mode="black", feather=0.05)).astype(int)
+    red = out[:, :, 0]
+    # columns 9 and 10 sit on the boundary: strictly between background 0 and photo 200
+    assert ((red[:, 9] > 0) & (red[:, 9] < 200)).all()
+    assert ((red[:, 10] > 0) & (red[:, 10] < 200)).all()
+    assert (red[:, 9] > red[:, 10]).all()
+    # far from the boundary the pixels keep their hard-edge values
+    assert (red[:, 0] == 200).all()
+    assert (red[:, 19] == 0).all()
+
+
+def test_remove_background_grayscale_is_three_equal_channels():
+    img, mask = _const_image(), _left_mask()
+    out = np.asarray(remove_background(img, mask, mode="black", feather=0, grayscale=True)).astype(int)
+    assert out.shape == (20, 20, 3)
+    assert (out[..., 0] == out[..., 1]).all() and (out[..., 1] == out[..., 2]).all()
+    ref = np.asarray(remove_background(img, mask, mode="black", feather=0).convert("L")).astype(int)
+    assert np.abs(out[..., 0] - ref).max() <= 1
+    # the greyscale of (200,100,50) is neither 0 nor any of the input channels' extremes
+    assert 0 < out[0, 0, 0] < 200 and (out[:, 10:] == 0).all()
+
+
+def test_remove_background_rejects_wrong_mask_shape():
+    with pytest.raises(ValueError, match="mask shape"):
+        remove_background(_const_image(), np.ones((20, 19), dtype=np.float32))
+    with pytest.raises(ValueError, match="mask shape"):
+        remove_background(_const_image(), np.ones((20, 20, 1), dtype=np.float32))
+
+
+def test_remove_background_rejects_bad_mode():
+    with pytest.raises(ValueError, match="black.*blur.*mean"):
+        remove_background(_const_image(), _left_mask(), mode="white")

@@ -175,3 +175,53 @@ def crop_box(
     bw, bh = int(stats[best, cv2.CC_STAT_WIDTH]), int(stats[best, cv2.CC_STAT_HEIGHT])
     box = enlarge_box((x, y, x + bw, y + bh), enlarge, w, h, square=square)
     return Crop(box, frac, score, STATUS_OK)
+
+
+BACKGROUND_MODES = ("black", "blur", "mean")
+__all__ += ["BACKGROUND_MODES", "remove_background"]
+
+
+def remove_background(
+    image: Image.Image,
+    mask: np.ndarray,
+    mode: str = "black",
+    feather: float = 0.02,
+    grayscale: bool = False,
+) -> Image.Image:
+    """Replace everything outside the saliency mask, so a model cannot match photos on sea and sky.
+
+    Kaggle whale/dolphin competitors tried this because identical water, horizon or light
+    let models "recognise" the scene instead of the animal. ``mask`` is a float [0, 1]
+    full-resolution map (as from :func:`saliency_masks`); it is feathered with a Gaussian
+    of sigma ``feather`` x image diagonal (0 = hard edge) and used as alpha:
+    ``out = m * photo + (1 - m) * background``. ``mode`` picks the background: ``"black"``,
+    ``"blur"`` (a strong Gaussian blur of the photo) or ``"mean"`` (the photo's mean colour).
+    ``grayscale`` returns greyscale copied into 3 equal channels, so 3-channel models still fit.
+    """
+    if mode not in BACKGROUND_MODES:
+        raise ValueError(f"unknown mode {mode!r}; valid modes are {', '.join(BACKGROUND_MODES)}")
+    if feather < 0:
+        raise ValueError(f"feather must be >= 0, got {feather}")
+    rgb = np.asarray(image.convert("RGB"), dtype=np.float32)
+    h, w = rgb.shape[:2]
+    mask = np.asarray(mask)
+    if mask.shape != (h, w):
+        raise ValueError(f"mask shape {mask.shape} must equal the image's (H, W) = {(h, w)}")
+    m = np.clip(mask.astype(np.float32), 0.0, 1.0)
+    diag = float(np.hypot(h, w))
+    if feather > 0:
+        m = cv2.GaussianBlur(m, (0, 0), sigmaX=feather * diag, borderType=cv2.BORDER_REFLECT)
+        m = np.clip(m, 0.0, 1.0)
+    if mode == "black":
+        bg = np.zeros_like(rgb)
+    elif mode == "mean":
+        bg = np.broadcast_to(rgb.reshape(-1, 3).mean(axis=0), rgb.shape)
+    else:  # blur: strong enough that texture of the sea and horizon is gone
+        sigma = max(0.05 * diag, 1.0)
+        bg = cv2.GaussianBlur(rgb, (0, 0), sigmaX=sigma, borderType=cv2.BORDER_REFLECT)
+    m3 = m[..., None]
+    out = m3 * rgb + (1.0 - m3) * bg
+    result = Image.fromarray(np.clip(np.rint(out), 0, 255).astype(np.uint8), mode="RGB")
+    if grayscale:
+        result = result.convert("L").convert("RGB")
+    return result

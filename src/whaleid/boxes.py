@@ -1,0 +1,257 @@
+"""Read, check and sample crop boxes produced by external detectors.
+
+Users bring boxes from other tools (Detic, YOLO, hand-drawn crops, the public
+Happywhale crop CSVs). Everything is converted to one table of integer pixel
+boxes ``image, x0, y0, x1, y1, source`` so training can keep several boxes per
+photo (e.g. ``body`` and ``fin``) and pick one per epoch, as the 1st-place
+Happywhale 2022 solution did.
+
+Conventions
+-----------
+* Pixel boxes are half-open: ``x0 <= x < x1``, ``y0 <= y < y1``; a valid box
+  has ``x0 < x1`` and ``y0 < y1`` and lies inside ``[0, W] x [0, H]``.
+* YOLO -> pixel rounding: the low edge is floored and the high edge is ceiled
+  (after rounding to 6 decimals to absorb float noise), so the pixel box always
+  covers the whole normalised region. E.g. cx=.5 cy=.5 w=.5 h=.25 on a 200x100
+  image gives (50, 37, 150, 63).
+* Rows whose box is empty/NaN are *not* returned as boxes: a warning with the
+  count is logged and the skipped rows are kept in ``df.attrs["skipped"]`` (a
+  DataFrame) so callers can report them.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+import pandas as pd
+
+log = logging.getLogger(__name__)
+
+BOX_COLUMNS = ["image", "x0", "y0", "x1", "y1", "source"]
+FULL = "full"
+_YOLO_TOL = 1e-3
+
+
+def _empty_boxes() -> pd.DataFrame:
+    df = pd.DataFrame({c: pd.Series(dtype="int64") for c in BOX_COLUMNS})
+    df["image"] = df["image"].astype(object)
+    df["source"] = df["source"].astype(object)
+    return df
+
+
+def _is_blank(v: object) -> bool:
+    if v is None:
+        return True
+    if isinstance(v, float) and math.isnan(v):
+        return True
+    return isinstance(v, str) and not v.strip()
+
+
+def read_pixel_boxes(
+    csv_path: str | Path, image_col: str = "image", box_col: str = "box"
+) -> pd.DataFrame:
+    """Read a pixel-box CSV (public Happywhale crop sets) into the box table.
+
+    The box is either a ``"x0 y0 x1 y1"`` string in ``box_col`` or separate
+    ``x0, y0, x1, y1`` columns (used when present). ``source`` is taken from a
+    ``source`` column when present, else the file stem, so boxes from several
+    detector files can be concatenated and still told apart. Rows with an
+    empty box are skipped, logged, and returned in ``df.attrs["skipped"]``.
+    """
+    csv_path = Path(csv_path)
+    raw = pd.read_csv(csv_path, dtype=str, keep_default_na=True)
+    if image_col not in raw.columns:
+        raise ValueError(f"{csv_path}: no image column {image_col!r}")
+    sep_cols = ["x0", "y0", "x1", "y1"]
+    use_sep = all(c in raw.columns for c in sep_cols)
+    if not use_sep and box_col not in raw.columns:
+        raise ValueError(
+            f"{csv_path}: need a {box_col!r} column or columns x0,y0,x1,y1"
+        )
+    rows, skipped = [], []
+    for i, r in raw.iterrows():
+        line = i + 2  # 1-based, after the header
+        if use_sep:
+            vals = [r[c] for c in sep_cols]
+            if all(_is_blank(v) for v in vals):
+                skipped.append(i)
+                continue
+            if any(_is_blank(v) for v in vals):
+                raise ValueError(f"{csv_path}:{line}: partial box for {r[image_col]!r}")
+        else:
+            v = r[box_col]
+            if _is_blank(v):
+                skipped.append(i)
+                continue
+            vals = str(v).split()
+            if len(vals) != 4:
+                raise ValueError(
+                    f"{csv_path}:{line}: box for {r[image_col]!r} must have 4 numbers, got {v!r}"
+                )
+        try:
+            x0, y0, x1, y1 = (int(round(float(x))) for x in vals)
+        except ValueError as e:
+            raise ValueError(f"{csv_path}:{line}: bad box for {r[image_col]!r}: {e}") from e
+        src = r["source"] if "source" in raw.columns and not _is_blank(r["source"]) else csv_path.stem
+        rows.append((str(r[image_col]), x0, y0, x1, y1, str(src)))
+    df = pd.DataFrame(rows, columns=BOX_COLUMNS) if rows else _empty_boxes()
+    for c in ["x0", "y0", "x1", "y1"]:
+        df[c] = df[c].astype("int64")
+    df.attrs["skipped"] = raw.loc[skipped].reset_index(drop=True)
+    if skipped:
+        log.warning("%s: skipped %d row(s) with an empty box", csv_path, len(skipped))
+    return df
+
+
+def _size_lookup(image_sizes: Mapping[str, tuple[int, int]]) -> dict[str, str]:
+    """Map both full names and stems to the image_sizes key."""
+    out: dict[str, str] = {}
+    for k in image_sizes:
+        out[k] = k
+        out.setdefault(Path(k).stem, k)
+    return out
+
+
+def _yolo_to_pixels(
+    cx: float, cy: float, w: float, h: float, width: int, height: int, where: str
+) -> tuple[int, int, int, int]:
+    for name, v in (("cx", cx), ("cy", cy), ("w", w), ("h", h)):
+        if not (-_YOLO_TOL <= v <= 1 + _YOLO_TOL) or math.isnan(v):
+            raise ValueError(f"{where}: {name}={v} outside [0, 1]; are these pixel, not YOLO-normalised, values?")
+    x0 = math.floor(round((cx - w / 2) * width, 6))
+    x1 = math.ceil(round((cx + w / 2) * width, 6))
+    y0 = math.floor(round((cy - h / 2) * height, 6))
+    y1 = math.ceil(round((cy + h / 2) * height, 6))
+    x0, x1 = max(0, x0), min(width, x1)
+    y0, y1 = max(0, y0), min(height, y1)
+    return x0, y0, x1, y1
+
+
+def read_yolo_boxes(
+    path: str | Path, image_sizes: Mapping[str, tuple[int, int]], source: str | None = None
+) -> pd.DataFrame:
+    """Read YOLO-normalised boxes and convert them to clipped pixel boxes.
+
+    ``path`` is a folder of ``<image stem>.txt`` label files (``class cx cy w h``
+    per line) or a CSV with columns ``image, cx, cy, w, h`` (optional
+    ``source``). ``image_sizes`` maps image name -> ``(width, height)``; the
+    YOLO format stores no size, so it is needed for the conversion. Values
+    outside [0, 1] (beyond 1e-3) almost always mean pixel coordinates were
+    mislabelled as YOLO, so they raise ``ValueError`` naming file and line.
+    ``source`` defaults to the folder/file stem.
+    """
+    path = Path(path)
+    lookup = _size_lookup(image_sizes)
+    src_default = source or path.stem
+    rows = []
+
+    def resolve(name: str, where: str) -> str:
+        key = lookup.get(name) or lookup.get(Path(name).stem)
+        if key is None:
+            raise KeyError(f"{where}: no image size for {name!r}")
+        return key
+
+    if path.is_dir():
+        for f in sorted(path.glob("*.txt")):
+            for ln, text in enumerate(f.read_text().splitlines(), start=1):
+                if not text.strip():
+                    continue
+                where = f"{f}:{ln}"
+                parts = text.split()
+                if len(parts) < 5:
+                    raise ValueError(f"{where}: expected 'class cx cy w h', got {text!r}")
+                try:
+                    cx, cy, w, h = (float(p) for p in parts[1:5])
+                except ValueError as e:
+                    raise ValueError(f"{where}: {e}") from e
+                key = resolve(f.stem, where)
+                W, H = image_sizes[key]
+                rows.append((key, *_yolo_to_pixels(cx, cy, w, h, W, H, where), src_default))
+    else:
+        raw = pd.read_csv(path)
+        missing = {"image", "cx", "cy", "w", "h"} - set(raw.columns)
+        if missing:
+            raise ValueError(f"{path}: missing columns {sorted(missing)}")
+        for i, r in raw.iterrows():
+            where = f"{path}:{i + 2}"
+            key = resolve(str(r["image"]), where)
+            W, H = image_sizes[key]
+            box = _yolo_to_pixels(float(r["cx"]), float(r["cy"]), float(r["w"]), float(r["h"]), W, H, where)
+            src = r["source"] if "source" in raw.columns and not _is_blank(r["source"]) else src_default
+            rows.append((key, *box, str(src)))
+    df = pd.DataFrame(rows, columns=BOX_COLUMNS) if rows else _empty_boxes()
+    for c in ["x0", "y0", "x1", "y1"]:
+        df[c] = df[c].astype("int64")
+    return df
+
+
+def validate_boxes(
+    df: pd.DataFrame, image_sizes: Mapping[str, tuple[int, int]]
+) -> pd.DataFrame:
+    """Clip boxes to their image and reject degenerate ones.
+
+    Detectors routinely return boxes a few pixels past the border; those are
+    clipped (count in ``out.attrs["n_clipped"]`` and a logged warning).
+    A box with ``x0 >= x1`` or ``y0 >= y1`` (before or after clipping, e.g.
+    entirely outside the image) raises ``ValueError`` naming the image, as
+    does an image missing from ``image_sizes``. Returns a new DataFrame.
+    """
+    lookup = _size_lookup(image_sizes)
+    out = df.copy()
+    n_clipped = 0
+    for i, r in out.iterrows():
+        name = str(r["image"])
+        key = lookup.get(name) or lookup.get(Path(name).stem)
+        if key is None:
+            raise ValueError(f"box for image {name!r}: image size unknown")
+        W, H = image_sizes[key]
+        x0, y0, x1, y1 = (int(r[c]) for c in ("x0", "y0", "x1", "y1"))
+        if x0 >= x1 or y0 >= y1:
+            raise ValueError(f"degenerate box for image {name!r}: ({x0}, {y0}, {x1}, {y1})")
+        c = (max(0, x0), max(0, y0), min(W, x1), min(H, y1))
+        if c[0] >= c[2] or c[1] >= c[3]:
+            raise ValueError(
+                f"box for image {name!r} ({x0}, {y0}, {x1}, {y1}) lies outside the {W}x{H} image"
+            )
+        if c != (x0, y0, x1, y1):
+            n_clipped += 1
+            out.loc[i, ["x0", "y0", "x1", "y1"]] = c
+    for col in ["x0", "y0", "x1", "y1"]:
+        out[col] = out[col].astype("int64")
+    out.attrs["n_clipped"] = n_clipped
+    if n_clipped:
+        log.warning("clipped %d box(es) to their image", n_clipped)
+    return out
+
+
+def sample_box(
+    boxes_for_image: pd.DataFrame,
+    probabilities: Mapping[str, float],
+    rng: np.random.Generator,
+) -> tuple[int, int, int, int] | None:
+    """Pick one crop box for one photo for this epoch.
+
+    Mixing crops (1st place: body 60 %, fin 15 %, others, full image) is a
+    strong augmentation. ``probabilities`` maps source -> weight; the special
+    source ``"full"`` means "use the whole image" and returns ``None``. Sources
+    absent for this photo are dropped and the remaining weights renormalised.
+    If a source has several boxes for the photo, one is picked uniformly.
+    Returns ``None`` (full image) when no weighted source is available.
+    """
+    for s, p in probabilities.items():
+        if p < 0 or not math.isfinite(p):
+            raise ValueError(f"probability for source {s!r} must be >= 0, got {p}")
+    present = set(boxes_for_image["source"].astype(str)) if len(boxes_for_image) else set()
+    avail = [s for s, p in probabilities.items() if p > 0 and (s == FULL or s in present)]
+    if not avail:
+        return None
+    w = np.array([probabilities[s] for s in avail], dtype=float)
+    s = avail[int(rng.choice(len(avail), p=w / w.sum()))]
+    if s == FULL:
+        return None
+    cand = boxes_for_image[boxes_for_image["source"].astype(str) == s]
+    r = cand.iloc[int(rng.integers(len(cand)))]
+    return int(r["x0"]), int(r["y0"]), int(r["x1"]), int(r["y1"])

@@ -8,9 +8,10 @@ import pandas as pd
 import pytest
 
 from whaleid.boxes import (
+    read_boxes,
     read_pixel_boxes,
     read_yolo_boxes,
-    sample_box,
+    source_weights,
     validate_boxes,
 )
 
@@ -131,44 +132,43 @@ def test_validate_box_outside_image_names_image():
         validate_boxes(df, {"far.jpg": (200, 100)})
 
 
-BOXES = {"body": (0, 0, 100, 100), "fin": (10, 10, 20, 20), "other": (5, 5, 50, 50)}
-
-
-def _freqs(df, probs, n=4000, seed=0):
-    rng = np.random.default_rng(seed)
-    inv = {v: k for k, v in BOXES.items()}
-    counts: dict[str, int] = {}
-    for _ in range(n):
-        b = sample_box(df, probs, rng)
-        key = "full" if b is None else inv[b]
-        counts[key] = counts.get(key, 0) + 1
-    return {k: v / n for k, v in counts.items()}
-
-
 PROBS = {"body": 0.60, "fin": 0.15, "other": 0.10, "full": 0.15}
 
 
-def test_sample_box_frequencies_all_present():
-    df = _df([["a.jpg", *b, s] for s, b in BOXES.items()])
-    f = _freqs(df, PROBS)
-    assert set(f) == set(PROBS)
-    for s, p in PROBS.items():
-        assert abs(f[s] - p) < 0.03, (s, f[s], p)
+def test_source_weights_all_present_are_the_probabilities():
+    assert source_weights({"body", "fin", "other"}, PROBS) == pytest.approx(PROBS)
 
 
-def test_sample_box_renormalises_missing_source():
-    df = _df([["a.jpg", *BOXES[s], s] for s in ("body", "other")])  # no fin
-    f = _freqs(df, PROBS, seed=1)
-    assert "fin" not in f
+def test_source_weights_renormalise_a_missing_source():
     total = 0.60 + 0.10 + 0.15
-    for s in ("body", "other", "full"):
-        assert abs(f[s] - PROBS[s] / total) < 0.03, (s, f[s])
+    w = source_weights(["body", "other"], PROBS)  # no fin box for this photo
+    assert w == pytest.approx({"body": 0.60 / total, "other": 0.10 / total, "full": 0.15 / total})
 
 
-def test_sample_box_only_full_or_nothing():
-    rng = np.random.default_rng(0)
-    df = _df([["a.jpg", *BOXES["fin"], "fin"]])
-    assert sample_box(df, {"body": 1.0}, rng) is None  # nothing usable -> full image
-    assert sample_box(df, {"fin": 1.0, "full": 0.0}, rng) == BOXES["fin"]
+def test_source_weights_fall_back_to_the_full_photo():
+    assert source_weights({"fin"}, {"body": 1.0}) == {"full": 1.0}  # nothing usable
+    assert source_weights({"fin"}, {"fin": 1.0, "full": 0.0}) == {"fin": 1.0}
+    assert source_weights(set(), {"full": 2.0, "fin": 1.0}) == {"full": 1.0}
     with pytest.raises(ValueError):
-        sample_box(df, {"fin": -1.0}, rng)
+        source_weights({"fin"}, {"fin": -1.0})
+
+
+def test_read_boxes_pixel_csv_clips_and_drops_other_photos(tmp_path, fixtures):
+    photos = {n: fixtures / "images" / n for n in ("rgb.jpg", "rotated.jpg", "truncated.jpg")}
+    (tmp_path / "boxes.csv").write_text(
+        "image,box,source\nrgb.jpg,2 3 40 20,body\nrotated.jpg,0 0 20 40,fin\nelsewhere.jpg,0 0 5 5,body\n"
+    )
+    boxes = read_boxes(tmp_path / "boxes.csv", photos)
+    # rgb.jpg is 32x24: x1 clipped to 32; rotated.jpg is stored 40x20 but upright 20x40, so its box fits
+    assert boxes[["image", "x0", "y0", "x1", "y1", "source"]].values.tolist() == [
+        ["rgb.jpg", 2, 3, 32, 20, "body"],
+        ["rotated.jpg", 0, 0, 20, 40, "fin"],
+    ]
+
+
+def test_read_boxes_yolo_uses_upright_sizes(tmp_path, fixtures):
+    photos = {n: fixtures / "images" / n for n in ("rgb.jpg", "rotated.jpg")}
+    (tmp_path / "yolo").mkdir()
+    (tmp_path / "yolo" / "rotated.txt").write_text("0 0.5 0.5 0.5 0.5\n")  # upright 20x40 -> 5..15, 10..30
+    boxes = read_boxes(tmp_path / "yolo", photos)
+    assert boxes[["image", "x0", "y0", "x1", "y1", "source"]].values.tolist() == [["rotated.jpg", 5, 10, 15, 30, "yolo"]]

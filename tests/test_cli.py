@@ -4,6 +4,7 @@ import json
 
 import pandas as pd
 import pytest
+from PIL import Image
 from typer.testing import CliRunner
 
 from whaleid.cli import app
@@ -69,3 +70,50 @@ def test_bad_csv_is_a_clear_error_not_a_traceback(tmp_path):
     result = runner.invoke(app, ["summary", str(tmp_path / "train.csv")])
     assert result.exit_code == 2
     assert "individual_id" in result.output and "Traceback" not in result.output
+
+
+def test_crops_cache_explorer_and_a_model_trained_on_crops(synth_csv, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # loose-photo caches go to ./.cache
+    images = synth_csv.parent / "images"
+    n = len(pd.read_csv(synth_csv))
+    out = run("crop", synth_csv, "--out", tmp_path / "crops")
+    crops = pd.read_csv(tmp_path / "crops" / "crops.csv")
+    assert len(crops) == n and "ok" in out
+    assert (tmp_path / "crops" / crops["mask"].iloc[0]).exists()
+
+    root = tmp_path / "cache"
+    assert f"'new': {n}" in run("cache", synth_csv, "--cache-root", root, "--sizes", "40,64", "--background", "blur")
+    # the settings `crop` used are the defaults, so naming them finds the same cache
+    assert f"'reused': {n}" in run("cache", synth_csv, "--cache-root", root, "--sizes", "40,64", "--background", "blur",
+                                   "--crop-settings", tmp_path / "crops" / "crop_settings.json")
+    with pytest.raises(AssertionError, match="needs --boxes"):
+        run("cache", synth_csv, "--cache-root", root, "--crop", "boxes")
+
+    run("explore", synth_csv, "--out", tmp_path / "explore", "--crops", tmp_path / "crops" / "crops.csv",
+        "--sheet", tmp_path / "sheet.png", "--sheet-size", 50)
+    assert "individuals.html" in (tmp_path / "explore" / "index.html").read_text()
+    assert Image.open(tmp_path / "sheet.png").size == (500, 50 * -(-n // 10))
+
+    run("split", synth_csv, "--out", tmp_path / "split", "--new-fraction", 0.25)
+    run("train", tmp_path / "split" / "known.csv", "--images", images, "--out", tmp_path / "model",
+        "--backbone", "test_efficientnet", "--no-pretrained", "--epochs", 1, "--img-size", 48, "--batch-size", 8,
+        "--embedding-dim", 16, "--workers", 0, "--crop", "saliency", "--background", "blur", "--cache-root", root)
+    model = tmp_path / "model" / "model.pt"
+    run("embed", tmp_path / "split" / "known.csv", "--images", images, "--model", model, "--out", tmp_path / "gallery",
+        "--cache-root", root)
+    meta = json.loads((tmp_path / "gallery" / "embeddings.json").read_text())
+    assert meta["preprocess"]["cache"]["crop"] == "saliency" and meta["preprocess"]["cache"]["background"] == "blur"
+    caches = [d for d in root.iterdir() if json.loads((d / "manifest.json").read_text())["settings"]["sizes"] == [48]]
+    assert len(caches) == 1  # training and embedding shared one cache
+    run("identify", tmp_path / "gallery", tmp_path / "split" / "new.csv", "--images", images, "--threshold", 0.5,
+        "--out", tmp_path / "pred.csv", "--save", tmp_path / "identifier", "--cache-root", root)
+    journal = pd.read_csv(caches[0] / "journal.csv")
+    assert set(pd.read_csv(tmp_path / "split" / "new.csv")["image"]) <= set(journal["image"])  # queries were cropped too
+
+    from whaleid.identify import Identifier
+
+    identifier = Identifier.load(tmp_path / "identifier")
+    photo = str(images / pd.read_csv(synth_csv)["image"].iloc[0])
+    rankings, ok = identifier.identify_photos([photo, str(tmp_path / "missing.jpg")], num_workers=0)
+    assert ok.tolist() == [True, False]
+    assert (tmp_path / ".cache" / "whaleid").is_dir()  # loose photos went through the same crop

@@ -9,6 +9,7 @@ from whaleid.preprocess import (
     STATUS_NO_REGION,
     STATUS_OK,
     STATUS_TINY_REGION,
+    STATUS_WHOLE_FRAME,
     Crop,
     crop_box,
     enlarge_box,
@@ -68,10 +69,33 @@ def test_crop_box_two_blobs_takes_the_larger():
     m = _mask()
     m[10:30, 10:30] = 1.0  # 400 px
     m[120:180, 200:280] = 0.7  # 4800 px
-    c = crop_box(m, enlarge=1.0)
+    c = crop_box(m, enlarge=1.0, region="largest")
     assert c.status == STATUS_OK
     assert c.box == (200, 120, 280, 180)
     assert c.score == pytest.approx(0.7)
+
+
+def test_crop_box_union_boxes_all_regions_above_min_area():
+    m = _mask()
+    m[10:30, 10:30] = 1.0  # 400 px = 0.67 %
+    m[120:180, 200:280] = 0.7  # 4800 px
+    m[195:197, 0:2] = 1.0  # 4 px: below min_area, left out
+    c = crop_box(m, enlarge=1.0, region="union")
+    assert c.status == STATUS_OK
+    assert c.box == (10, 10, 280, 180)
+    assert c.mask_area == pytest.approx(5200 / 60000)
+    assert c.score == pytest.approx((400 * 1.0 + 4800 * 0.7) / 5200)
+    with pytest.raises(ValueError, match="region"):
+        crop_box(m, region="biggest")
+
+
+def test_crop_box_whole_frame_is_flagged():
+    m = _mask() + 0.9
+    m[:10, :] = 0.0  # 95 % salient
+    c = crop_box(m)
+    assert c.status == STATUS_WHOLE_FRAME and c.box == (0, 0, 300, 200)
+    assert c.mask_area == pytest.approx(0.95)
+    assert crop_box(m, max_area=1.0, enlarge=1.0).status == STATUS_OK
 
 
 def test_crop_box_threshold_is_respected():

@@ -49,3 +49,19 @@ def test_validation_picks_the_best_epoch_and_output(synth_csv, tmp_path):
     best_map, best_epoch, best_output = max(scores, key=lambda s: (s[0], -s[1]))
     _, payload = load_checkpoint(result.checkpoint)
     assert payload["extra"]["epoch"] == best_epoch and payload["config"]["output"] == best_output
+
+
+def test_training_draws_each_photo_from_its_crop_alternatives(synth_csv, tmp_path, monkeypatch):
+    import whaleid.augment as augment
+
+    catalog = read_catalog(synth_csv)
+    paths = catalog.paths
+    # every photo's "crops": itself (weight 0.25) or the first photo (0.75)
+    catalog.table["alternatives"] = [((p, 0.25), (paths[0], 0.75)) for p in paths]
+    opened = []
+    real_open = augment.open_image
+    monkeypatch.setattr(augment, "open_image", lambda p: opened.append(p) or real_open(p))
+    train(catalog, TrainConfig(epochs=3, **TINY), tmp_path, progress=False)
+    share_first = opened.count(paths[0]) / len(opened)
+    assert len(opened) >= 3 * (len(paths) // 8) * 8
+    assert abs(share_first - (0.75 + 0.25 / len(paths))) < 0.08

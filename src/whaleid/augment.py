@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable, Sequence
 
 import torch
@@ -55,19 +56,37 @@ def train_transform(
 
 
 class PhotoDataset(Dataset):
-    """Photos by path, with integer targets; an unreadable photo yields None (see `collate_skipping`)."""
+    """Photos by path, with integer targets; an unreadable photo yields None (see `collate_skipping`).
 
-    def __init__(self, paths: Sequence[str], transform: Callable, targets: Sequence[int] | None = None):
+    ``choices`` (one per photo, ``(path, weight)`` pairs, e.g. body / fin / full-photo
+    crops) makes each visit draw one of the photo's crops, so training sees them mixed.
+    """
+
+    def __init__(
+        self,
+        paths: Sequence[str],
+        transform: Callable,
+        targets: Sequence[int] | None = None,
+        choices: Sequence[Sequence[tuple[str, float]]] | None = None,
+    ):
         self.paths = list(paths)
         self.transform = transform
         self.targets = list(targets) if targets is not None else [-1] * len(self.paths)
+        self.choices = list(choices) if choices is not None else None
 
     def __len__(self) -> int:
         return len(self.paths)
 
+    def path(self, i: int) -> str:
+        options = self.choices[i] if self.choices is not None else None
+        if not options:
+            return self.paths[i]
+        files, weights = zip(*options)
+        return random.choices(files, weights)[0]  # torch seeds `random` per worker and epoch
+
     def __getitem__(self, i: int):
         try:
-            image = open_image(self.paths[i])
+            image = open_image(self.path(i))
         except ImageError:
             return None
         return self.transform(image), self.targets[i], i

@@ -23,9 +23,8 @@ from __future__ import annotations
 import logging
 import math
 from pathlib import Path
-from typing import Mapping
+from typing import Iterable, Mapping
 
-import numpy as np
 import pandas as pd
 
 log = logging.getLogger(__name__)
@@ -227,31 +226,43 @@ def validate_boxes(
     return out
 
 
-def sample_box(
-    boxes_for_image: pd.DataFrame,
-    probabilities: Mapping[str, float],
-    rng: np.random.Generator,
-) -> tuple[int, int, int, int] | None:
-    """Pick one crop box for one photo for this epoch.
+def source_weights(present: Iterable[str], probabilities: Mapping[str, float]) -> dict[str, float]:
+    """How often each of one photo's crops is shown in training, summing to 1.
 
-    Mixing crops (1st place: body 60 %, fin 15 %, others, full image) is a
-    strong augmentation. ``probabilities`` maps source -> weight; the special
-    source ``"full"`` means "use the whole image" and returns ``None``. Sources
-    absent for this photo are dropped and the remaining weights renormalised.
-    If a source has several boxes for the photo, one is picked uniformly.
-    Returns ``None`` (full image) when no weighted source is available.
+    Mixing crops (1st place: body 60 %, fin 15 %, others, full image) is a strong
+    augmentation. ``probabilities`` maps source -> weight; the special source ``"full"``
+    (the whole photo) is always available. Sources absent for this photo are dropped and
+    the remaining weights renormalised; with nothing left the photo is shown whole.
     """
     for s, p in probabilities.items():
         if p < 0 or not math.isfinite(p):
             raise ValueError(f"probability for source {s!r} must be >= 0, got {p}")
-    present = set(boxes_for_image["source"].astype(str)) if len(boxes_for_image) else set()
-    avail = [s for s, p in probabilities.items() if p > 0 and (s == FULL or s in present)]
-    if not avail:
-        return None
-    w = np.array([probabilities[s] for s in avail], dtype=float)
-    s = avail[int(rng.choice(len(avail), p=w / w.sum()))]
-    if s == FULL:
-        return None
-    cand = boxes_for_image[boxes_for_image["source"].astype(str) == s]
-    r = cand.iloc[int(rng.integers(len(cand)))]
-    return int(r["x0"]), int(r["y0"]), int(r["x1"]), int(r["y1"])
+    available = set(present) | {FULL}
+    kept = {s: float(p) for s, p in probabilities.items() if p > 0 and s in available}
+    total = sum(kept.values())
+    return {s: p / total for s, p in kept.items()} if kept else {FULL: 1.0}
+
+
+def read_boxes(path: str | Path, photos: Mapping[str, str | Path]) -> pd.DataFrame:
+    """Any box file a user hands the CLI, as a validated box table for these photos.
+
+    A folder, or a CSV with ``cx`` columns, is read as YOLO (sizes from the photos'
+    headers, upright as :func:`whaleid.images.open_image` shows them); any other CSV as
+    pixel boxes. ``photos`` maps image name -> path. Pixel boxes of other photos are
+    dropped (YOLO ones must all be in ``photos``); the rest are clipped to their photo.
+    """
+    from PIL import Image
+
+    path = Path(path)
+    sizes: dict[str, tuple[int, int]] = {}
+    for name, file in photos.items():
+        try:
+            with Image.open(file) as im:
+                w, h = im.size
+                turned = im.getexif().get(0x0112) in (5, 6, 7, 8)  # EXIF orientation: quarter turn
+        except OSError:
+            continue  # unreadable photos get their error row elsewhere
+        sizes[name] = (h, w) if turned else (w, h)
+    yolo = path.is_dir() or "cx" in pd.read_csv(path, nrows=0).columns
+    boxes = read_yolo_boxes(path, sizes) if yolo else read_pixel_boxes(path)
+    return validate_boxes(boxes[boxes["image"].isin(sizes)], sizes)

@@ -43,6 +43,60 @@ def _metrics_table(title: str, rows: dict[str, dict]) -> Table:
     return table
 
 
+CropOpt = typer.Option(None, "--crop", help="Crop photos first: none, saliency (the animal's salient region) or boxes (--boxes). Default: as the model was trained, else none.")
+BoxesOpt = typer.Option(None, "--boxes", help="Box file(s): pixel-box CSV (image, box 'x0 y0 x1 y1' or x0..y1, optional source) or YOLO (folder of .txt or CSV with cx,cy,w,h).")
+BoxProbsOpt = typer.Option(None, "--box-probs", help="Training mix of crops per photo, e.g. 'body=0.6,fin=0.15,full=0.25'.")
+BackgroundOpt = typer.Option(None, "--background", help="Remove the background (black, blur or mean) using the saliency mask.")
+CacheRootOpt = typer.Option(Path(".cache/whaleid"), "--cache-root", help="Where cropped/resized photos are cached.")
+
+
+def _parse_probs(text: Optional[str]) -> Optional[dict[str, float]]:
+    if not text:
+        return None
+    try:
+        return {k.strip(): float(v) for k, v in (part.split("=") for part in text.split(","))}
+    except ValueError as error:
+        raise typer.BadParameter(f"--box-probs must look like 'body=0.6,fin=0.15,full=0.25', got {text!r}") from error
+
+
+def _preprocess(crop: Optional[str], background: Optional[str], box_probs: Optional[str], img_size: int, recorded: Optional[dict]) -> Optional[dict]:
+    """What to do to photos before the model: the options given, else what the model recorded, else nothing."""
+    from whaleid.cache import CacheSettings
+
+    if crop is None and background is None:
+        return recorded
+    if (crop or "none") == "none" and background is None:
+        return None
+    try:
+        settings = CacheSettings(sizes=(img_size,), crop=crop or "none", background=background)
+    except ValueError as error:
+        raise typer.BadParameter(str(error)) from error
+    return {"cache": settings.to_dict(), "probabilities": _parse_probs(box_probs)}
+
+
+def _prepared(catalog, preprocess: Optional[dict], boxes: Optional[list[Path]], cache_root: Path, training: bool = False):
+    """The catalog with paths into the crop cache (built or reused) when preprocessing is asked for."""
+    if preprocess is None:
+        return catalog
+    from whaleid.boxes import read_boxes
+    from whaleid.cache import CacheSettings, cached_catalog
+
+    settings = CacheSettings.from_dict(preprocess["cache"])
+    table = None
+    if settings.crop == "boxes":
+        if not boxes:
+            raise typer.BadParameter("--crop boxes needs --boxes FILE")
+        photos = dict(zip(catalog.table["image"], catalog.paths))
+        table = pd.concat([read_boxes(b, photos) for b in boxes], ignore_index=True)
+    probabilities = preprocess.get("probabilities")
+    source = max(probabilities, key=probabilities.get) if probabilities else None
+    prepared = cached_catalog(
+        catalog, settings, cache_root, table, source=source, probabilities=probabilities if training else None
+    )
+    console.print(f"photos from the crop cache ({settings.crop}, background {settings.background}): {len(prepared)} ready")
+    return prepared
+
+
 @app.command()
 def summary(csv: Path, images: Optional[Path] = ImagesOpt, check: bool = typer.Option(True, help="Decode every photo.")):
     """Photos, individuals, species and photos-per-individual of a catalog."""
@@ -113,6 +167,11 @@ def train(
     seed: int = 0,
     max_steps: Optional[int] = typer.Option(None, help="Cap steps per epoch (smoke runs)."),
     resume: bool = typer.Option(False, help="Continue from out/last.pt."),
+    crop: Optional[str] = CropOpt,
+    boxes: Optional[list[Path]] = BoxesOpt,
+    box_probs: Optional[str] = BoxProbsOpt,
+    background: Optional[str] = BackgroundOpt,
+    cache_root: Path = CacheRootOpt,
 ):
     """Fine-tune an embedding model with a sub-center ArcFace head."""
     from whaleid.train import train as run_training
@@ -123,9 +182,10 @@ def train(
         hflip=hflip, species_head=species_head, label_smoothing=label_smoothing, mixed_precision=mixed_precision,
         num_workers=workers, seed=seed, max_steps_per_epoch=max_steps,
     )
-    catalog = _catalog(csv, images)
-    val_catalog = _catalog(val, images) if val else None
-    result = run_training(catalog, config, out, val_catalog=val_catalog, resume=resume)
+    preprocess = _preprocess(crop, background, box_probs, img_size, None)
+    catalog = _prepared(_catalog(csv, images), preprocess, boxes, cache_root, training=True)
+    val_catalog = _prepared(_catalog(val, images), preprocess, boxes, cache_root) if val else None
+    result = run_training(catalog, config, out, val_catalog=val_catalog, resume=resume, preprocess=preprocess)
     console.print(f"model: {result.checkpoint} ({result.seconds / 60:.1f} min)")
 
 
@@ -149,10 +209,16 @@ def embed(
     img_size: int = typer.Option(224, help="Input size for --zero-shot (a model.pt knows its own)."),
     tta: bool = typer.Option(False, help="Average with the horizontally flipped photo."),
     batch_size: int = 32,
+    crop: Optional[str] = CropOpt,
+    boxes: Optional[list[Path]] = BoxesOpt,
+    background: Optional[str] = BackgroundOpt,
+    cache_root: Path = CacheRootOpt,
 ):
     """Embed every photo of a catalog (labels optional)."""
-    catalog = _catalog(csv, images, require_labels=False)
-    embeddings = _embedder(model, zero_shot, img_size, tta, batch_size).embed_catalog(catalog)
+    embedder = _embedder(model, zero_shot, img_size, tta, batch_size)
+    embedder.preprocess = _preprocess(crop, background, None, embedder.config.img_size, embedder.preprocess)
+    catalog = _prepared(_catalog(csv, images, require_labels=False), embedder.preprocess, boxes, cache_root)
+    embeddings = embedder.embed_catalog(catalog)
     embeddings.save(out)
     console.print(f"{len(embeddings)} vectors of {embeddings.vectors.shape[1]} dims -> {out}")
 
@@ -170,6 +236,8 @@ def identify(
     tta: bool = typer.Option(False, help="Flip TTA when embedding a query CSV."),
     save: Optional[Path] = typer.Option(None, help="Also save the Identifier (index + ids + threshold) here."),
     submission: Optional[Path] = typer.Option(None, help="Also write a Kaggle submission CSV here."),
+    boxes: Optional[list[Path]] = typer.Option(None, "--boxes", help="Box file(s) for a query CSV when the gallery was embedded with --crop boxes."),
+    cache_root: Path = CacheRootOpt,
 ):
     """Top-5 individuals (or new_individual) for each query photo."""
     from whaleid.embed import Embedder, Embeddings
@@ -182,7 +250,8 @@ def identify(
         q = Embeddings.load(queries)
     else:
         embedder = Embedder.from_source(g.meta.get("source", {}), g.meta["model"]["img_size"], tta_flip=tta)
-        q = embedder.embed_catalog(_catalog(queries, images, require_labels=False))
+        embedder.preprocess = g.meta.get("preprocess")  # queries are cropped exactly as the gallery was
+        q = embedder.embed_catalog(_prepared(_catalog(queries, images, require_labels=False), embedder.preprocess, boxes, cache_root))
     identifier = Identifier(build_index(g.vectors, index), g.table["individual_id"].tolist(), metadata=g.meta)
     rankings = identifier.rank(q.vectors)
     if calibrate is not None:
@@ -267,6 +336,100 @@ def openset(
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(metrics, indent=2))
+
+
+@app.command()
+def crop(
+    csv: Path,
+    out: Path = typer.Option(..., help="Folder for crops.csv, failures.csv and masks/."),
+    images: Optional[Path] = ImagesOpt,
+    threshold: float = typer.Option(0.5, help="Saliency above this is the animal."),
+    enlarge: float = typer.Option(1.2, help="Grow the box by this factor about its centre."),
+    square: bool = typer.Option(False, help="Make boxes square before clipping."),
+    region: str = typer.Option("union", help="union (of all regions above --min-area) or largest (connected region)."),
+    min_area: float = typer.Option(0.002, help="Regions smaller than this share of the photo are ignored."),
+    clahe: bool = typer.Option(False, help="Equalise contrast first (dark or hazy photos)."),
+    batch_size: int = 8,
+    workers: int = 2,
+):
+    """Find the animal in every photo: a crop table with box, mask area, score and status."""
+    from whaleid.crops import CropSettings, crop_catalog, write_crop_table
+
+    settings = CropSettings(threshold, enlarge, square, min_area, region, clahe)
+    catalog = _catalog(csv, images, require_labels=False, check=False)
+    table = crop_catalog(catalog, settings, masks_dir=out, batch_size=batch_size, workers=workers)
+    crops_csv, failures_csv = write_crop_table(table, out)
+    (out / "crop_settings.json").write_text(json.dumps(settings.to_dict(), indent=2))  # for `whaleid cache --crop-settings`
+    console.print(table["status"].value_counts().to_string())
+    console.print(f"crop table -> {crops_csv}; {len(table) - int((table['status'] == 'ok').sum())} to review -> {failures_csv}")
+
+
+@app.command()
+def cache(
+    csv: Path,
+    images: Optional[Path] = ImagesOpt,
+    root: Path = CacheRootOpt,
+    sizes: str = typer.Option("256", help="Comma-separated longest sides to write, e.g. 128,256,384."),
+    crop_mode: str = typer.Option("saliency", "--crop", help="none, saliency or boxes (--boxes)."),
+    boxes: Optional[list[Path]] = BoxesOpt,
+    background: Optional[str] = BackgroundOpt,
+    feather: float = typer.Option(0.02, help="Soft edge of the background mask (share of the diagonal)."),
+    grayscale: bool = False,
+    crop_settings: Optional[Path] = typer.Option(None, help="crop_settings.json written by `whaleid crop` (default: its defaults)."),
+    batch_size: int = 8,
+    workers: int = 2,
+):
+    """Write cropped, resized photos once; re-running skips finished photos."""
+    from whaleid.cache import CacheSettings, build_cache
+    from whaleid.crops import CropSettings
+
+    saliency = CropSettings(**json.loads(crop_settings.read_text())) if crop_settings else CropSettings()
+    try:
+        settings = CacheSettings(
+            sizes=tuple(int(s) for s in sizes.split(",")), crop=crop_mode, background=background, feather=feather,
+            grayscale=grayscale, saliency=saliency,
+        )
+    except ValueError as error:
+        raise typer.BadParameter(str(error)) from error
+    catalog = _catalog(csv, images, require_labels=False, check=False)
+    table = None
+    if crop_mode == "boxes":
+        from whaleid.boxes import read_boxes
+
+        if not boxes:
+            raise typer.BadParameter("--crop boxes needs --boxes FILE")
+        photos = dict(zip(catalog.table["image"], catalog.paths))
+        table = pd.concat([read_boxes(b, photos) for b in boxes], ignore_index=True)
+    built = build_cache(catalog, root, settings, boxes=table, batch_size=batch_size, workers=workers)
+    console.print(f"cache {built.dir}: {built.stats}")
+
+
+@app.command()
+def explore(
+    csv: Path,
+    out: Path = typer.Option(Path("runs/explore"), help="Folder for the HTML pages and thumbnails."),
+    images: Optional[Path] = ImagesOpt,
+    crops: Optional[Path] = typer.Option(None, help="A crops.csv (from `whaleid crop` or a cache folder) to draw boxes and masks."),
+    per_individual: int = 12,
+    max_individuals: int = 200,
+    sheet: Optional[Path] = typer.Option(None, help="Also write one PNG of every photo with its box (needs --crops)."),
+    sheet_columns: int = 10,
+    sheet_size: int = typer.Option(120, help="Tile size of --sheet in pixels."),
+):
+    """A static HTML report of a catalog: counts, contact sheets, crop failures, worst crops."""
+    from whaleid.crops import read_crop_table
+    from whaleid.explore import build_explorer, contact_sheet
+
+    if sheet and not crops:
+        raise typer.BadParameter("--sheet needs --crops")
+    catalog = _catalog(csv, images, require_labels=False)
+    table = read_crop_table(crops) if crops else None
+    index = build_explorer(catalog, out, table, crops.parent if crops else None,
+                           per_individual=per_individual, max_individuals=max_individuals)
+    console.print(f"explorer -> {index}")
+    if sheet:
+        contact_sheet(catalog, table, sheet, crops.parent, sheet_columns, sheet_size)
+        console.print(f"contact sheet -> {sheet}")
 
 
 @app.command()

@@ -80,12 +80,14 @@ class Embedder:
         self.num_workers = default_workers() if num_workers is None else num_workers
         self.transform = eval_transform(self.config.img_size, self.config.mean, self.config.std)
         self.source: dict = {}  # where the weights came from, so a query path can rebuild this embedder
+        self.preprocess: dict | None = None  # how photos were cropped for the model (whaleid.cache), recorded with the vectors
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, **kwargs) -> "Embedder":
-        model, _ = load_checkpoint(path)
+        model, payload = load_checkpoint(path)
         embedder = cls(model, **kwargs)
         embedder.source = {"checkpoint": str(Path(path).resolve())}
+        embedder.preprocess = payload.get("extra", {}).get("preprocess")
         return embedder
 
     @classmethod
@@ -142,7 +144,13 @@ class Embedder:
             vectors=vectors,
             table=table.loc[ok, columns].reset_index(drop=True),
             failures=failures,
-            meta={"model": _describe(self.config), "source": self.source, "tta_flip": self.tta_flip, "n": int(ok.sum())},
+            meta={
+                "model": _describe(self.config),
+                "source": self.source,
+                "preprocess": self.preprocess,
+                "tta_flip": self.tta_flip,
+                "n": int(ok.sum()),
+            },
         )
 
 

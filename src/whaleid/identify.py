@@ -194,8 +194,14 @@ class Identifier:
 
         source = self.metadata.get("source", {})
         embedder = Embedder.from_source(source, self.metadata.get("model", {}).get("img_size", 224), **embed_options)
-        vectors, ok = embedder.embed_paths(list(paths))
-        return self.identify(vectors, top=top), ok
+        paths = [str(Path(p).resolve()) for p in paths]
+        files, prepared = paths, np.ones(len(paths), dtype=bool)
+        if self.metadata.get("preprocess"):  # crop the photos exactly as the gallery's were
+            files, prepared = _prepared_files(paths, self.metadata["preprocess"])
+        vectors, ok = embedder.embed_paths(files)
+        opened = prepared.copy()
+        opened[prepared] = ok
+        return self.identify(vectors, top=top), opened
 
     def save(self, directory: str | os.PathLike) -> Path:
         """index.npz + gallery_ids.json + identifier.json, each written atomically.
@@ -315,3 +321,18 @@ def calibrate_threshold(
             return float(hi)
         return float((lo + hi) / 2) if hi > lo else float(hi)
     raise ValueError(f"unknown method {method!r}; use 'sweep' or 'rate'")
+
+
+def _prepared_files(paths: list[str], preprocess: dict) -> tuple[list[str], np.ndarray]:
+    """Cached crops of loose photo files, and which photos could be prepared."""
+    import pandas as pd
+
+    from whaleid.cache import CacheSettings, cached_catalog
+    from whaleid.catalog import Catalog
+
+    settings = CacheSettings.from_dict(preprocess["cache"])
+    if settings.crop == "boxes":
+        raise ValueError("this gallery was embedded with external boxes; crop the photos with `whaleid cache` first")
+    catalog = Catalog(pd.DataFrame({"image": paths, "individual_id": None}), images_dir=Path("/"))
+    cached = cached_catalog(catalog, settings, progress=False).table.set_index("image")["path"]
+    return cached.tolist(), np.array([p in cached.index for p in paths], dtype=bool)

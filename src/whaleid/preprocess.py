@@ -18,9 +18,11 @@ from PIL import Image
 __all__ = [
     "INPUT_SIZE",
     "Crop",
+    "REGIONS",
     "STATUS_OK",
     "STATUS_NO_REGION",
     "STATUS_TINY_REGION",
+    "STATUS_WHOLE_FRAME",
     "apply_clahe",
     "crop_box",
     "enlarge_box",
@@ -35,6 +37,8 @@ _STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 STATUS_OK = "ok"
 STATUS_NO_REGION = "fallback: no region"
 STATUS_TINY_REGION = "fallback: tiny region"
+#: Saliency lit up (nearly) the whole photo: usually a distant animal on flat sea; the box is the full frame.
+STATUS_WHOLE_FRAME = "fallback: whole frame"
 
 Box = tuple[int, int, int, int]
 
@@ -145,35 +149,57 @@ def enlarge_box(box: Box, factor: float, width: int, height: int, square: bool =
     return nx0, ny0, nx1, ny1
 
 
+REGIONS = ("largest", "union")
+
+
 def crop_box(
     mask: np.ndarray,
     threshold: float = 0.5,
     enlarge: float = 1.2,
     square: bool = False,
     min_area: float = 0.002,
+    region: str = "union",
+    max_area: float = 0.9,
 ) -> Crop:
-    """Box around the largest salient region; the whole photo when saliency found nothing usable.
+    """Box around the salient animal; the whole photo when saliency found nothing usable.
 
-    Falling back to the full image (with a status saying so) keeps every photo usable
-    downstream while letting callers count and review the doubtful ones.
+    ``region="union"`` boxes every region of at least ``min_area`` of the image: splashes
+    and the water line often cut one animal's mask in pieces (fin apart from back), and
+    on the Happywhale sample this kept the whole animal in 4 photos where the largest
+    piece did not (docs/results/crops.md). ``"largest"`` keeps only the largest region
+    (the Kaggle "largest box" rule for detector boxes). Falling back to the full image
+    (with a status saying so) keeps every photo usable downstream while letting callers
+    count and review the doubtful ones; a region covering ``max_area`` or more of the
+    photo is flagged too, as saliency then found no animal in particular.
     """
     if mask.ndim != 2:
         raise ValueError(f"mask must be 2-D, got shape {mask.shape}")
+    if region not in REGIONS:
+        raise ValueError(f"unknown region {region!r}; valid: {', '.join(REGIONS)}")
     h, w = mask.shape
     full: Box = (0, 0, w, h)
     binary = (mask > threshold).astype(np.uint8)
     n, labels, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=8)
     if n <= 1:
         return Crop(full, 0.0, 0.0, STATUS_NO_REGION)
-    best = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
-    area = int(stats[best, cv2.CC_STAT_AREA])
-    score = float(mask[labels == best].mean())
-    frac = area / float(h * w)
+    areas = stats[1:, cv2.CC_STAT_AREA]
+    best = 1 + int(np.argmax(areas))
+    if region == "largest" or areas.max() / float(h * w) < min_area:
+        keep = np.array([best])
+    else:
+        keep = 1 + np.flatnonzero(areas / float(h * w) >= min_area)
+    inside = np.isin(labels, keep)
+    frac = float(inside.sum()) / float(h * w)
+    score = float(mask[inside].mean())
     if frac < min_area:
         return Crop(full, frac, score, STATUS_TINY_REGION)
-    x, y = int(stats[best, cv2.CC_STAT_LEFT]), int(stats[best, cv2.CC_STAT_TOP])
-    bw, bh = int(stats[best, cv2.CC_STAT_WIDTH]), int(stats[best, cv2.CC_STAT_HEIGHT])
-    box = enlarge_box((x, y, x + bw, y + bh), enlarge, w, h, square=square)
+    x0 = int(stats[keep, cv2.CC_STAT_LEFT].min())
+    y0 = int(stats[keep, cv2.CC_STAT_TOP].min())
+    x1 = int((stats[keep, cv2.CC_STAT_LEFT] + stats[keep, cv2.CC_STAT_WIDTH]).max())
+    y1 = int((stats[keep, cv2.CC_STAT_TOP] + stats[keep, cv2.CC_STAT_HEIGHT]).max())
+    if frac >= max_area:
+        return Crop(full, frac, score, STATUS_WHOLE_FRAME)
+    box = enlarge_box((x0, y0, x1, y1), enlarge, w, h, square=square)
     return Crop(box, frac, score, STATUS_OK)
 
 

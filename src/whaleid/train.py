@@ -131,8 +131,13 @@ def train(
     val_catalog: Catalog | None = None,
     resume: bool = False,
     progress: bool = True,
+    preprocess: dict | None = None,
 ) -> TrainResult:
-    """Train an embedding model on `catalog`; writes `model.pt`, `last.pt` and `metrics.jsonl` in `out_dir`."""
+    """Train an embedding model on `catalog`; writes `model.pt`, `last.pt` and `metrics.jsonl` in `out_dir`.
+
+    ``preprocess`` (how the photos were cropped, see :mod:`whaleid.cache`) is stored in
+    the checkpoint so that embedding later prepares photos the same way.
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     catalog = catalog.relabel()
@@ -170,6 +175,7 @@ def train(
         catalog.table["path"].tolist(),
         train_transform(config.img_size, model_config.mean, model_config.std, config.hflip, config.rotation),
         targets,
+        catalog.table["alternatives"].tolist() if "alternatives" in catalog.table else None,
     )
     loader = DataLoader(
         dataset,
@@ -250,7 +256,7 @@ def train(
             best = max(history, key=lambda h: _best_output(h)[0])
             if best is record:
                 unwrapped.config.output = _best_output(record)[1]
-                extra = {"train_config": asdict(config), "history": history, "epoch": record["epoch"]}
+                extra = {"train_config": asdict(config), "history": history, "epoch": record["epoch"], "preprocess": preprocess}
                 save_checkpoint(unwrapped, out_dir / "model.pt", catalog.labels, extra)
             state = {
                 "model": unwrapped.state_dict(),

@@ -1,0 +1,366 @@
+"""A cache of cropped, resized (optionally background-removed) photos, so training reads small files.
+
+Saliency and decoding full-resolution sea photos cost far more than a training step, so
+they are done once. A cache lives in ``<root>/<key>/`` where the key hashes the settings,
+the photo folder and any external boxes: changed settings give a new cache, never a
+silently stale one. Inside: ``manifest.json`` (settings, sizes, sources, counts),
+``<size>/<source>/<image>.jpg``, ``journal.csv`` (one line per finished photo and
+source, appended as the work goes, which makes an interrupted run resumable), and at
+the end ``crops.csv`` / ``failures.csv`` and ``masks/`` for the explorer.
+
+Sources are the crops kept per photo: ``saliency`` (box from the saliency mask),
+``full`` (the whole photo), or one per external box source (e.g. ``body``, ``fin``)
+plus ``full``; training can sample among them (:func:`whaleid.boxes.source_weights`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from whaleid.boxes import FULL, source_weights
+from whaleid.catalog import Catalog
+from whaleid.crops import (
+    CROP_COLUMNS,
+    CropSettings,
+    Located,
+    crop_row,
+    locate,
+    mask_name,
+    problem_rows,
+    save_mask,
+    write_crop_table,
+)
+from whaleid.files import atomic_path
+from whaleid.preprocess import BACKGROUND_MODES, remove_background
+
+__all__ = ["CACHE_FORMAT", "CROP_MODES", "DEFAULT_ROOT", "SALIENCY", "Cache", "CacheSettings", "build_cache", "cache_key", "cached_catalog"]
+
+CACHE_FORMAT = "whaleid.cache/1"
+CROP_MODES = ("none", "saliency", "boxes")
+SALIENCY = "saliency"
+#: Where caches go unless told otherwise (ignored by git).
+DEFAULT_ROOT = Path(".cache/whaleid")
+JOURNAL_COLUMNS = ["source", "file", *CROP_COLUMNS, "src_bytes", "src_mtime"]
+
+
+@dataclass(frozen=True)
+class CacheSettings:
+    """Everything that changes the cached pixels; all of it goes into the cache key."""
+
+    sizes: tuple[int, ...] = (256,)
+    crop: str = SALIENCY
+    saliency: CropSettings = field(default_factory=CropSettings)
+    background: str | None = None
+    feather: float = 0.02
+    grayscale: bool = False
+    quality: int = 92
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "sizes", tuple(sorted({int(s) for s in self.sizes}, reverse=True)))
+        if not self.sizes or min(self.sizes) < 16:
+            raise ValueError(f"cache sizes must be >= 16 pixels, got {self.sizes}")
+        if self.crop not in CROP_MODES:
+            raise ValueError(f"unknown crop mode {self.crop!r}; valid: {', '.join(CROP_MODES)}")
+        if self.background is not None and self.background not in BACKGROUND_MODES:
+            raise ValueError(f"unknown background {self.background!r}; valid: {', '.join(BACKGROUND_MODES)}")
+
+    @property
+    def needs_saliency(self) -> bool:
+        return self.crop == SALIENCY or self.background is not None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> CacheSettings:
+        values = dict(values)
+        values["saliency"] = CropSettings(**values.get("saliency", {}))
+        return cls(**values)
+
+
+def _boxes_digest(boxes: pd.DataFrame | None) -> str | None:
+    if boxes is None:
+        return None
+    ordered = boxes[["image", "x0", "y0", "x1", "y1", "source"]].sort_values(["image", "source", "x0", "y0"])
+    return hashlib.sha1(ordered.to_csv(index=False).encode()).hexdigest()
+
+
+def cache_key(settings: CacheSettings, images_dir: str | Path, boxes: pd.DataFrame | None = None) -> str:
+    """Short hash naming a cache: same photos + same settings + same boxes = same folder."""
+    blob = json.dumps(
+        {"format": CACHE_FORMAT, "settings": settings.to_dict(), "images": str(Path(images_dir).resolve()), "boxes": _boxes_digest(boxes)},
+        sort_keys=True,
+    )
+    return hashlib.sha1(blob.encode()).hexdigest()[:12]
+
+
+def _stat(path: str) -> tuple[int, int]:
+    try:
+        st = Path(path).stat()
+    except OSError:
+        return -1, -1
+    return int(st.st_size), int(st.st_mtime_ns)
+
+
+def _resize_longest(image: Image.Image, side: int) -> Image.Image:
+    """Longest side to ``side`` keeping the aspect; never upscale (training resizes anyway)."""
+    w, h = image.size
+    scale = side / max(w, h)
+    if scale >= 1.0:
+        return image
+    return image.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.LANCZOS)
+
+
+def _largest_boxes(boxes: pd.DataFrame) -> dict[str, dict[str, tuple[int, int, int, int]]]:
+    """image -> source -> box; where a source has several boxes for one photo the largest is kept."""
+    area = (boxes["x1"] - boxes["x0"]) * (boxes["y1"] - boxes["y0"])
+    ordered = boxes.assign(_area=area).sort_values("_area", ascending=False).drop_duplicates(["image", "source"])
+    out: dict[str, dict[str, tuple[int, int, int, int]]] = {}
+    for r in ordered.itertuples():
+        out.setdefault(str(r.image), {})[str(r.source)] = (int(r.x0), int(r.y0), int(r.x1), int(r.y1))
+    return out
+
+
+class Cache:
+    """A finished (or partial) cache folder: maps catalog photos to their cached files."""
+
+    def __init__(self, directory: str | Path):
+        self.dir = Path(directory)
+        manifest = self.dir / "manifest.json"
+        if not manifest.exists():
+            raise FileNotFoundError(f"{self.dir} is not a whaleid cache (no manifest.json)")
+        self.manifest = json.loads(manifest.read_text())
+        if self.manifest.get("format") != CACHE_FORMAT:
+            raise ValueError(f"{manifest}: unknown cache format {self.manifest.get('format')!r}")
+        self.settings = CacheSettings.from_dict(self.manifest["settings"])
+        self.stats: dict[str, int] = dict(self.manifest.get("counts", {}))
+
+    @property
+    def sources(self) -> list[str]:
+        return list(self.manifest["sources"])
+
+    @property
+    def complete(self) -> bool:
+        return bool(self.manifest.get("complete"))
+
+    def journal(self) -> pd.DataFrame:
+        return _read_journal(self.dir / "journal.csv")
+
+    def crop_table(self, source: str | None = None) -> pd.DataFrame:
+        """One row per photo, as :mod:`whaleid.crops` writes it: the row of ``source``, or of the first source the photo has."""
+        journal = self.journal()
+        errors = journal["status"].str.startswith("error")
+        order = [source] if source else self.sources
+        rows = journal[journal["source"].isin(order)].assign(_rank=lambda t: t["source"].map(order.index))
+        rows = rows.sort_values("_rank", kind="stable").drop_duplicates("image")
+        return pd.concat([rows, journal[errors]], ignore_index=True)[CROP_COLUMNS]
+
+    def _alternatives(self, name: str, files: dict, probabilities: dict[str, float]) -> tuple[tuple[str, float], ...]:
+        weights = source_weights([s for s in self.sources if (name, s) in files], probabilities)
+        return tuple((files[(name, s)], w) for s, w in weights.items() if (name, s) in files)
+
+    def size_for(self, img_size: int) -> int:
+        """The smallest cached size that is at least ``img_size``, else the largest (least upscaling)."""
+        fitting = [s for s in self.settings.sizes if s >= img_size]
+        return min(fitting) if fitting else max(self.settings.sizes)
+
+    def catalog(
+        self,
+        catalog: Catalog,
+        img_size: int | None = None,
+        source: str | None = None,
+        probabilities: dict[str, float] | None = None,
+    ) -> Catalog:
+        """The catalog with ``path`` pointing at cached files; photos with no cached file join ``problems``.
+
+        ``source`` picks the crop used for ``path`` (default: the first source, falling
+        back to ``full`` where a photo lacks that box). With ``probabilities`` an
+        ``alternatives`` column lists ``(path, weight)`` pairs for training to sample.
+        """
+        size = self.size_for(img_size) if img_size else max(self.settings.sizes)
+        journal = self.journal()
+        ok = journal[~journal["status"].str.startswith("error")]
+        files = {(r.image, r.source): str(self.dir / str(size) / r.source / r.file) for r in ok.itertuples()}
+        source = source or self.sources[0]
+        table = catalog.table.copy()
+        paths = [files.get((name, source)) or files.get((name, FULL)) for name in table["image"].astype(str)]
+        present = np.array([p is not None for p in paths], dtype=bool)
+        table["path"] = paths
+        if probabilities is not None:
+            table["alternatives"] = [self._alternatives(name, files, probabilities) for name in table["image"].astype(str)]
+        errors = journal[journal["status"].str.startswith("error")].set_index("image")["status"]
+        missing = table.loc[~present, ["image"]].assign(
+            reason=[errors.get(n, "not in the cache") for n in table.loc[~present, "image"].astype(str)]
+        )
+        problems = pd.concat([catalog.problems, missing], ignore_index=True)
+        return replace(catalog, table=table[present].reset_index(drop=True), problems=problems)
+
+
+def _read_journal(path: Path) -> pd.DataFrame:
+    """Journal rows; a line cut short by a crash is dropped (its photo is simply redone)."""
+    if not path.exists():
+        return pd.DataFrame(columns=JOURNAL_COLUMNS)
+    table = pd.read_csv(path, dtype={"image": str, "source": str, "file": str, "status": str, "mask": str, "src_mtime": str},
+                        keep_default_na=False, on_bad_lines="skip", engine="python")
+    numeric = ["x0", "y0", "x1", "y1", "width", "height", "mask_area", "score", "src_bytes"]
+    table[numeric] = table[numeric].apply(pd.to_numeric, errors="coerce")
+    whole = table["src_mtime"].astype(str).str.fullmatch(r"-?\d+")  # nanoseconds: too long for a float
+    return table[whole].dropna(subset=numeric).reset_index(drop=True)
+
+
+def _cached_name(image: str) -> str:
+    """Relative file name of a cached photo (absolute image names, from loose files, are nested too)."""
+    return str(Path(image).with_suffix(".jpg")).replace("\\", "/").lstrip("/")
+
+
+def _write_photo(found: Located, name: str, sources: dict[str, tuple[int, int, int, int]], settings: CacheSettings,
+                 directory: Path, mask_file: str, stat: tuple[int, int]) -> list[dict]:
+    """Cut, resize and (optionally) remove the background of one photo for every source and size."""
+    base = crop_row(name, found, mask_file)
+    rows = []
+    for source, box in sources.items():
+        region = found.image.crop(box)
+        big = _resize_longest(region, settings.sizes[0])
+        if settings.background is not None:
+            x0, y0, x1, y1 = box
+            small_mask = np.asarray(Image.fromarray(found.mask[y0:y1, x0:x1]).resize(big.size, Image.Resampling.BILINEAR))
+            big = remove_background(big, small_mask, settings.background, settings.feather, settings.grayscale)
+        elif settings.grayscale:
+            big = big.convert("L").convert("RGB")
+        file = _cached_name(name)
+        for size in settings.sizes:
+            with atomic_path(directory / str(size) / source / file) as tmp:
+                _resize_longest(big, size).save(tmp, format="JPEG", quality=settings.quality)
+        x0, y0, x1, y1 = box
+        rows.append({**base, "x0": x0, "y0": y0, "x1": x1, "y1": y1, "source": source, "file": file,
+                     "src_bytes": stat[0], "src_mtime": stat[1]})
+    return rows
+
+
+def _done(journal: pd.DataFrame, catalog: Catalog, directory: Path, settings: CacheSettings) -> set[str]:
+    """Photos whose journal rows match the photo on disk and whose files all exist."""
+    stats = dict(zip(catalog.table["image"].astype(str), map(_stat, catalog.paths)))
+    done = set()
+    for name, rows in journal.groupby("image"):
+        if name not in stats or any((int(r.src_bytes), int(r.src_mtime)) != stats[name] for r in rows.itertuples()):
+            continue
+        files = [directory / str(s) / r.source / r.file for r in rows.itertuples() if r.file for s in settings.sizes]
+        if all(f.exists() for f in files):
+            done.add(name)
+    return done
+
+
+def build_cache(
+    catalog: Catalog,
+    root: str | Path,
+    settings: CacheSettings = CacheSettings(),
+    boxes: pd.DataFrame | None = None,
+    batch_size: int = 8,
+    workers: int = 2,
+    progress: bool = True,
+) -> Cache:
+    """Fill (or finish) the cache of ``catalog`` under ``root``; photos already cached are skipped.
+
+    ``boxes`` (from :mod:`whaleid.boxes`) is required with ``crop="boxes"``. The
+    returned cache's ``stats`` say how many photos were new, reused and failed.
+    """
+    if (settings.crop == "boxes") != (boxes is not None):
+        raise ValueError("external boxes are needed exactly when crop='boxes'")
+    directory = Path(root) / cache_key(settings, catalog.images_dir, boxes)
+    by_image = _largest_boxes(boxes) if boxes is not None else {}
+    if settings.crop == "boxes":
+        sources = sorted(set(boxes["source"].astype(str)) - {FULL}) + [FULL]
+    else:
+        sources = [SALIENCY if settings.crop == SALIENCY else FULL]
+    manifest = {
+        "format": CACHE_FORMAT, "settings": settings.to_dict(), "images_dir": str(Path(catalog.images_dir).resolve()),
+        "boxes": _boxes_digest(boxes), "sources": sources, "complete": False, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    manifest_path = directory / "manifest.json"
+    if manifest_path.exists():
+        manifest["created"] = json.loads(manifest_path.read_text()).get("created", manifest["created"])
+    with atomic_path(manifest_path) as tmp:
+        tmp.write_text(json.dumps(manifest, indent=2))
+
+    journal_path = directory / "journal.csv"
+    journal = _read_journal(journal_path)
+    done = _done(journal, catalog, directory, settings)
+    names = catalog.table["image"].astype(str).tolist()
+    todo = [i for i, n in enumerate(names) if n not in done]
+    journal = journal[journal["image"].isin(done)]
+    with atomic_path(journal_path) as tmp:  # drop stale rows (changed or half-written photos) before appending
+        journal.to_csv(tmp, index=False, columns=JOURNAL_COLUMNS)
+
+    crop_settings = settings.saliency if settings.needs_saliency else None
+    new = 0
+    with journal_path.open("a", newline="") as log, ThreadPoolExecutor(max(1, workers)) as pool:
+        pending: deque[Future] = deque()
+
+        def drain(limit: int) -> None:
+            nonlocal new
+            while len(pending) > limit:
+                rows = pending.popleft().result()
+                pd.DataFrame(rows, columns=JOURNAL_COLUMNS).to_csv(log, header=False, index=False)
+                log.flush()
+                new += 1
+
+        paths = [catalog.paths[i] for i in todo]
+        for found in locate(paths, crop_settings, batch_size, workers, progress, desc="cache"):
+            name, path = names[todo[found.index]], paths[found.index]
+            stat = _stat(path)
+            if found.error is not None:
+                pending.append(_resolved([{**crop_row(name, found), "source": "", "file": "", "src_bytes": stat[0], "src_mtime": stat[1]}]))
+            else:
+                mask_file = ""
+                if found.mask is not None:
+                    mask_file = mask_name(name)
+                    save_mask(found.mask, directory / mask_file)
+                w, h = found.image.size
+                photo_sources = {
+                    SALIENCY: {SALIENCY: found.crop.box if found.crop else (0, 0, w, h)},
+                    "none": {FULL: (0, 0, w, h)},
+                    "boxes": {**by_image.get(name, {}), FULL: (0, 0, w, h)},
+                }[settings.crop]
+                pending.append(pool.submit(_write_photo, found, name, photo_sources, settings, directory, mask_file, stat))
+            drain(2 * batch_size)
+        drain(0)
+
+    cache = Cache(directory)
+    table = pd.concat([cache.crop_table(), pd.DataFrame(problem_rows(catalog), columns=CROP_COLUMNS)], ignore_index=True)
+    write_crop_table(table, directory)
+    errors = int(table["status"].str.startswith("error").sum())
+    manifest.update(complete=True, updated=time.strftime("%Y-%m-%dT%H:%M:%S"),
+                    counts={"photos": len(table), "new": new, "reused": len(done), "errors": errors})
+    with atomic_path(manifest_path) as tmp:
+        tmp.write_text(json.dumps(manifest, indent=2))
+    return Cache(directory)
+
+
+def cached_catalog(
+    catalog: Catalog,
+    settings: CacheSettings,
+    root: str | Path = DEFAULT_ROOT,
+    boxes: pd.DataFrame | None = None,
+    source: str | None = None,
+    probabilities: dict[str, float] | None = None,
+    progress: bool = True,
+) -> Catalog:
+    """The catalog as training or embedding should read it: built (or reused) cache, paths swapped."""
+    cache = build_cache(catalog, root, settings, boxes=boxes, progress=progress)
+    return cache.catalog(catalog, min(settings.sizes), source=source, probabilities=probabilities)
+
+
+def _resolved(value) -> Future:
+    future: Future = Future()
+    future.set_result(value)
+    return future

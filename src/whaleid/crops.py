@@ -1,0 +1,201 @@
+"""The crop table: where the animal is in every photo of a catalog, with the evidence to audit it.
+
+One row per photo (``CROP_COLUMNS``): the box in original pixels, the photo size, the
+salient region's area and mean score, a status (``ok``, ``fallback: ...`` or
+``error: <reason>``) and, when asked, a small PNG of the saliency mask for the explorer.
+Rows that are not ``ok`` are also written to ``failures.csv``, as the Kaggle crop
+datasets did, so the doubtful photos can be reviewed or boxed by hand.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+from PIL import Image
+from tqdm import tqdm
+
+from whaleid.catalog import Catalog
+from whaleid.files import atomic_path
+from whaleid.images import ImageError, open_image
+from whaleid.preprocess import STATUS_OK, Crop, crop_box, saliency_masks
+
+__all__ = [
+    "CROP_COLUMNS",
+    "MASK_SIDE",
+    "CropSettings",
+    "Located",
+    "crop_catalog",
+    "crop_row",
+    "error_status",
+    "failures",
+    "locate",
+    "mask_name",
+    "problem_rows",
+    "read_crop_table",
+    "save_mask",
+    "write_crop_table",
+]
+
+CROP_COLUMNS = ["image", "x0", "y0", "x1", "y1", "width", "height", "mask_area", "score", "status", "mask"]
+#: Longest side of the mask PNGs kept for review: enough to see the outline, tiny on disk.
+MASK_SIDE = 256
+
+
+@dataclass(frozen=True)
+class CropSettings:
+    """How saliency becomes a box (see :func:`whaleid.preprocess.crop_box`)."""
+
+    threshold: float = 0.5
+    enlarge: float = 1.2
+    square: bool = False
+    min_area: float = 0.002
+    region: str = "union"
+    clahe: bool = False
+    max_area: float = 0.9
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Located:
+    """One photo after saliency: the decoded image, its mask and crop, or why it failed."""
+
+    index: int
+    image: Image.Image | None
+    mask: np.ndarray | None
+    crop: Crop | None
+    error: str | None = None
+
+
+def error_status(reason: str) -> str:
+    return f"error: {reason}"
+
+
+def _open(path: str) -> Image.Image | str:
+    try:
+        return open_image(path)
+    except ImageError as error:
+        return error.reason
+
+
+def locate(
+    paths: Sequence[str],
+    settings: CropSettings | None = CropSettings(),
+    batch_size: int = 8,
+    workers: int = 2,
+    progress: bool = True,
+    desc: str = "crop",
+) -> Iterator[Located]:
+    """Open, mask and box photos in order; ``settings=None`` skips the saliency model.
+
+    A thread pool decodes the next batch while the model runs on this one, and only two
+    batches of photos are ever in memory, so a 50,000-photo catalog streams.
+    """
+    if batch_size < 1:
+        raise ValueError("batch_size must be >= 1")
+    batches = [list(range(i, min(i + batch_size, len(paths)))) for i in range(0, len(paths), batch_size)]
+    with ThreadPoolExecutor(max(1, workers)) as pool, tqdm(total=len(paths), desc=desc, unit="photo", disable=not progress) as bar:
+        pending = [pool.submit(_open, paths[i]) for i in batches[0]] if batches else []
+        for b, batch in enumerate(batches):
+            opened = [f.result() for f in pending]
+            if b + 1 < len(batches):
+                pending = [pool.submit(_open, paths[i]) for i in batches[b + 1]]
+            good = [k for k, im in enumerate(opened) if not isinstance(im, str)]
+            masks = (
+                saliency_masks([opened[k] for k in good], batch_size=batch_size, clahe=settings.clahe)
+                if settings is not None and good
+                else [None] * len(good)
+            )
+            by_position = dict(zip(good, masks))
+            for k, i in enumerate(batch):
+                if isinstance(opened[k], str):
+                    yield Located(i, None, None, None, opened[k])
+                    continue
+                mask = by_position[k]
+                crop = None
+                if mask is not None:
+                    crop = crop_box(mask, settings.threshold, settings.enlarge, settings.square, settings.min_area, settings.region, settings.max_area)
+                yield Located(i, opened[k], mask, crop)
+            bar.update(len(batch))
+
+
+def save_mask(mask: np.ndarray, path: Path) -> None:
+    """Mask as an 8-bit PNG, longest side ``MASK_SIDE``: the explorer overlays it on thumbnails."""
+    h, w = mask.shape
+    scale = min(1.0, MASK_SIDE / max(h, w))
+    small = cv2.resize(mask, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+    with atomic_path(path) as tmp:
+        Image.fromarray(np.clip(small * 255.0 + 0.5, 0, 255).astype(np.uint8), mode="L").save(tmp, format="PNG")
+
+
+def crop_row(name: str, found: Located, mask_file: str = "") -> dict:
+    if found.error is not None:
+        return dict(image=name, x0=-1, y0=-1, x1=-1, y1=-1, width=-1, height=-1, mask_area=0.0, score=0.0,
+                    status=error_status(found.error), mask="")
+    w, h = found.image.size
+    crop = found.crop or Crop((0, 0, w, h), 0.0, 0.0, STATUS_OK)  # no saliency asked for: the caller's box
+    x0, y0, x1, y1 = crop.box
+    return dict(image=name, x0=x0, y0=y0, x1=x1, y1=y1, width=w, height=h, mask_area=crop.mask_area,
+                score=crop.score, status=crop.status, mask=mask_file)
+
+
+def problem_rows(catalog: Catalog) -> list[dict]:
+    """Photos the catalog already found unreadable still get their row, so every listed photo is accounted for."""
+    return [
+        crop_row(str(p.image), Located(-1, None, None, None, str(p.reason))) for p in catalog.problems.itertuples()
+    ]
+
+
+def mask_name(image: str) -> str:
+    return str(Path("masks") / Path(image).with_suffix(".png")).replace("\\", "/")
+
+
+def crop_catalog(
+    catalog: Catalog,
+    settings: CropSettings = CropSettings(),
+    masks_dir: str | Path | None = None,
+    batch_size: int = 8,
+    workers: int = 2,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Crop table of a catalog; with ``masks_dir`` each mask is saved there as ``masks/<image>.png``."""
+    names = catalog.table["image"].astype(str).tolist()
+    rows = []
+    for found in locate(catalog.paths, settings, batch_size, workers, progress):
+        name = names[found.index]
+        mask_file = ""
+        if masks_dir is not None and found.mask is not None:
+            mask_file = mask_name(name)
+            save_mask(found.mask, Path(masks_dir) / mask_file)
+        rows.append(crop_row(name, found, mask_file))
+    return pd.DataFrame(rows + problem_rows(catalog), columns=CROP_COLUMNS)
+
+
+def failures(table: pd.DataFrame) -> pd.DataFrame:
+    """The rows a person should look at: fallbacks and errors."""
+    return table[table["status"] != STATUS_OK].reset_index(drop=True)
+
+
+def write_crop_table(table: pd.DataFrame, out_dir: str | Path) -> tuple[Path, Path]:
+    """``crops.csv`` (every photo) and ``failures.csv`` (the rest), written atomically."""
+    out_dir = Path(out_dir)
+    paths = out_dir / "crops.csv", out_dir / "failures.csv"
+    for frame, path in zip((table, failures(table)), paths):
+        with atomic_path(path) as tmp:
+            frame.to_csv(tmp, index=False)
+    return paths
+
+
+def read_crop_table(path: str | Path) -> pd.DataFrame:
+    table = pd.read_csv(path, dtype={"image": str, "status": str, "mask": str}, keep_default_na=False)
+    missing = [c for c in CROP_COLUMNS if c not in table.columns]
+    if missing:
+        raise ValueError(f"{path}: not a crop table (missing {', '.join(missing)})")
+    return table

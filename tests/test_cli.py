@@ -117,3 +117,47 @@ def test_crops_cache_explorer_and_a_model_trained_on_crops(synth_csv, tmp_path, 
     rankings, ok = identifier.identify_photos([photo, str(tmp_path / "missing.jpg")], num_workers=0)
     assert ok.tolist() == [True, False]
     assert (tmp_path / ".cache" / "whaleid").is_dir()  # loose photos went through the same crop
+
+
+def test_recipe_folds_ensemble_blend_per_species_and_pseudo_labels(synth_csv, tmp_path):
+    import yaml
+
+    images = synth_csv.parent / "images"
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(yaml.safe_dump({"train": {"backbone": "test_efficientnet", "pretrained": False, "embedding_dim": 16,
+                                                "img_size": 48, "batch_size": 8, "num_workers": 0, "epochs": 3}}))
+    run("split", synth_csv, "--out", tmp_path / "split", "--new-fraction", 0.25)
+    known, new = tmp_path / "split" / "known.csv", tmp_path / "split" / "new.csv"
+    # flags override the recipe, --set overrides one key, --folds trains one model per fold
+    run("train", known, "--images", images, "--out", tmp_path / "folds", "--config", recipe, "--set", "train.max_steps_per_epoch=2",
+        "--epochs", 1, "--folds", 2)
+    from whaleid.model import load_checkpoint
+
+    _, payload = load_checkpoint(tmp_path / "folds" / "fold1" / "model.pt")
+    saved = payload["extra"]["recipe"]
+    assert saved["train"]["epochs"] == 1 and saved["train"]["max_steps_per_epoch"] == 2 and saved["folds"] == 2
+    assert payload["extra"]["train_config"]["img_size"] == 48 and len(payload["extra"]["history"]) == 1
+
+    run("embed", known, "--images", images, "--model", tmp_path / "folds", "--out", tmp_path / "gallery")
+    run("embed", new, "--images", images, "--model", tmp_path / "folds", "--out", tmp_path / "queries", "--tta")
+    meta = json.loads((tmp_path / "gallery" / "embeddings.json").read_text())
+    assert meta["ensemble"] == {"members": 2, "mode": "concat"} and (tmp_path / "gallery" / "class_cosines.npy").exists()
+    out = run("identify", tmp_path / "gallery", tmp_path / "queries", "--blend", 0.5, "--calibrate", tmp_path / "queries",
+              "--per-species", "--out", tmp_path / "pred.csv", "--save", tmp_path / "identifier")
+    assert "'*'" in out
+    sidecar = json.loads((tmp_path / "identifier" / "identifier.json").read_text())
+    assert "*" in sidecar["threshold"] and sidecar["metadata"]["blend"] == 0.5
+
+    run("pseudo-label", tmp_path / "folds", known, new, "--images", images, "--unlabelled-images", images,
+        "--out", tmp_path / "pseudo.csv", "--confidence", 0.0)
+    pseudo = pd.read_csv(tmp_path / "pseudo.csv")
+    assert len(pseudo) == len(pd.read_csv(new)) and list(pseudo.columns) == ["image", "species", "individual_id", "score"]
+    run("train", known, "--images", images, "--out", tmp_path / "round1", "--config", recipe, "--max-steps", 1, "--epochs", 1,
+        "--pseudo", tmp_path / "pseudo.csv", "--pseudo-images", images)
+    _, payload = load_checkpoint(tmp_path / "round1" / "model.pt")
+    assert len(payload["labels"]) == pd.read_csv(known)["individual_id"].nunique()  # pseudo labels name known animals
+
+    recipe_run = tmp_path / "run.yaml"
+    recipe_run.write_text(yaml.safe_dump({**yaml.safe_load(recipe.read_text()), "data": {"csv": str(synth_csv)}}))
+    out = run("run", recipe_run, "--out", tmp_path / "run", "--set", "train.max_steps_per_epoch=1", "--set", "train.epochs=1")
+    assert "report.json" in out and 0 <= json.loads((tmp_path / "run" / "report.json").read_text())["rounds"][0]["map5"] <= 1

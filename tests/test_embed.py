@@ -7,6 +7,7 @@ import torch
 
 from whaleid.catalog import read_catalog
 from whaleid.embed import Embedder, Embeddings
+from whaleid.images import open_image
 from whaleid.model import EmbeddingModel, ModelConfig
 
 
@@ -67,3 +68,49 @@ def test_embeddings_round_trip(tmp_path):
     loaded = Embeddings.load(e.save(tmp_path / "emb"))
     np.testing.assert_array_equal(loaded.vectors, e.vectors)
     assert loaded.table["individual_id"].tolist() == ["x", "y", "007"] and loaded.meta == e.meta
+
+
+def test_two_identical_members_ensemble_to_one(embedder, synth_csv):
+    from whaleid.embed import ensemble
+
+    catalog = read_catalog(synth_csv).subset(np.arange(6))
+    one = embedder.embed_catalog(catalog, progress=False)
+    mean = ensemble([one, one], "mean")
+    np.testing.assert_allclose(mean.vectors, one.vectors, atol=1e-6)
+    concat = ensemble([one, one], "concat")
+    assert concat.vectors.shape == (6, 2 * one.vectors.shape[1])
+    np.testing.assert_allclose(concat.vectors @ concat.vectors.T, one.vectors @ one.vectors.T, atol=1e-6)
+
+
+def test_ensemble_concat_is_the_mean_cosine_and_aligns_classes():
+    from whaleid.embed import ensemble
+
+    table = pd.DataFrame({"image": ["a", "b"], "individual_id": ["x", "y"]})
+    unit = lambda v: np.asarray(v, np.float32) / np.linalg.norm(v, axis=1, keepdims=True)  # noqa: E731
+    a = Embeddings(unit([[1, 0], [0, 1]]), table, meta={"classes": ["p", "q"]}, class_cosines=np.array([[0.5, 0.1], [0.2, 0.3]], np.float32))
+    # member b lists the photos in the other order and knows classes q and r
+    b = Embeddings(unit([[1, 1], [1, 0]]), table.iloc[::-1].reset_index(drop=True), meta={"classes": ["q", "r"]},
+                   class_cosines=np.array([[0.9, 0.7], [0.4, 0.6]], np.float32))
+    both = ensemble([a, b], "concat")
+    cos_ab = both.vectors[0] @ both.vectors[1]
+    assert cos_ab == pytest.approx((0.0 + np.sqrt(0.5)) / 2)  # a: a.b = 0; b: (1,0).(1,1)/sqrt2
+    assert both.meta["classes"] == ["p", "q", "r"]
+    # photo "a": p from member a only, q averaged (0.1, 0.4), r from member b only
+    np.testing.assert_allclose(both.class_cosines[0], [0.5, 0.25, 0.6])
+    with pytest.raises(ValueError, match="mean"):
+        ensemble([a, Embeddings(np.ones((2, 3), np.float32), table)], "mean")
+
+
+def test_head_gives_cosines_to_each_class_centre(embedder, synth_csv):
+    torch.manual_seed(1)
+    dim = embedder.model.embedding_dim
+    weight = torch.randn(3 * 2, dim)  # 3 classes x 2 sub-centres
+    with_head = Embedder(embedder.model, num_workers=0, head={"weight": weight, "k": 2, "scale": 20.0}, classes=["a", "b", "c"])
+    catalog = read_catalog(synth_csv).subset(np.arange(4))
+    out = with_head.embed_catalog(catalog, progress=False)
+    assert out.meta["classes"] == ["a", "b", "c"] and out.meta["arcface_scale"] == 20.0
+    images = torch.stack([with_head.transform(open_image(p)) for p in catalog.paths])
+    with torch.inference_mode():
+        neck = torch.nn.functional.normalize(embedder.model(images), dim=1)
+    expected = (neck @ torch.nn.functional.normalize(weight, dim=1).T).view(4, 3, 2).amax(2)
+    np.testing.assert_allclose(out.class_cosines, expected.numpy(), atol=1e-5)

@@ -1,4 +1,5 @@
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -7,6 +8,7 @@ from whaleid.evaluate import NEW_INDIVIDUAL, average_precision_at_5, map_at_5
 from whaleid.identify import (
     Identifier,
     Ranking,
+    calibrate_per_species,
     calibrate_threshold,
     insert_new_individual,
     top_individuals,
@@ -19,6 +21,10 @@ NEW = NEW_INDIVIDUAL
 def unit(x):
     x = np.asarray(x, dtype=np.float32)
     return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def ids_of(rankings):
+    return [r.ids for r in rankings]
 
 
 # ------------------------------------------------------------------ top_individuals
@@ -210,3 +216,156 @@ def test_calibrate_validates():
         calibrate_threshold(rankings, None)
     with pytest.raises(ValueError):
         calibrate_threshold([], ["a"])
+
+
+# ------------------------------------------------------------------ per-species thresholds
+
+
+def _two_species_example():
+    """AP per query on the grid 0.2/0.4/0.6/0.8 (new goes before the first score < t):
+
+    A: a1 [.9 .5]  known    1    1    1    1
+       [.7 .3]     new      1/3  1/2  1/2  1
+       a3 [.95 .1] known    1    1    1    1     sum 2.33 2.5 2.5 3    -> A: 0.8
+    B: b1 [.5 .2]  known    1    1    1/2  1/2
+       [.3 .1]     new      1/2  1    1    1
+       b3 [.95 .1] known    1    1    1    1     sum 2.5  3   2.5 2.5  -> B: 0.4
+    C: [.5 .3]     new      1/3  1/2  1    1
+       c2 [.7 .1]  known    1    1    1    1/2   sum 1.33 1.5 2   1.5
+    all                                          sum 6.17 7   7   7    -> *: middle of 0.4..0.8
+    """
+    rankings = [Ranking(["a1", "x"], [0.9, 0.5]), Ranking(["x", "y"], [0.7, 0.3]),
+                Ranking(["a3", "x"], [0.95, 0.1]),
+                Ranking(["b1", "x"], [0.5, 0.2]), Ranking(["x", "y"], [0.3, 0.1]),
+                Ranking(["b3", "x"], [0.95, 0.1]),
+                Ranking(["x", "y"], [0.5, 0.3]), Ranking(["c2", "x"], [0.7, 0.1])]
+    truths = ["a1", NEW, "a3", "b1", NEW, "b3", NEW, "c2"]
+    species = ["A"] * 3 + ["B"] * 3 + ["C"] * 2
+    return rankings, truths, species
+
+
+GRID = [0.2, 0.4, 0.6, 0.8]
+
+
+def test_calibrate_per_species_by_hand():
+    rankings, truths, species = _two_species_example()
+    out = calibrate_per_species(rankings, truths, species, min_queries=3, thresholds=GRID)
+    assert set(out) == {"A", "B", "*"}  # C has 2 < 3 queries: it uses "*"
+    assert out["A"] == pytest.approx(0.8)
+    assert out["B"] == pytest.approx(0.4)
+    assert out["*"] == pytest.approx(0.6)
+    assert out["*"] == calibrate_threshold(rankings, truths, thresholds=GRID)
+    assert set(calibrate_per_species(rankings, truths, species, min_queries=2,
+                                     thresholds=GRID)) == {"A", "B", "C", "*"}
+    assert set(calibrate_per_species(rankings, truths, species, min_queries=4,
+                                     thresholds=GRID)) == {"*"}
+
+
+def test_calibrate_per_species_warns_only_globally():
+    rankings, truths, species = _two_species_example()
+    # species D: only known animals; its own sweep would warn, but that is expected
+    rankings += [Ranking(["d1"], [0.6]), Ranking(["d2"], [0.7])]
+    truths += ["d1", "d2"]
+    species += ["D", "D"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = calibrate_per_species(rankings, truths, species, min_queries=2, thresholds=GRID)
+    assert out["D"] == pytest.approx(0.4)  # plateau 0.2..0.6, where neither is sent to new
+    known = [i for i, t in enumerate(truths) if t != NEW]
+    with pytest.warns(UserWarning, match="no validation truth") as record:
+        calibrate_per_species([rankings[i] for i in known], [truths[i] for i in known],
+                              [species[i] for i in known], min_queries=1, thresholds=GRID)
+    assert len(record) == 1
+
+
+def test_calibrate_per_species_validates():
+    rankings, truths, species = _two_species_example()
+    with pytest.raises(ValueError):
+        calibrate_per_species(rankings, truths, species[:-1])
+    with pytest.raises(ValueError):
+        calibrate_per_species(rankings, truths, species[:-1] + ["*"])
+    with pytest.raises(ValueError):
+        calibrate_per_species(rankings, truths, species, min_queries=0)
+    with pytest.raises(ValueError):
+        calibrate_per_species(rankings, None, species)
+
+
+@pytest.fixture
+def species_gallery():
+    """One photo each of a and b (dolphins) and c (a whale) on axes 0-2 of 4-D."""
+    return np.eye(4, dtype=np.float32)[:3], ["a", "b", "c"], ["dolphin", "dolphin", "whale"]
+
+
+# q0 scores b 0.6 and q1 scores c 0.6; every other cosine is 0 (ties go to the lower row).
+SPECIES_QUERIES = unit([[0, 0.6, 0, 0.8], [0, 0, 0.6, 0.8]])
+PER_SPECIES = {"dolphin": 0.7, "*": 0.3}
+
+
+def test_identifier_per_species_threshold_from_top_candidate(species_gallery):
+    vectors, ids, species = species_gallery
+    ident = Identifier(build_index(vectors), ids, threshold=PER_SPECIES, gallery_species=species)
+    q0, q1 = ident.identify(SPECIES_QUERIES)
+    assert q0.ids == [NEW, "b", "a", "c"]  # top-1 b is a dolphin: 0.6 < 0.7
+    assert q1.ids == ["c", NEW, "a", "b"]  # top-1 c is a whale: "*" = 0.3, next score is 0
+    assert q0.scores[0] == 0.7 and q1.scores[1] == 0.3
+
+
+def test_identifier_per_species_threshold_from_given_species(species_gallery):
+    vectors, ids, species = species_gallery
+    for gallery_species in (species, None):  # given species win over the inferred ones
+        ident = Identifier(build_index(vectors), ids, threshold=PER_SPECIES,
+                           gallery_species=gallery_species)
+        q0, q1 = ident.identify(SPECIES_QUERIES, species=["whale", "dolphin"])
+        assert q0.ids == ["b", NEW, "a", "c"]
+        assert q1.ids == [NEW, "c", "a", "b"]
+    with pytest.raises(ValueError, match="species"):
+        ident.identify(SPECIES_QUERIES)  # no gallery species to infer from
+    with pytest.raises(ValueError):
+        ident.identify(SPECIES_QUERIES, species=["whale"])
+    # a single threshold ignores species
+    ident.threshold = 0.7
+    assert ident.identify(SPECIES_QUERIES, species=["whale", "dolphin"])[0].ids[0] == NEW
+
+
+def test_identifier_validates_species_and_thresholds(species_gallery):
+    vectors, ids, species = species_gallery
+    index = build_index(vectors)
+    with pytest.raises(ValueError, match="'\\*'"):
+        Identifier(index, ids, threshold={"dolphin": 0.7})
+    with pytest.raises(ValueError):
+        Identifier(index, ids, threshold={"dolphin": float("nan"), "*": 0.3})
+    with pytest.raises(ValueError):
+        Identifier(index, ids, threshold=float("inf"))
+    with pytest.raises(ValueError):
+        Identifier(index, ids, gallery_species=species[:2])
+    with pytest.raises(ValueError, match="both"):
+        Identifier(index, ["a", "a", "c"], gallery_species=["dolphin", "whale", "whale"])
+    ident = Identifier(index, ids)
+    with pytest.raises(ValueError):
+        ident.threshold = {"dolphin": 0.7}  # checked when set later, too
+
+
+def test_identifier_save_load_per_species(tmp_path, species_gallery):
+    vectors, ids, species = species_gallery
+    ident = Identifier(build_index(vectors), ids, threshold=PER_SPECIES, gallery_species=species)
+    out = ident.save(tmp_path / "ident")
+    assert json.loads((out / "gallery_species.json").read_text()) == species
+    loaded = Identifier.load(out)
+    assert loaded.threshold == PER_SPECIES and loaded.gallery_species == species
+    assert ids_of(loaded.identify(SPECIES_QUERIES)) == [[NEW, "b", "a", "c"], ["c", NEW, "a", "b"]]
+    # saving without species over it must not leave the old species behind
+    Identifier(build_index(vectors), ids, threshold=0.5).save(out)
+    assert not (out / "gallery_species.json").exists()
+    assert Identifier.load(out).gallery_species is None
+
+
+def test_identifier_loads_version_1_sidecar(tmp_path, species_gallery):
+    vectors, ids, _ = species_gallery
+    out = Identifier(build_index(vectors), ids).save(tmp_path / "old")
+    sidecar = json.loads((out / "identifier.json").read_text())
+    del sidecar["per_photo_species"]  # exactly what version 1 wrote
+    sidecar.update(version=1, threshold=0.7)
+    (out / "identifier.json").write_text(json.dumps(sidecar))
+    loaded = Identifier.load(out)
+    assert loaded.threshold == 0.7 and loaded.gallery_species is None
+    assert ids_of(loaded.identify(SPECIES_QUERIES)) == [[NEW, "b", "a", "c"], [NEW, "c", "a", "b"]]

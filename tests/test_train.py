@@ -65,3 +65,93 @@ def test_training_draws_each_photo_from_its_crop_alternatives(synth_csv, tmp_pat
     share_first = opened.count(paths[0]) / len(opened)
     assert len(opened) >= 3 * (len(paths) // 8) * 8
     assert abs(share_first - (0.75 + 0.25 / len(paths))) < 0.08
+
+
+def test_progressive_resizing_changes_the_input_size_at_the_stated_epochs(synth_csv, tmp_path):
+    config = TrainConfig(epochs=4, max_steps_per_epoch=1, img_size_schedule={0: 32, 2: 40, 3: 48}, **{**TINY, "img_size": 48})
+    result = train(read_catalog(synth_csv), config, tmp_path, progress=False)
+    assert [h["img_size"] for h in result.history] == [32, 32, 40, 48]
+    _, payload = load_checkpoint(result.checkpoint)
+    assert payload["config"]["img_size"] == 48  # inference at the final size
+    with pytest.raises(ValueError, match="epoch 0"):
+        TrainConfig(img_size_schedule={2: 64})
+
+
+def _initial_model():
+    from accelerate.utils import set_seed
+
+    from whaleid.model import EmbeddingModel, ModelConfig
+
+    set_seed(0)  # train() seeds the same way before building its model
+    return EmbeddingModel(ModelConfig(backbone="test_efficientnet", embedding_dim=16, img_size=48), pretrained=False)
+
+
+@pytest.mark.parametrize(("late", "all_", "stem_moves", "top_moves"), [(1, 1, False, False), (0, 1, False, True), (0, 0, True, True)])
+def test_sequential_unfreezing_holds_layers_until_their_epoch(synth_csv, tmp_path, late, all_, stem_moves, top_moves):
+    config = TrainConfig(epochs=1, max_steps_per_epoch=2, unfreeze_late_epoch=late, unfreeze_all_epoch=all_, warmup_epochs=0, **TINY)
+    trained, _ = load_checkpoint(train(read_catalog(synth_csv), config, tmp_path, progress=False).checkpoint)
+    before = _initial_model()
+    moved = lambda name: not torch.equal(trained.state_dict()[name], before.state_dict()[name])  # noqa: E731
+    assert moved("backbone.conv_stem.weight") == stem_moves
+    assert moved("backbone.conv_head.weight") == top_moves
+    assert moved("neck.0.weight")  # the neck always learns
+
+
+def test_layer_decay_scales_learning_rates_down_the_backbone():
+    from whaleid.train import param_groups
+
+    model = _initial_model()
+    config = TrainConfig(backbone_lr=1e-3, lr=1e-2, layer_decay=0.5, **{k: v for k, v in TINY.items() if k != "batch_size"})
+    groups, starts = param_groups(model, [model.neck], config)
+    lrs = [g["lr"] for g in groups[:-1]]
+    assert max(lrs) == 1e-3 and groups[-1]["lr"] == 1e-2  # the top backbone layer, the heads
+    assert lrs == sorted(lrs)  # stem (first) slowest
+    assert set(lrs) == {1e-3 * 0.5**d for d in range(len(set(lrs)))}
+    assert sum(len(g["params"]) for g in groups[:-1]) == len(list(model.backbone.parameters()))
+    assert starts == [0] * len(groups)
+
+
+def test_two_process_cpu_ddp_trains_and_writes_the_same_checkpoint_format(synth_csv, tmp_path):
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:  # a free port for the rendezvous, on this machine only
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    args = ["train", str(synth_csv), "--backbone", "test_efficientnet", "--no-pretrained", "--epochs", "2", "--img-size", "48",
+            "--batch-size", "8", "--embedding-dim", "16", "--workers", "0"]
+    ddp = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+         "--master_port", str(port), "-m", "whaleid.cli", *args, "--out", str(tmp_path / "ddp")],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    single = train(read_catalog(synth_csv), TrainConfig(epochs=2, **TINY), tmp_path / "one", progress=False)
+    history = [json.loads(line) for line in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()]
+    assert [h["processes"] for h in history] == [2, 2]
+    a, pa = load_checkpoint(single.checkpoint)
+    b, pb = load_checkpoint(tmp_path / "ddp" / "model.pt")
+    assert pa.keys() == pb.keys() and pa["labels"] == pb["labels"] and pa["config"] == pb["config"]
+    assert {k: v.shape for k, v in a.state_dict().items()} == {k: v.shape for k, v in b.state_dict().items()}
+    assert pb["head"]["weight"].shape == pa["head"]["weight"].shape
+    assert not torch.equal(b.state_dict()["backbone.conv_stem.weight"], _initial_model().state_dict()["backbone.conv_stem.weight"])
+    assert ddp.stdout.count("model:") == 1
+
+
+def test_fold_models_each_hold_out_their_own_fold(synth_csv, tmp_path):
+    import pandas as pd
+
+    from whaleid.train import checkpoints, train_folds
+
+    catalog = read_catalog(synth_csv)
+    results = train_folds(catalog, TrainConfig(epochs=1, max_steps_per_epoch=1, **TINY), tmp_path, folds=3, progress=False)
+    folds = pd.read_csv(tmp_path / "folds.csv")
+    assert sorted(folds["image"]) == sorted(catalog.table["image"]) and set(folds["fold"]) == {0, 1, 2}  # each photo once
+    assert checkpoints(tmp_path) == [tmp_path / f"fold{i}" / "model.pt" for i in range(3)]
+    for fold, result in enumerate(results):
+        _, payload = load_checkpoint(result.checkpoint)
+        assert payload["labels"] == sorted(folds.loc[folds["fold"] != fold, "individual_id"].unique())  # trained without its fold
+        held = folds.loc[folds["fold"] == fold, "image"]
+        assert len(held) and "val_map5" in result.history[0]  # validated on the held-out fold

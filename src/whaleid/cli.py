@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -133,38 +136,42 @@ def split(
         console.print(f"{folds} folds -> {out / 'folds.csv'}")
 
 
-def _train_config(**options):
-    from whaleid.train import TrainConfig
-
-    weights = options.pop("weights")
-    if weights is not None:
-        options["pretrained"] = str(weights)
-    return TrainConfig(**{k: v for k, v in options.items() if v is not None})
+ConfigOpt = typer.Option(None, "--config", help="A recipe YAML (configs/*.yaml); its train section sets the defaults.")
+SetOpt = typer.Option(None, "--set", help="Override one recipe key, e.g. --set train.epochs=3 (repeatable).")
 
 
 @app.command()
 def train(
     csv: Path,
-    out: Path = typer.Option(..., help="Run folder: model.pt, last.pt, metrics.jsonl."),
+    out: Path = typer.Option(..., help="Run folder: model.pt, last.pt, metrics.jsonl (fold<i>/ with --folds)."),
     images: Optional[Path] = ImagesOpt,
     val: Optional[Path] = typer.Option(None, help="CSV of validation photos (leave-one-out MAP@5 each epoch)."),
-    backbone: str = typer.Option("tf_efficientnet_lite0", help="timm model name."),
-    pretrained: bool = typer.Option(True, help="Start from ImageNet weights (offline for tf_efficientnet_lite0/1/2)."),
+    config: Optional[Path] = ConfigOpt,
+    set_: Optional[list[str]] = SetOpt,
+    folds: Optional[int] = typer.Option(None, help="Train one model per fold (each validated on its fold), for an ensemble."),
+    pseudo: Optional[Path] = typer.Option(None, help="Pseudo-label CSV from `whaleid pseudo-label` to train on as well."),
+    pseudo_images: Optional[Path] = typer.Option(None, help="Photo folder of --pseudo (default: images/ beside it)."),
+    backbone: Optional[str] = typer.Option(None, help="timm model name [tf_efficientnet_lite0]."),
+    pretrained: Optional[bool] = typer.Option(None, "--pretrained/--no-pretrained", help="Start from ImageNet weights [yes; offline for tf_efficientnet_lite0/1/2]."),
     weights: Optional[Path] = typer.Option(None, help="Start from a local backbone checkpoint instead."),
-    epochs: int = 10,
-    img_size: int = 224,
-    batch_size: int = 32,
-    embedding_dim: int = 512,
-    subcenters: int = typer.Option(3, help="ArcFace sub-centers per individual."),
-    lr: float = typer.Option(1e-3, help="Learning rate of neck and heads."),
-    backbone_lr: float = 2e-4,
-    grad_accum: int = 1,
-    hflip: bool = typer.Option(False, help="Horizontal flip augmentation (off: markings are asymmetric)."),
-    species_head: bool = False,
-    label_smoothing: float = 0.0,
-    mixed_precision: str = typer.Option("auto", help="auto, no, bf16 or fp16."),
+    epochs: Optional[int] = typer.Option(None, help="[10]"),
+    img_size: Optional[int] = typer.Option(None, help="Input size at inference (and training, without a schedule) [224]."),
+    batch_size: Optional[int] = typer.Option(None, help="[32]"),
+    embedding_dim: Optional[int] = typer.Option(None, help="[512]"),
+    subcenters: Optional[int] = typer.Option(None, help="ArcFace sub-centers per individual [3]."),
+    lr: Optional[float] = typer.Option(None, help="Learning rate of neck and heads [1e-3]."),
+    backbone_lr: Optional[float] = typer.Option(None, help="Learning rate of the top backbone layer [2e-4]."),
+    layer_decay: Optional[float] = typer.Option(None, help="Learning-rate factor per backbone layer downwards [1.0]."),
+    unfreeze_late_epoch: Optional[int] = typer.Option(None, help="Epoch from which the later half of the backbone learns [0]."),
+    unfreeze_all_epoch: Optional[int] = typer.Option(None, help="Epoch from which the whole backbone learns [0]."),
+    grad_accum: Optional[int] = typer.Option(None, help="[1]"),
+    grad_checkpointing: Optional[bool] = typer.Option(None, "--grad-checkpointing/--no-grad-checkpointing", help="Trade compute for memory [no]."),
+    hflip: Optional[bool] = typer.Option(None, "--hflip/--no-hflip", help="Horizontal flip augmentation [no: markings are asymmetric]."),
+    species_head: Optional[bool] = typer.Option(None, "--species-head/--no-species-head", help="[no]"),
+    label_smoothing: Optional[float] = typer.Option(None, help="[0]"),
+    mixed_precision: Optional[str] = typer.Option(None, help="auto, no, bf16 or fp16 [auto]."),
     workers: Optional[int] = None,
-    seed: int = 0,
+    seed: Optional[int] = typer.Option(None, help="[0]"),
     max_steps: Optional[int] = typer.Option(None, help="Cap steps per epoch (smoke runs)."),
     resume: bool = typer.Option(False, help="Continue from out/last.pt."),
     crop: Optional[str] = CropOpt,
@@ -173,29 +180,73 @@ def train(
     background: Optional[str] = BackgroundOpt,
     cache_root: Path = CacheRootOpt,
 ):
-    """Fine-tune an embedding model with a sub-center ArcFace head."""
+    """Fine-tune an embedding model with a sub-center ArcFace head (flags override --config)."""
+    from whaleid.pseudo import with_pseudo_labels
     from whaleid.train import train as run_training
+    from whaleid.train import train_folds
 
-    config = _train_config(
-        backbone=backbone, pretrained=pretrained, weights=weights, epochs=epochs, img_size=img_size,
-        batch_size=batch_size, embedding_dim=embedding_dim, subcenters=subcenters, lr=lr, backbone_lr=backbone_lr, grad_accum=grad_accum,
-        hflip=hflip, species_head=species_head, label_smoothing=label_smoothing, mixed_precision=mixed_precision,
-        num_workers=workers, seed=seed, max_steps_per_epoch=max_steps,
+    recipe = _recipe(config, set_)
+    flags = dict(
+        backbone=backbone, pretrained=pretrained, epochs=epochs, img_size=img_size, batch_size=batch_size,
+        embedding_dim=embedding_dim, subcenters=subcenters, lr=lr, backbone_lr=backbone_lr, layer_decay=layer_decay,
+        unfreeze_late_epoch=unfreeze_late_epoch, unfreeze_all_epoch=unfreeze_all_epoch, grad_accum=grad_accum,
+        grad_checkpointing=grad_checkpointing, hflip=hflip, species_head=species_head, label_smoothing=label_smoothing,
+        mixed_precision=mixed_precision, num_workers=workers, seed=seed, max_steps_per_epoch=max_steps,
+        pretrained_weights=weights,
     )
-    preprocess = _preprocess(crop, background, box_probs, img_size, None)
-    catalog = _prepared(_catalog(csv, images), preprocess, boxes, cache_root, training=True)
+    try:
+        recipe.train = dataclasses.replace(recipe.train, **_train_flags(flags))
+    except ValueError as error:
+        raise typer.BadParameter(str(error)) from error
+    if folds is not None:
+        recipe.folds = folds
+    preprocess = _preprocess(crop, background, box_probs, recipe.train.img_size, recipe.preprocess)
+    recipe.preprocess = preprocess
+    catalog = _catalog(csv, images)
+    if pseudo is not None:
+        labels = pd.read_csv(pseudo, dtype=str, keep_default_na=False)
+        catalog = with_pseudo_labels(catalog, _catalog(pseudo, pseudo_images), labels)
+    catalog = _prepared(catalog, preprocess, boxes, cache_root, training=True)
+    extra = {"recipe": recipe.to_dict()}
+    start = time.time()
+    if recipe.folds > 1:
+        results = train_folds(catalog, recipe.train, out, recipe.folds, resume=resume, preprocess=preprocess, extra=extra)
+        console.print(f"{len(results)} fold models in {out}/fold*/model.pt ({(time.time() - start) / 60:.1f} min)")
+        return
     val_catalog = _prepared(_catalog(val, images), preprocess, boxes, cache_root) if val else None
-    result = run_training(catalog, config, out, val_catalog=val_catalog, resume=resume, preprocess=preprocess)
-    console.print(f"model: {result.checkpoint} ({result.seconds / 60:.1f} min)")
+    result = run_training(catalog, recipe.train, out, val_catalog=val_catalog, resume=resume, preprocess=preprocess, extra=extra)
+    if int(os.environ.get("RANK", 0)) == 0:  # under torchrun, one line for the whole run
+        console.print(f"model: {result.checkpoint} ({result.seconds / 60:.1f} min)")
 
 
-def _embedder(model: Optional[Path], zero_shot: Optional[str], img_size: int, tta: bool, batch_size: int):
+def _recipe(config: Optional[Path], overrides: Optional[list[str]]):
+    from whaleid.recipe import load_recipe
+
+    try:
+        return load_recipe(config, overrides or [])
+    except (ValueError, TypeError) as error:
+        raise typer.BadParameter(str(error)) from error
+
+
+def _train_flags(flags: dict) -> dict:
+    """The training flags given on the command line (the rest come from the recipe)."""
+    weights = flags.pop("pretrained_weights")
+    if weights is not None:
+        flags["pretrained"] = str(weights)
+    return {k: v for k, v in flags.items() if v is not None}
+
+
+def _embedder(model: Optional[Path], zero_shot: Optional[str], img_size: int, tta: bool, batch_size: int, ensemble: str = "concat"):
     from whaleid.embed import Embedder
+    from whaleid.train import checkpoints
 
     if (model is None) == (zero_shot is None):
         raise typer.BadParameter("give exactly one of --model or --zero-shot")
     if model is not None:
-        return Embedder.from_checkpoint(model, tta_flip=tta, batch_size=batch_size)
+        try:
+            return Embedder.from_checkpoint(checkpoints(model), ensemble=ensemble, tta_flip=tta, batch_size=batch_size)
+        except (FileNotFoundError, ValueError) as error:
+            raise typer.BadParameter(str(error)) from error
     return Embedder.zero_shot(zero_shot, img_size, tta_flip=tta, batch_size=batch_size)
 
 
@@ -204,10 +255,11 @@ def embed(
     csv: Path,
     out: Path = typer.Option(..., help="Folder for vectors.npy, photos.csv, failures.csv, embeddings.json."),
     images: Optional[Path] = ImagesOpt,
-    model: Optional[Path] = typer.Option(None, help="A whaleid model.pt."),
+    model: Optional[Path] = typer.Option(None, help="A whaleid model.pt, or a run folder of fold*/model.pt (an ensemble)."),
     zero_shot: Optional[str] = typer.Option(None, help="Or a pretrained timm backbone, no fine-tuning."),
     img_size: int = typer.Option(224, help="Input size for --zero-shot (a model.pt knows its own)."),
     tta: bool = typer.Option(False, help="Average with the horizontally flipped photo."),
+    ensemble: str = typer.Option("concat", help="How fold models combine: concat or mean of their unit vectors."),
     batch_size: int = 32,
     crop: Optional[str] = CropOpt,
     boxes: Optional[list[Path]] = BoxesOpt,
@@ -215,7 +267,7 @@ def embed(
     cache_root: Path = CacheRootOpt,
 ):
     """Embed every photo of a catalog (labels optional)."""
-    embedder = _embedder(model, zero_shot, img_size, tta, batch_size)
+    embedder = _embedder(model, zero_shot, img_size, tta, batch_size, ensemble)
     embedder.preprocess = _preprocess(crop, background, None, embedder.config.img_size, embedder.preprocess)
     catalog = _prepared(_catalog(csv, images, require_labels=False), embedder.preprocess, boxes, cache_root)
     embeddings = embedder.embed_catalog(catalog)
@@ -232,6 +284,8 @@ def identify(
     threshold: Optional[float] = typer.Option(None, help="new_individual below this cosine score."),
     calibrate: Optional[Path] = typer.Option(None, help="Embeddings of labelled validation photos: choose the threshold by best leave-one-out MAP@5."),
     new_rate: Optional[float] = typer.Option(None, help="Or choose the threshold so this share of queries is new."),
+    per_species: bool = typer.Option(False, help="With --calibrate: one threshold per species (species with 20+ validation photos)."),
+    blend: float = typer.Option(0.0, help="Weight of the ArcFace-logit probabilities blended with kNN scores (0: kNN only; needs models saved with their head). --calibrate then ranks the validation photos against the gallery."),
     index: str = typer.Option("exact", help="exact or faiss."),
     tta: bool = typer.Option(False, help="Flip TTA when embedding a query CSV."),
     save: Optional[Path] = typer.Option(None, help="Also save the Identifier (index + ids + threshold) here."),
@@ -241,10 +295,19 @@ def identify(
 ):
     """Top-5 individuals (or new_individual) for each query photo."""
     from whaleid.embed import Embedder, Embeddings
-    from whaleid.identify import Identifier, calibrate_threshold
+    from whaleid.identify import (
+        Identifier,
+        apply_threshold,
+        calibrate_per_species,
+        calibrate_threshold,
+    )
     from whaleid.index import build_index
     from whaleid.openset import leave_one_out
+    from whaleid.recipe import rankings as blended_rankings
+    from whaleid.recipe import truths
 
+    if per_species and calibrate is None:
+        raise typer.BadParameter("--per-species needs --calibrate VAL_EMBEDDINGS")
     g = Embeddings.load(gallery)
     if queries.is_dir():
         q = Embeddings.load(queries)
@@ -252,15 +315,27 @@ def identify(
         embedder = Embedder.from_source(g.meta.get("source", {}), g.meta["model"]["img_size"], tta_flip=tta)
         embedder.preprocess = g.meta.get("preprocess")  # queries are cropped exactly as the gallery was
         q = embedder.embed_catalog(_prepared(_catalog(queries, images, require_labels=False), embedder.preprocess, boxes, cache_root))
-    identifier = Identifier(build_index(g.vectors, index), g.table["individual_id"].tolist(), metadata=g.meta)
-    rankings = identifier.rank(q.vectors)
-    if calibrate is not None:
-        v = Embeddings.load(calibrate)
-        threshold = calibrate_threshold(*leave_one_out(v.vectors, v.table["individual_id"].tolist()), method="sweep")
-    elif new_rate is not None:
-        threshold = calibrate_threshold(rankings, None, method="rate", new_rate=new_rate)
+    species = g.table["species"].tolist() if "species" in g.table else None
+    identifier = Identifier(build_index(g.vectors, index), g.table["individual_id"].tolist(),
+                            metadata={**g.meta, "blend": blend}, gallery_species=species)
+    try:
+        rankings = blended_rankings(g, q, blend) if blend > 0 else identifier.rank(q.vectors)
+        if calibrate is not None:
+            v = Embeddings.load(calibrate)
+            if blend > 0:
+                calibration, val_truths = blended_rankings(g, v, blend), truths(v, g)
+            else:
+                calibration, val_truths = leave_one_out(v.vectors, v.table["individual_id"].tolist())
+            if per_species:
+                threshold = calibrate_per_species(calibration, val_truths, v.table["species"].tolist())
+            else:
+                threshold = calibrate_threshold(calibration, val_truths, method="sweep")
+        elif new_rate is not None:
+            threshold = calibrate_threshold(rankings, None, method="rate", new_rate=new_rate)
+    except ValueError as error:
+        raise typer.BadParameter(str(error)) from error
     identifier.threshold = threshold
-    answers = identifier.identify(q.vectors)
+    answers = apply_threshold(rankings, threshold, species_of=dict(zip(g.table["individual_id"], species or [])) or None)
     table = pd.DataFrame(
         {
             "image": q.table["image"],
@@ -277,7 +352,51 @@ def identify(
         from whaleid.evaluate import write_submission
 
         write_submission(table["image"].tolist(), [a.ids for a in answers], submission)
-    console.print(f"{len(table)} queries -> {out} (threshold: {threshold if threshold is None else round(threshold, 4)})")
+    shown = {k: round(v, 4) for k, v in threshold.items()} if isinstance(threshold, dict) else threshold if threshold is None else round(threshold, 4)
+    console.print(f"{len(table)} queries -> {out} (threshold: {shown})")
+
+
+@app.command("pseudo-label")
+def pseudo_label(
+    model: Path = typer.Argument(..., help="A model.pt, or a run folder of fold*/model.pt."),
+    train_csv: Path = typer.Argument(..., help="The labelled training catalog (the gallery)."),
+    unlabelled: Path = typer.Argument(..., help="CSV of the photos to label (individual_id may be empty)."),
+    out: Path = typer.Option(..., help="CSV of confident labels: image, species, individual_id, score."),
+    images: Optional[Path] = ImagesOpt,
+    unlabelled_images: Optional[Path] = typer.Option(None, help="Photo folder of the unlabelled CSV (default: images/ beside it)."),
+    confidence: float = typer.Option(0.7, help="Keep a photo when its top candidate scores at least this."),
+    threshold: Optional[float] = typer.Option(None, help="new_individual threshold: photos below it are left out as new."),
+    blend: float = typer.Option(0.0, help="Weight of the ArcFace-logit probabilities in the score."),
+    tta: bool = typer.Option(False, help="Flip TTA."),
+    cache_root: Path = CacheRootOpt,
+):
+    """Confident predictions on unlabelled photos, as labels for the next training round (`train --pseudo`)."""
+    from whaleid.pseudo import pseudo_labels
+    from whaleid.recipe import rankings
+
+    embedder = _embedder(model, None, 0, tta, 32)
+    g = embedder.embed_catalog(_prepared(_catalog(train_csv, images), embedder.preprocess, None, cache_root))
+    q = embedder.embed_catalog(_prepared(_catalog(unlabelled, unlabelled_images, require_labels=False), embedder.preprocess, None, cache_root))
+    species_of = dict(zip(g.table["individual_id"], g.table["species"]))
+    labels = pseudo_labels(q.table["image"].tolist(), rankings(g, q, blend), confidence, species_of, threshold)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    labels.to_csv(out, index=False)
+    console.print(f"{len(labels)} of {len(q)} photos labelled (confidence >= {confidence}) -> {out}")
+
+
+@app.command()
+def run(
+    recipe_file: Path = typer.Argument(..., help="A recipe YAML (configs/*.yaml)."),
+    out: Path = typer.Option(..., help="Run folder: split/, round<i>/ models, report.json, recipe.yaml."),
+    set_: Optional[list[str]] = SetOpt,
+):
+    """A whole recipe: Happywhale-style split, (k-fold) training, scoring, pseudo-label rounds."""
+    from whaleid.recipe import run_recipe
+
+    report = run_recipe(_recipe(recipe_file, set_), out)
+    rows = {f"round {i}": {k: v for k, v in r.items() if not isinstance(v, dict)} for i, r in enumerate(report["rounds"])}
+    console.print(_metrics_table("test set (held-out photos and individuals)", rows))
+    console.print(f"report: {out / 'report.json'}")
 
 
 @app.command()
@@ -478,10 +597,12 @@ def demo(
     else:
         csv = data / "train.csv"
     catalog = _catalog(csv, None)
-    config = _train_config(
-        backbone=backbone, weights=None, epochs=epochs, img_size=img_size, batch_size=batch_size,
+    from whaleid.train import TrainConfig
+
+    config = TrainConfig(**_train_flags(dict(
+        backbone=backbone, pretrained_weights=None, epochs=epochs, img_size=img_size, batch_size=batch_size,
         lr=lr, backbone_lr=backbone_lr, subcenters=subcenters, seed=seed, max_steps_per_epoch=max_steps,
-    )
+    )))
     report = run_open_set(catalog, config, out, new_fraction=new_fraction, seed=seed, resume=resume)
     console.print(format_report(report))
     for name, path in report["files"].items():

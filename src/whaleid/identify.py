@@ -13,7 +13,7 @@ import json
 import os
 import shutil
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -32,14 +32,19 @@ __all__ = [
     "insert_new_individual",
     "Identifier",
     "calibrate_threshold",
+    "apply_threshold",
+    "calibrate_per_species",
 ]
 
 SIDECAR = "identifier.json"
 INDEX_FILE = "index.npz"
 IDS_FILE = "gallery_ids.json"
+SPECIES_FILE = "gallery_species.json"
 MODEL_FILE = "model.pt"
 FORMAT = "whaleid.identifier"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: per-species thresholds and gallery species
+#: Key of a per-species threshold dict that covers every species without its own.
+OTHER_SPECIES = "*"
 
 
 @dataclass
@@ -135,21 +140,92 @@ def insert_new_individual(ranking: Ranking, threshold: float, top: int = CUTOFF)
     return Ranking([i for i, _ in pairs], [s for _, s in pairs])
 
 
+def _check_species(species: Sequence[str], n: int, name: str) -> list[str]:
+    out = list(species)
+    if len(out) != n:
+        raise ValueError(f"expected {n} {name} labels (one per photo), got {len(out)}")
+    for i, x in enumerate(out):
+        if not isinstance(x, str) or not x:
+            raise TypeError(f"{name}[{i}] = {x!r}; species must be non-empty strings")
+    return out
+
+
+def _check_threshold(threshold: Any) -> float | dict[str, float] | None:
+    if threshold is None:
+        return None
+    if isinstance(threshold, Mapping):
+        if OTHER_SPECIES not in threshold:
+            raise ValueError(f"a per-species threshold needs a {OTHER_SPECIES!r} entry for the "
+                             "species without their own")
+        out = {}
+        for key, value in threshold.items():
+            if not isinstance(key, str):
+                raise TypeError(f"per-species threshold keys must be species names, got {key!r}")
+            out[key] = float(value)
+        bad = {k: v for k, v in out.items() if not np.isfinite(v)}
+        if bad:
+            raise ValueError(f"thresholds must be finite, got {bad}")
+        return out
+    if not np.isfinite(threshold):
+        raise ValueError(f"threshold must be finite, a dict per species, or None, got {threshold!r}")
+    return float(threshold)
+
+
+def _species_by_individual(ids: list[str], species: list[str]) -> dict[str, str]:
+    """Each individual's species, to stand in for a query's unknown one."""
+    out: dict[str, str] = {}
+    for ident, name in zip(ids, species):
+        if out.setdefault(ident, name) != name:
+            raise ValueError(f"individual {ident!r} is labelled both {out[ident]!r} and {name!r} "
+                             "in gallery_species")
+    return out
+
+
+def apply_threshold(
+    rankings: Sequence[Ranking],
+    threshold: float | dict[str, float] | None,
+    species: Sequence[str] | None = None,
+    species_of: dict[str, str] | None = None,
+    top: int = CUTOFF,
+) -> list[Ranking]:
+    """Insert new_individual by one threshold, or per species (``{"*": fallback, species: t}``).
+
+    A query's species comes from ``species`` when known, else from its top-1
+    candidate via ``species_of`` (individual -> species), as on a Happywhale test set.
+    """
+    if threshold is None:
+        return list(rankings)
+    if isinstance(threshold, dict):
+        if species is None:
+            if species_of is None:
+                raise ValueError("a per-species threshold needs the queries' species or each individual's species")
+            species = [species_of[r.ids[0]] if len(r) else OTHER_SPECIES for r in rankings]
+        thresholds = [threshold.get(s, threshold[OTHER_SPECIES]) for s in species]
+    else:
+        thresholds = [threshold] * len(rankings)
+    return [insert_new_individual(r, t, top=top) for r, t in zip(rankings, thresholds)]
+
+
 class Identifier:
     """Gallery index + one individual id per index row + the new_individual threshold.
 
     Works on embedding vectors; the embedding model is attached elsewhere so this part
     stays testable without a network. ``metadata`` is free-form JSON saved in the
     sidecar (e.g. how the embeddings were made) so the query path can check it.
+    ``threshold`` may be one cosine or a dict per species with an ``OTHER_SPECIES``
+    ("*") fallback, as score levels differ by species (see ``calibrate_per_species``);
+    ``gallery_species`` (one per gallery photo) lets ``identify`` infer a query's
+    species from its top candidate when the queries' species are unknown.
     """
 
     def __init__(
         self,
         index: Index,
         gallery_ids: Sequence[str],
-        threshold: float | None = None,
+        threshold: float | dict[str, float] | None = None,
         neighbours: int = 100,
         metadata: dict[str, Any] | None = None,
+        gallery_species: Sequence[str] | None = None,
     ):
         ids = _check_gallery_ids(gallery_ids)
         if len(ids) != len(index):
@@ -157,13 +233,24 @@ class Identifier:
         if isinstance(neighbours, bool) or not isinstance(neighbours, (int, np.integer)) \
                 or neighbours < 1:
             raise ValueError(f"neighbours must be a positive integer, got {neighbours!r}")
-        if threshold is not None and not np.isfinite(threshold):
-            raise ValueError(f"threshold must be finite or None, got {threshold!r}")
         self.index = index
         self.gallery_ids = ids
-        self.threshold = None if threshold is None else float(threshold)
+        self.threshold = threshold
         self.neighbours = int(neighbours)
         self.metadata = dict(metadata or {})
+        self.gallery_species = (None if gallery_species is None
+                                else _check_species(gallery_species, len(ids), "gallery_species"))
+        self._species_of = (None if self.gallery_species is None
+                            else _species_by_individual(ids, self.gallery_species))
+
+    @property
+    def threshold(self) -> float | dict[str, float] | None:
+        return self._threshold
+
+    @threshold.setter
+    def threshold(self, value: float | dict[str, float] | None) -> None:
+        # a property, so a threshold set after construction (as the CLI does) is checked too
+        self._threshold = _check_threshold(value)
 
     def __len__(self) -> int:
         return len(self.index)
@@ -181,12 +268,20 @@ class Identifier:
         scores, indices = self.index.search(queries, self.neighbours)
         return top_individuals(scores, indices, self.gallery_ids, top=top)
 
-    def identify(self, queries: np.ndarray, top: int = CUTOFF) -> list[Ranking]:
-        """The answer: ``rank`` plus "new_individual" when a threshold is set."""
-        rankings = self.rank(queries, top=top)
-        if self.threshold is None:
-            return rankings
-        return [insert_new_individual(r, self.threshold, top=top) for r in rankings]
+    def identify(self, queries: np.ndarray, top: int = CUTOFF,
+                 species: Sequence[str] | None = None) -> list[Ranking]:
+        """The answer: ``rank`` plus "new_individual" when a threshold is set.
+
+        A per-species threshold applies each query's species: from ``species`` when
+        given, else the species of its top-1 candidate in the gallery, so a test set
+        without species labels (Happywhale's) still works.
+        """
+        if species is not None:
+            species = _check_species(species, len(queries), "species")
+        elif isinstance(self.threshold, dict) and self._species_of is None:
+            raise ValueError("a per-species threshold needs the queries' species: pass species=, "
+                             "or give the Identifier gallery_species to infer them")
+        return apply_threshold(self.rank(queries, top=top), self.threshold, species, self._species_of, top)
 
     def identify_photos(self, paths: Sequence[str], top: int = CUTOFF, **embed_options: Any) -> tuple[list[Ranking], np.ndarray]:
         """Rankings for photo files, embedded by the model that made the gallery; and which photos opened."""
@@ -204,7 +299,8 @@ class Identifier:
         return self.identify(vectors, top=top), opened
 
     def save(self, directory: str | os.PathLike) -> Path:
-        """index.npz + gallery_ids.json + identifier.json, each written atomically.
+        """index.npz + gallery_ids.json (+ gallery_species.json) + identifier.json, each
+        written atomically.
 
         The sidecar goes last, so a directory with a sidecar is always complete.
         """
@@ -214,6 +310,11 @@ class Identifier:
         self.index.save(directory / INDEX_FILE)
         with atomic_path(directory / IDS_FILE) as tmp:
             tmp.write_text(json.dumps(self.gallery_ids), encoding="utf-8")
+        if self.gallery_species is None:
+            (directory / SPECIES_FILE).unlink(missing_ok=True)  # not another save's leftover
+        else:
+            with atomic_path(directory / SPECIES_FILE) as tmp:
+                tmp.write_text(json.dumps(self.gallery_species), encoding="utf-8")
         checkpoint = self.metadata.get("source", {}).get("checkpoint")
         if checkpoint and Path(checkpoint).resolve() != (directory / MODEL_FILE).resolve():
             # The model travels with the index, so photos can be identified from this folder alone.
@@ -229,6 +330,7 @@ class Identifier:
             "n_individuals": self.n_individuals,
             "threshold": self.threshold,
             "neighbours": self.neighbours,
+            "per_photo_species": self.gallery_species is not None,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "metadata": self.metadata,
         }
@@ -253,9 +355,12 @@ class Identifier:
         if len(index) != sidecar["n"] or index.dim != sidecar["dim"]:
             raise ValueError(f"{directory}: index (n={len(index)}, dim={index.dim}) does not "
                              f"match its sidecar (n={sidecar['n']}, dim={sidecar['dim']})")
+        species = None  # version 1 sidecars have neither species nor per-species thresholds
+        if sidecar.get("per_photo_species"):
+            species = json.loads((directory / SPECIES_FILE).read_text(encoding="utf-8"))
         return cls(index, ids, threshold=sidecar["threshold"],
                    neighbours=sidecar.get("neighbours", 100),
-                   metadata=sidecar.get("metadata") or {})
+                   metadata=sidecar.get("metadata") or {}, gallery_species=species)
 
 
 def _best_plateau_midpoint(thresholds: np.ndarray, values: np.ndarray) -> float:
@@ -321,6 +426,41 @@ def calibrate_threshold(
             return float(hi)
         return float((lo + hi) / 2) if hi > lo else float(hi)
     raise ValueError(f"unknown method {method!r}; use 'sweep' or 'rate'")
+
+
+def calibrate_per_species(
+    rankings: Sequence[Ranking],
+    truths: Sequence[str],
+    species: Sequence[str],
+    min_queries: int = 20,
+    **sweep_kwargs: Any,
+) -> dict[str, float]:
+    """A sweep threshold per species, for ``Identifier(threshold=...)``.
+
+    Cosines run higher for distinctive species (humpback flukes) than for plain
+    dolphin fins, so one threshold sends too many of one to new_individual and too few
+    of the other. A species with fewer than ``min_queries`` validation queries would get
+    a noisy threshold, so it is left out and uses ``"*"``, the sweep over all queries.
+    ``sweep_kwargs`` go to ``calibrate_threshold`` (e.g. ``thresholds``).
+    """
+    species = _check_species(species, len(rankings), "species")
+    if OTHER_SPECIES in species:
+        raise ValueError(f"{OTHER_SPECIES!r} names the fallback threshold, not a species")
+    if min_queries < 1:
+        raise ValueError(f"min_queries must be >= 1, got {min_queries}")
+    out = {OTHER_SPECIES: calibrate_threshold(rankings, truths, "sweep", **sweep_kwargs)}
+    rows: dict[str, list[int]] = {}
+    for i, name in enumerate(species):
+        rows.setdefault(name, []).append(i)
+    with warnings.catch_warnings():
+        # A species whose validation animals all have matches gets a "rarely new"
+        # threshold, which is what its data says; the global call above still warns.
+        warnings.filterwarnings("ignore", message="no validation truth is new_individual")
+        for name, idx in rows.items():
+            if len(idx) >= min_queries:
+                out[name] = calibrate_threshold([rankings[i] for i in idx],
+                                                [truths[i] for i in idx], "sweep", **sweep_kwargs)
+    return out
 
 
 def _prepared_files(paths: list[str], preprocess: dict) -> tuple[list[str], np.ndarray]:

@@ -87,16 +87,27 @@ class EmbeddingModel(nn.Module):
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """The inference embedding chosen by `config.output`."""
+        return self.embed_both(images)[0]
+
+    def embed_both(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The inference embedding and the neck embedding (what the ArcFace head scores) from one backbone pass."""
         pooled = self.pool(self.backbone.forward_features(images))
-        return pooled if self.config.output == "pooled" else self.neck(pooled)
+        neck = self.neck(pooled)
+        return (pooled if self.config.output == "pooled" else neck), neck
 
     @property
     def output_dim(self) -> int:
         return self.backbone.num_features if self.config.output == "pooled" else self.embedding_dim
 
 
-def save_checkpoint(model: EmbeddingModel, path: str | Path, labels: list[str], extra: dict | None = None) -> Path:
-    """Inference checkpoint: weights, model config and label map; written atomically."""
+def save_checkpoint(
+    model: EmbeddingModel, path: str | Path, labels: list[str], extra: dict | None = None, head: dict | None = None
+) -> Path:
+    """Inference checkpoint: weights, model config, label map and (optionally) the ArcFace head; written atomically.
+
+    ``head`` (``weight`` (classes x sub-centers, dim), ``k``, ``scale``) lets inference
+    score photos against every training individual's class centre, for the kNN/logit blend.
+    """
     path = Path(path)
     payload = {
         "format": "whaleid.model/1",
@@ -104,6 +115,7 @@ def save_checkpoint(model: EmbeddingModel, path: str | Path, labels: list[str], 
         "state_dict": model.state_dict(),
         "labels": list(labels),
         "extra": extra or {},
+        "head": head,
     }
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)

@@ -12,11 +12,12 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
+from timm.optim import param_groups_layer_decay
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from whaleid.augment import PhotoDataset, collate_skipping, train_transform
-from whaleid.catalog import Catalog
+from whaleid.catalog import Catalog, kfold, split_fold
 from whaleid.embed import Embedder, default_workers
 from whaleid.files import atomic_path
 from whaleid.losses import ArcFaceLoss, ArcFaceSubCenter, SpeciesHead, dynamic_margins
@@ -60,6 +61,28 @@ class TrainConfig:
     num_workers: int | None = None
     mixed_precision: str = "auto"  # auto: bf16 on a GPU that has it, else full precision
     max_steps_per_epoch: int | None = None  # for smoke tests
+    # Progressive resizing: {first epoch (0-based): input size}; inference uses img_size.
+    img_size_schedule: dict[int, int] | None = None
+    # Sequential unfreezing: before unfreeze_late_epoch only pooling, neck and heads learn; before
+    # unfreeze_all_epoch the later half of the backbone joins them; then everything trains.
+    unfreeze_late_epoch: int = 0
+    unfreeze_all_epoch: int = 0
+    layer_decay: float = 1.0  # per-layer learning rates: each backbone layer down from the top gets this factor
+    grad_checkpointing: bool = False  # recompute activations in backward: large backbones at large sizes
+
+    def __post_init__(self) -> None:
+        if self.img_size_schedule:
+            self.img_size_schedule = {int(k): int(v) for k, v in self.img_size_schedule.items()}  # YAML/JSON keys
+            if 0 not in self.img_size_schedule:
+                raise ValueError("img_size_schedule must say the size of epoch 0")
+        if not 0 < self.layer_decay <= 1:
+            raise ValueError(f"layer_decay must be in (0, 1], got {self.layer_decay}")
+
+    def size_at(self, epoch: int) -> int:
+        """Input size of a 0-based epoch under the progressive-resizing schedule."""
+        if not self.img_size_schedule:
+            return self.img_size
+        return self.img_size_schedule[max(e for e in self.img_size_schedule if e <= epoch)]
 
     @classmethod
     def from_dict(cls, values: dict) -> "TrainConfig":
@@ -97,6 +120,28 @@ def warmup_cosine(total_steps: int, warmup_steps: int):
     return factor
 
 
+def param_groups(model: EmbeddingModel, heads: list[torch.nn.Module], config: TrainConfig) -> tuple[list[dict], list[int]]:
+    """AdamW groups with per-layer learning rates, and the epoch from which each group learns.
+
+    timm orders the backbone's layers (stem first, head convolution last); each layer
+    below the top gets ``layer_decay`` times the learning rate of the one above, and
+    1-D parameters (biases, norms) no weight decay. The epochs implement sequential
+    unfreezing by a zero learning rate, which, unlike ``requires_grad``, is safe under DDP.
+    """
+    probe = param_groups_layer_decay(model.backbone, weight_decay=config.weight_decay, layer_decay=0.5)
+    depths = [round(math.log2(1.0 / g["lr_scale"])) for g in probe]  # 0 = the top layer
+    levels = max(depths) + 1
+    groups, starts = [], []
+    for group, depth in zip(probe, depths):
+        groups.append({"params": group["params"], "weight_decay": group["weight_decay"],
+                       "lr": config.backbone_lr * config.layer_decay**depth})
+        late = depth < levels / 2
+        starts.append(config.unfreeze_late_epoch if late else max(config.unfreeze_late_epoch, config.unfreeze_all_epoch))
+    groups.append({"params": [p for h in heads for p in h.parameters()], "lr": config.lr, "weight_decay": config.weight_decay})
+    starts.append(0)
+    return groups, starts
+
+
 def validate(model: EmbeddingModel, catalog: Catalog, batch_size: int, num_workers: int | None) -> dict:
     """Leave-one-out metrics among held-out photos (each queries all the others), for each output.
 
@@ -132,20 +177,27 @@ def train(
     resume: bool = False,
     progress: bool = True,
     preprocess: dict | None = None,
+    extra: dict | None = None,
 ) -> TrainResult:
     """Train an embedding model on `catalog`; writes `model.pt`, `last.pt` and `metrics.jsonl` in `out_dir`.
 
     ``preprocess`` (how the photos were cropped, see :mod:`whaleid.cache`) is stored in
-    the checkpoint so that embedding later prepares photos the same way.
+    the checkpoint so that embedding later prepares photos the same way; ``extra``
+    (e.g. the resolved recipe) is stored with it.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     catalog = catalog.relabel()
     set_seed(config.seed)
     accelerator = Accelerator(
-        mixed_precision=_mixed_precision(config.mixed_precision), gradient_accumulation_steps=config.grad_accum
+        mixed_precision=_mixed_precision(config.mixed_precision),
+        gradient_accumulation_steps=config.grad_accum,
+        cpu=not torch.cuda.is_available(),  # lets `torchrun --nproc_per_node N` run DDP over gloo on CPUs
     )
-    model_config = ModelConfig(backbone=config.backbone, embedding_dim=config.embedding_dim, img_size=config.img_size)
+    model_config = ModelConfig(
+        backbone=config.backbone, embedding_dim=config.embedding_dim, img_size=config.img_size,
+        grad_checkpointing=config.grad_checkpointing,
+    )
     model = EmbeddingModel(model_config, pretrained=config.pretrained)
 
     labels = catalog.table["label"].to_numpy()
@@ -163,17 +215,16 @@ def train(
     targets = labels if species_head is None else labels * len(species_names) + species_codes
 
     heads = [model.pool, model.neck, criterion] + ([species_head] if species_head else [])
-    optimizer = torch.optim.AdamW(
-        [
-            {"params": model.backbone.parameters(), "lr": config.backbone_lr},
-            {"params": [p for h in heads for p in h.parameters()], "lr": config.lr},
-        ],
-        weight_decay=config.weight_decay,
-    )
+    groups, starts = param_groups(model, heads, config)
+    optimizer = torch.optim.AdamW(groups)
     workers = default_workers() if config.num_workers is None else config.num_workers
+
+    def transform(epoch: int):
+        return train_transform(config.size_at(epoch), model_config.mean, model_config.std, config.hflip, config.rotation)
+
     dataset = PhotoDataset(
         catalog.table["path"].tolist(),
-        train_transform(config.img_size, model_config.mean, model_config.std, config.hflip, config.rotation),
+        transform(0),
         targets,
         catalog.table["alternatives"].tolist() if "alternatives" in catalog.table else None,
     )
@@ -184,13 +235,14 @@ def train(
         drop_last=len(dataset) > config.batch_size,
         num_workers=workers,
         collate_fn=collate_skipping,
-        persistent_workers=workers > 0,
+        persistent_workers=workers > 0 and not config.img_size_schedule,  # fresh workers see a resized transform
     )
     steps_per_epoch = len(loader) if config.max_steps_per_epoch is None else min(len(loader), config.max_steps_per_epoch)
     optimizer_steps = math.ceil(steps_per_epoch / config.grad_accum)
+    schedule = warmup_cosine(optimizer_steps * config.epochs, round(optimizer_steps * config.warmup_epochs))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer,
-        warmup_cosine(optimizer_steps * config.epochs, round(optimizer_steps * config.warmup_epochs)),
+        [lambda step, start=start: schedule(step) * (step // optimizer_steps >= start) for start in starts],
     )
     modules = [model, criterion] + ([species_head] if species_head else [])
     prepared = accelerator.prepare(*modules, optimizer, loader, scheduler)
@@ -214,8 +266,9 @@ def train(
     n_species = len(species_names)
     for epoch in range(start_epoch, config.epochs):
         set_seed(config.seed + epoch)  # each epoch's shuffling and augmentation is reproducible on resume
+        dataset.transform = transform(epoch)
         model.train()
-        epoch_start, losses = time.time(), []
+        epoch_start, losses, seen = time.time(), [], 0
         bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not (progress and accelerator.is_main_process))
         for step, batch in enumerate(loader):
             if step >= steps_per_epoch:
@@ -236,14 +289,18 @@ def train(
                 scheduler.step() if accelerator.sync_gradients else None
                 optimizer.zero_grad()
             losses.append(loss.item())
+            seen += len(images)
             bar.update(1)
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
         bar.close()
         record = {
             "epoch": epoch + 1,
             "loss": float(np.mean(losses)) if losses else float("nan"),
-            "lr": scheduler.get_last_lr()[0],
+            "lr": scheduler.get_last_lr()[-1],  # the head group: never frozen, never decayed
             "seconds": time.time() - epoch_start,
+            "img_size": int(images.shape[-1]) if losses else config.size_at(epoch),
+            "processes": accelerator.num_processes,
+            "images_per_second": seen * accelerator.num_processes / max(time.time() - epoch_start, 1e-9),
         }
         unwrapped = accelerator.unwrap_model(model)
         if val_catalog is not None and accelerator.is_main_process:
@@ -256,8 +313,11 @@ def train(
             best = max(history, key=lambda h: _best_output(h)[0])
             if best is record:
                 unwrapped.config.output = _best_output(record)[1]
-                extra = {"train_config": asdict(config), "history": history, "epoch": record["epoch"], "preprocess": preprocess}
-                save_checkpoint(unwrapped, out_dir / "model.pt", catalog.labels, extra)
+                saved = {**(extra or {}), "train_config": asdict(config), "history": history, "epoch": record["epoch"],
+                         "preprocess": preprocess}
+                arcface = accelerator.unwrap_model(criterion).head
+                head = {"weight": arcface.weight.detach().float().cpu(), "k": arcface.k, "scale": arcface.s}
+                save_checkpoint(unwrapped, out_dir / "model.pt", catalog.labels, saved, head)
             state = {
                 "model": unwrapped.state_dict(),
                 "criterion": accelerator.unwrap_model(criterion).state_dict(),
@@ -273,3 +333,40 @@ def train(
             accelerator.print(summary)
         accelerator.wait_for_everyone()
     return TrainResult(out_dir / "model.pt", history, time.time() - started)
+
+
+def train_folds(
+    catalog: Catalog,
+    config: TrainConfig,
+    out_dir: str | Path,
+    folds: int,
+    resume: bool = False,
+    progress: bool = True,
+    preprocess: dict | None = None,
+    extra: dict | None = None,
+) -> list[TrainResult]:
+    """One model per fold in ``out_dir/fold<i>``, each validated on its held-out fold: an ensemble's members.
+
+    ``out_dir/folds.csv`` records which fold each photo was held out in.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    assignment = kfold(catalog, folds, config.seed)
+    catalog.table[["image", "individual_id"]].assign(fold=assignment).to_csv(out_dir / "folds.csv", index=False)
+    results = []
+    for fold in range(folds):
+        fit, held = split_fold(catalog, assignment, fold)
+        results.append(train(fit, config, out_dir / f"fold{fold}", val_catalog=held, resume=resume, progress=progress,
+                             preprocess=preprocess, extra=extra))
+    return results
+
+
+def checkpoints(run_dir: str | Path) -> list[Path]:
+    """The model.pt of a run folder: its own, or one per fold (``fold<i>/model.pt``) for an ensemble."""
+    run_dir = Path(run_dir)
+    if run_dir.is_file():
+        return [run_dir]
+    found = sorted(run_dir.glob("fold*/model.pt"), key=lambda p: int(p.parent.name[4:])) or sorted(run_dir.glob("model.pt"))
+    if not found:
+        raise FileNotFoundError(f"no model.pt in {run_dir} nor in its fold*/ folders")
+    return found

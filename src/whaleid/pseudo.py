@@ -1,0 +1,57 @@
+"""Pseudo-labels: confident answers on unlabelled photos become training labels for the next round.
+
+Every top Happywhale team did this (+0.01 to +0.05 MAP@5): a new season's photos that
+the model matches with high confidence add views of known animals. Photos answered
+``new_individual`` are left out: an unseen animal has no label to learn yet.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import pandas as pd
+
+from whaleid.catalog import NEW_INDIVIDUAL, Catalog
+from whaleid.identify import Ranking
+
+__all__ = ["PSEUDO_COLUMNS", "pseudo_labels", "with_pseudo_labels"]
+
+PSEUDO_COLUMNS = ["image", "species", "individual_id", "score"]
+
+
+def pseudo_labels(
+    images: Sequence[str],
+    rankings: Sequence[Ranking],
+    confidence: float,
+    species: Mapping[str, str] | None = None,
+    threshold: float | None = None,
+) -> pd.DataFrame:
+    """Photos whose top candidate scores at least ``confidence``, labelled with it.
+
+    ``rankings`` are the known-individual rankings (before or after new_individual
+    insertion: a top-1 ``new_individual`` is skipped either way); with ``threshold``
+    (the new_individual threshold) a top-1 below it counts as new too. ``species``
+    maps individual -> species for the label rows.
+    """
+    if len(images) != len(rankings):
+        raise ValueError(f"{len(images)} images but {len(rankings)} rankings")
+    rows = []
+    for image, ranking in zip(images, rankings):
+        if not len(ranking):
+            continue
+        top, score = ranking.ids[0], float(ranking.scores[0])
+        if top == NEW_INDIVIDUAL or score < confidence or (threshold is not None and score < threshold):
+            continue
+        rows.append((image, (species or {}).get(top, "unknown"), top, score))
+    return pd.DataFrame(rows, columns=PSEUDO_COLUMNS)
+
+
+def with_pseudo_labels(catalog: Catalog, unlabelled: Catalog, labels: pd.DataFrame) -> Catalog:
+    """The training catalog plus the pseudo-labelled photos, with a fresh label encoding."""
+    chosen = unlabelled.table.drop(columns=["individual_id", "label", "species"]).merge(
+        labels[["image", "species", "individual_id"]], on="image"
+    )
+    table = pd.concat([catalog.table.drop(columns=["label"]), chosen], ignore_index=True)
+    if table["image"].duplicated().any():
+        raise ValueError("pseudo-labelled photos are already in the training catalog")
+    return Catalog(table, catalog.images_dir, catalog.problems)

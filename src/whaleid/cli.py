@@ -394,7 +394,8 @@ def run(
     from whaleid.recipe import run_recipe
 
     report = run_recipe(_recipe(recipe_file, set_), out)
-    rows = {f"round {i}": {k: v for k, v in r.items() if not isinstance(v, dict)} for i, r in enumerate(report["rounds"])}
+    metrics = [k for k, v in report["rounds"][0].items() if not isinstance(v, dict)]
+    rows = {k: {f"round {i}": r[k] for i, r in enumerate(report["rounds"])} for k in metrics}  # one column per round
     console.print(_metrics_table("test set (held-out photos and individuals)", rows))
     console.print(f"report: {out / 'report.json'}")
 

@@ -200,6 +200,8 @@ def train(
         raise typer.BadParameter(str(error)) from error
     if folds is not None:
         recipe.folds = folds
+    if recipe.folds > 1 and val is not None:
+        raise typer.BadParameter("--val does not go with --folds: each fold model validates on its held-out fold")
     preprocess = _preprocess(crop, background, box_probs, recipe.train.img_size, recipe.preprocess)
     recipe.preprocess = preprocess
     catalog = _catalog(csv, images)

@@ -19,6 +19,7 @@ def test_overrides_change_single_keys(tmp_path):
     recipe = load_recipe(path, ["train.epochs=2", "blend=0.5", "train.img_size_schedule={0: 32, 1: 64}"])
     assert recipe.train.epochs == 2 and recipe.train.img_size == 64 and recipe.folds == 3
     assert recipe.blend == 0.5 and recipe.train.img_size_schedule == {0: 32, 1: 64} and recipe.data.csv == "x.csv"
+    assert load_recipe(None, ["train.mixed_precision=no"]).train.mixed_precision == "no"  # YAML's bare no is false
     with pytest.raises(ValueError, match="epochz"):
         load_recipe(path, ["train.epochz=2"])
     with pytest.raises(ValueError, match="threshold"):

@@ -71,6 +71,8 @@ class TrainConfig:
     grad_checkpointing: bool = False  # recompute activations in backward: large backbones at large sizes
 
     def __post_init__(self) -> None:
+        if self.mixed_precision is False:  # YAML reads a bare `no` as false
+            self.mixed_precision = "no"
         if self.img_size_schedule:
             self.img_size_schedule = {int(k): int(v) for k, v in self.img_size_schedule.items()}  # YAML/JSON keys
             if 0 not in self.img_size_schedule:

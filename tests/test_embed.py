@@ -114,3 +114,19 @@ def test_head_gives_cosines_to_each_class_centre(embedder, synth_csv):
         neck = torch.nn.functional.normalize(embedder.model(images), dim=1)
     expected = (neck @ torch.nn.functional.normalize(weight, dim=1).T).view(4, 3, 2).amax(2)
     np.testing.assert_allclose(out.class_cosines, expected.numpy(), atol=1e-5)
+
+
+def test_fold_checkpoints_load_as_an_ensemble(embedder, synth_csv, fixtures, tmp_path):
+    from whaleid.embed import Ensemble
+    from whaleid.model import save_checkpoint
+
+    paths = [save_checkpoint(embedder.model, tmp_path / f"fold{i}" / "model.pt", ["a", "b"]) for i in range(2)]
+    both = Embedder.from_checkpoint(paths, num_workers=0)
+    assert isinstance(both, Ensemble) and both.source["checkpoints"] == [str(p.resolve()) for p in paths]
+    again = Embedder.from_source(both.source, num_workers=0)  # how a query CSV is embedded like its gallery
+    assert isinstance(again, Ensemble) and len(again.members) == 2
+    photos = read_catalog(synth_csv).paths[:3]
+    vectors, ok = both.embed_paths([photos[0], str(fixtures / "images" / "truncated.jpg"), photos[1], photos[2]], progress=False)
+    assert ok.tolist() == [True, False, True, True]
+    single, _ = embedder.embed_paths([photos[0], photos[1], photos[2]], progress=False)
+    np.testing.assert_allclose(vectors @ vectors.T, single @ single.T, atol=1e-5)  # identical members: one model's cosines

@@ -33,6 +33,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/ablation"))
     parser.add_argument("--set", action="append", default=[], help="recipe override, e.g. train.epochs=2")
     parser.add_argument("--schedule", default="{0: 112, 3: 136, 6: 160}", help="progressive-resizing schedule (YAML)")
+    parser.add_argument("--skip", default="", help="comma-separated rows to leave out: pseudo, progressive")
     args = parser.parse_args()
     recipe = load_recipe(args.recipe, args.set)
     out = args.out
@@ -78,17 +79,20 @@ def main() -> None:
     row(f"+ {recipe.folds}-fold ensemble", ensemble_parts, t_folds, recipe.folds, blend=0.0, threshold="sweep")
     row("+ kNN/logit blend", ensemble_parts, t_folds, recipe.folds, blend=None, threshold="sweep")
     scored = row("+ rate threshold", ensemble_parts, t_folds, recipe.folds, blend=None, threshold="rate")
+    skip = set(filter(None, args.skip.split(",")))
     species_of = dict(zip(split.gallery.table["individual_id"], split.gallery.table["species"]))
     labels = pseudo_labels(split.test.table["image"].tolist(), scored.rankings, recipe.pseudo_confidence, species_of,
                            threshold=scored.threshold)
     (out / "folds").mkdir(parents=True, exist_ok=True)
     labels.to_csv(out / "folds" / "pseudo_labels.csv", index=False)
-    pseudo, t_pseudo = trained("pseudo", with_pseudo_labels(split.fit, split.test, labels))
-    row("+ one pseudo-label round", embedded(pseudo, True), t_folds + t_pseudo, recipe.folds, blend=None, threshold="rate")
-    schedule = {int(k): int(v) for k, v in yaml.safe_load(args.schedule).items()}
-    progressive, t_prog = trained("single-progressive", split.fit, folds=1,
-                                  train=dataclasses.replace(recipe.train, img_size_schedule=schedule))
-    row("single model + progressive resizing", embedded(progressive, False), t_prog, 1, blend=0.0, threshold="sweep")
+    if "pseudo" not in skip:
+        pseudo, t_pseudo = trained("pseudo", with_pseudo_labels(split.fit, split.test, labels))
+        row("+ one pseudo-label round", embedded(pseudo, True), t_folds + t_pseudo, recipe.folds, blend=None, threshold="rate")
+    if "progressive" not in skip:
+        schedule = {int(k): int(v) for k, v in yaml.safe_load(args.schedule).items()}
+        progressive, t_prog = trained("single-progressive", split.fit, folds=1,
+                                      train=dataclasses.replace(recipe.train, img_size_schedule=schedule))
+        row("single model + progressive resizing", embedded(progressive, False), t_prog, 1, blend=0.0, threshold="sweep")
 
     correct = labels.merge(split.test.table[["image", "individual_id"]], on="image", suffixes=("", "_true"))
     summary = {"split": split.sizes(), "pseudo_labels": len(labels),

@@ -326,11 +326,10 @@ def build_cache(
                     mask_file = mask_name(name)
                     save_mask(found.mask, directory / mask_file)
                 w, h = found.image.size
-                photo_sources = {
-                    SALIENCY: {SALIENCY: found.crop.box if found.crop else (0, 0, w, h)},
-                    "none": {FULL: (0, 0, w, h)},
-                    "boxes": {**by_image.get(name, {}), FULL: (0, 0, w, h)},
-                }[settings.crop]
+                if settings.crop == SALIENCY:
+                    photo_sources = {SALIENCY: found.crop.box}
+                else:  # "none", or the photo's external boxes: both keep the whole photo too
+                    photo_sources = {**by_image.get(name, {}), FULL: (0, 0, w, h)}
                 pending.append(pool.submit(_write_photo, found, name, photo_sources, settings, directory, mask_file, stat))
             drain(2 * batch_size)
         drain(0)
@@ -343,7 +342,8 @@ def build_cache(
                     counts={"photos": len(table), "new": new, "reused": len(done), "errors": errors})
     with atomic_path(manifest_path) as tmp:
         tmp.write_text(json.dumps(manifest, indent=2))
-    return Cache(directory)
+    cache.manifest, cache.stats = manifest, dict(manifest["counts"])
+    return cache
 
 
 def cached_catalog(

@@ -77,20 +77,24 @@ def _preprocess(crop: Optional[str], background: Optional[str], box_probs: Optio
     return {"cache": settings.to_dict(), "probabilities": _parse_probs(box_probs)}
 
 
+def _box_table(catalog, boxes: Optional[list[Path]]) -> pd.DataFrame:
+    """The user's box files as one table for this catalog's photos (needed by `--crop boxes`)."""
+    from whaleid.boxes import read_boxes
+
+    if not boxes:
+        raise typer.BadParameter("--crop boxes needs --boxes FILE")
+    photos = dict(zip(catalog.table["image"], catalog.paths))
+    return pd.concat([read_boxes(b, photos) for b in boxes], ignore_index=True)
+
+
 def _prepared(catalog, preprocess: Optional[dict], boxes: Optional[list[Path]], cache_root: Path, training: bool = False):
     """The catalog with paths into the crop cache (built or reused) when preprocessing is asked for."""
     if preprocess is None:
         return catalog
-    from whaleid.boxes import read_boxes
     from whaleid.cache import CacheSettings, cached_catalog
 
     settings = CacheSettings.from_dict(preprocess["cache"])
-    table = None
-    if settings.crop == "boxes":
-        if not boxes:
-            raise typer.BadParameter("--crop boxes needs --boxes FILE")
-        photos = dict(zip(catalog.table["image"], catalog.paths))
-        table = pd.concat([read_boxes(b, photos) for b in boxes], ignore_index=True)
+    table = _box_table(catalog, boxes) if settings.crop == "boxes" else None
     probabilities = preprocess.get("probabilities")
     source = max(probabilities, key=probabilities.get) if probabilities else None
     prepared = cached_catalog(
@@ -514,14 +518,7 @@ def cache(
     except ValueError as error:
         raise typer.BadParameter(str(error)) from error
     catalog = _catalog(csv, images, require_labels=False, check=False)
-    table = None
-    if crop_mode == "boxes":
-        from whaleid.boxes import read_boxes
-
-        if not boxes:
-            raise typer.BadParameter("--crop boxes needs --boxes FILE")
-        photos = dict(zip(catalog.table["image"], catalog.paths))
-        table = pd.concat([read_boxes(b, photos) for b in boxes], ignore_index=True)
+    table = _box_table(catalog, boxes) if crop_mode == "boxes" else None
     built = build_cache(catalog, root, settings, boxes=table, batch_size=batch_size, workers=workers)
     console.print(f"cache {built.dir}: {built.stats}")
 

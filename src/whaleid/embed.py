@@ -95,6 +95,8 @@ class Embedder:
         self.config = model.config
         self.head = head
         self.classes = list(classes or []) if head else []
+        # class centres normalised once, not per batch
+        self.centres = F.normalize(torch.as_tensor(head["weight"]).float(), dim=1).to(self.device) if head else None
         self.batch_size = batch_size
         self.tta_flip = tta_flip
         self.num_workers = default_workers() if num_workers is None else num_workers
@@ -143,10 +145,9 @@ class Embedder:
             flipped, flipped_neck = self.model.embed_both(images.flip(-1))
             vectors, neck = vectors + flipped, neck + flipped_neck
         vectors = F.normalize(vectors.float(), dim=1)
-        if not self.head:
+        if self.centres is None:
             return vectors, None
-        centres = F.normalize(torch.as_tensor(self.head["weight"]).float().to(self.device), dim=1)
-        cos = F.linear(F.normalize(neck.float(), dim=1), centres).view(len(images), -1, int(self.head["k"]))
+        cos = F.linear(F.normalize(neck.float(), dim=1), self.centres).view(len(images), -1, int(self.head["k"]))
         return vectors, cos.amax(dim=2)
 
     def _embed(self, paths: list[str], progress: bool) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:

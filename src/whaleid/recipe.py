@@ -259,6 +259,8 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, progress: bool = True) -> di
     split.save(out_dir / "split")
     report: dict = {"split": split.sizes(), "rounds": []}
     training = split.fit
+    gallery = split.gallery.table
+    species_of = dict(zip(gallery["individual_id"], gallery["species"]))
     for round_ in range(recipe.pseudo_rounds + 1):
         paths, seconds = train_round(training, split, recipe, out_dir / f"round{round_}", progress)
         members = [embed_split(Embedder.from_checkpoint(p, tta_flip=recipe.tta, batch_size=64), split, progress) for p in paths]
@@ -266,7 +268,6 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, progress: bool = True) -> di
         metrics = {**scored.metrics, "train_photos": len(training), "train_seconds": seconds}
         report["rounds"].append({k: (json_float(v) if isinstance(v, float) else v) for k, v in metrics.items()})
         if round_ < recipe.pseudo_rounds:
-            species_of = dict(zip(split.gallery.table["individual_id"], split.gallery.table["species"]))
             labels = pseudo_labels(split.test.table["image"].tolist(), scored.rankings, recipe.pseudo_confidence,
                                    species_of, threshold=scored.threshold if isinstance(scored.threshold, float) else None)
             labels.to_csv(out_dir / f"round{round_}" / "pseudo_labels.csv", index=False)

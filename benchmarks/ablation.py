@@ -1,7 +1,7 @@
 """Ablation of the competition tricks on one Happywhale-style split: each row adds one trick.
 
-Rows: single model; + flip TTA; + k-fold ensemble; + kNN/logit blend (weight chosen on
-validation); + rate threshold (validation share of new animals); + one pseudo-label
+Rows: the pretrained backbone without training; single model; + flip TTA; + k-fold
+ensemble; + kNN/logit blend (weight chosen on validation); + rate threshold (validation share of new animals); + one pseudo-label
 round (the folds retrained on the training photos plus confident test answers); and,
 apart, the single model trained with progressive resizing. Models and embeddings are
 kept under --out, so an interrupted run resumes.
@@ -23,8 +23,17 @@ import yaml
 from whaleid.catalog import read_catalog
 from whaleid.embed import Embedder, Embeddings
 from whaleid.evaluate import json_float
+from whaleid.openset import known_accuracy
 from whaleid.pseudo import pseudo_labels, with_pseudo_labels
-from whaleid.recipe import Split, combine, embed_split, load_recipe, score, train_round
+from whaleid.recipe import (
+    Split,
+    combine,
+    embed_split,
+    load_recipe,
+    score,
+    train_round,
+    truths,
+)
 
 
 def main() -> None:
@@ -41,36 +50,47 @@ def main() -> None:
     split.save(out / "split")
     timings: dict[str, float] = {}
 
+    def cached(folder: Path, make_embedder) -> dict[str, Embeddings]:
+        if not (folder / "test" / "embeddings.json").exists():
+            start = time.time()
+            parts = embed_split(make_embedder(), split, progress=False)
+            for name, part in parts.items():
+                part.save(folder / name)
+            (folder / "seconds.json").write_text(json.dumps(time.time() - start))
+        timings[str(folder)] = json.loads((folder / "seconds.json").read_text())
+        return {name: Embeddings.load(folder / name) for name in ("fit", "val", "test", "gallery")}
+
     def embedded(paths: list[Path], tta: bool) -> dict[str, Embeddings]:
         members = []
         for path in paths:
             folder = out / "embeddings" / path.parent.relative_to(out).as_posix().replace("/", "-") / ("tta" if tta else "plain")
-            if not (folder / "test" / "embeddings.json").exists():
-                start = time.time()
-                parts = embed_split(Embedder.from_checkpoint(path, tta_flip=tta, batch_size=64), split, progress=False)
-                for name, part in parts.items():
-                    part.save(folder / name)
-                (folder / "seconds.json").write_text(json.dumps(time.time() - start))
-            timings[str(folder)] = json.loads((folder / "seconds.json").read_text())
-            members.append({name: Embeddings.load(folder / name) for name in ("fit", "val", "test", "gallery")})
+            members.append(cached(folder, lambda path=path: Embedder.from_checkpoint(path, tta_flip=tta, batch_size=64)))
         return combine(members, recipe.ensemble)
 
     def trained(name: str, catalog, **changes) -> tuple[list[Path], float]:
         variant = dataclasses.replace(recipe, **changes)
-        paths, seconds = train_round(catalog, split, variant, out / name, progress=True)
-        history = [json.loads(line) for p in paths for line in (p.parent / "metrics.jsonl").read_text().splitlines()]
-        return paths, sum(h["seconds"] for h in history)  # training time, also across resumed runs
+        return train_round(catalog, split, variant, out / name, progress=True)
 
     rows = []
+
+    trained_ids = set(split.fit.table["individual_id"])
 
     def row(label: str, parts, train_seconds: float, embed_folders: int, **changes):
         scored = score(parts, dataclasses.replace(recipe, **changes))
         embed_seconds = sum(list(timings.values())[-embed_folders:])
         metrics = {k: v for k, v in scored.metrics.items() if k != "threshold"}
+        # known animals the model trained on vs those only in the gallery (val individuals)
+        test_truths = truths(parts["test"], parts["gallery"])
+        for name, keep in (("trained", True), ("untrained", False)):
+            pairs = [(r, t) for r, t in zip(scored.rankings, test_truths) if (t in trained_ids) == keep]
+            metrics[f"top1_known_{name}"] = known_accuracy(*zip(*pairs), 1) if pairs else float("nan")
         rows.append({"row": label, **metrics, "train_min": train_seconds / 60, "embed_min": embed_seconds / 60})
         print(pd.DataFrame(rows).to_string(index=False, float_format=lambda v: f"{v:.3f}"), flush=True)
         return scored
 
+    zero_shot = cached(out / "embeddings" / "zero-shot",
+                       lambda: Embedder.zero_shot(recipe.train.backbone, recipe.train.img_size, batch_size=64))
+    row("zero-shot backbone (no training)", zero_shot, 0.0, 1, blend=0.0, threshold="sweep")
     single, t_single = trained("single", split.fit, folds=1)
     row("single model", embedded(single, False), t_single, 1, blend=0.0, threshold="sweep")
     row("+ flip TTA", embedded(single, True), t_single, 1, blend=0.0, threshold="sweep")

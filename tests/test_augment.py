@@ -23,3 +23,15 @@ def test_unreadable_photo_is_skipped_in_the_batch(fixtures):
     assert dataset[0] is None
     images, targets, indices = collate_skipping([dataset[0], dataset[1]])
     assert indices.tolist() == [1] and targets.tolist() == [-1]
+
+
+def test_grey_views_have_equal_channels_and_colour_views_do_not(fixtures):
+    from whaleid.augment import train_transform
+    from whaleid.images import open_image
+
+    photo = open_image(fixtures / "images" / "rgb.jpg")
+    grey = train_transform(16, (0.5,) * 3, (0.5,) * 3, jitter=0.0, cutout=0.0, grayscale=1.0)(photo)
+    colour = train_transform(16, (0.5,) * 3, (0.5,) * 3, jitter=0.0, cutout=0.0, grayscale=0.0)(photo)
+    torch.testing.assert_close(grey[0], grey[1])
+    torch.testing.assert_close(grey[1], grey[2])
+    assert (colour[0] - colour[2]).abs().max() > 0.1

@@ -69,3 +69,14 @@ def test_inference_output_is_the_neck_or_the_pooled_features():
     assert pooled.shape == (2, model.output_dim) and model.output_dim == 256
     with pytest.raises(ValueError, match="output"):
         EmbeddingModel(ModelConfig(backbone="test_efficientnet", output="logits"), pretrained=False)
+
+
+def test_drop_path_reaches_the_backbone_and_is_off_at_inference():
+    config = ModelConfig(**{**vars(TINY), "drop_path": 0.5})
+    model = EmbeddingModel(config, pretrained=False)
+    rates = [m.drop_prob for m in model.backbone.modules() if type(m).__name__ == "DropPath"]
+    assert rates and max(rates) > 0
+    x = torch.randn(2, 3, 64, 64)
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), model(x))

@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 
 from whaleid.catalog import NEW_INDIVIDUAL
-from whaleid.openset import known_accuracy, leave_one_out, score_rankings
+from whaleid.identify import Ranking
+from whaleid.openset import ceiling_map5, known_accuracy, leave_one_out, score_rankings
 
 
 def unit(*rows):
@@ -33,3 +34,16 @@ def test_scores_by_hand():
     # b: [c .894, new] -> AP 1/2; c: [b .894, a1 .543, new] -> AP 1/3 (cos(c, a1) = 0.55/(1.118*0.906))
     m = score_rankings(rankings, truths, threshold=0.5)
     assert m["map5"] == pytest.approx((1 + 1 + 1 / 2 + 1 / 3) / 4) and m["new_recall"] == 0.0
+
+
+def test_ceiling_places_new_individual_perfectly():
+    rankings = [Ranking(["a", "b"], [0.9, 0.8]), Ranking(["a", "b"], [0.9, 0.8]),
+                Ranking(list("cdefgb"), [0.9, 0.8, 0.7, 0.6, 0.5, 0.4]), Ranking(["a"], [0.2])]
+    truths = ["b", NEW_INDIVIDUAL, "b", NEW_INDIVIDUAL]
+    # b at rank 2 -> 1/2; a new animal -> 1 whatever its scores; b at rank 6 -> 0; new -> 1
+    assert ceiling_map5(rankings, truths) == pytest.approx((0.5 + 1 + 0 + 1) / 4)
+    # a real threshold must treat the first two queries alike (same scores): above 0.9 the
+    # known one gets [new, a, b] -> 1/3, the best any threshold does here
+    best = score_rankings(rankings, truths)
+    assert best["map5"] == pytest.approx((1 / 3 + 1 + 0 + 1) / 4)
+    assert best["map5_ceiling"] == pytest.approx(0.625)

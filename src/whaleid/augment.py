@@ -32,11 +32,14 @@ def train_transform(
     crop_scale: tuple[float, float] = (0.7, 1.0),
     jitter: float = 0.2,
     cutout: float = 0.25,
+    grayscale: float = 0.0,
 ) -> Callable:
     """The Happywhale notebooks' augmentations.
 
     Horizontal flip is off by default: it turns a left-side fin or a callosity
-    pattern into another animal's, so it is a per-dataset choice.
+    pattern into another animal's, so it is a per-dataset choice. ``grayscale`` (a
+    probability) hides the colour of the sea and the light, which differ by survey
+    day rather than by animal.
     """
     steps = [
         v2.ToImage(),
@@ -45,8 +48,10 @@ def train_transform(
     ]
     if hflip:
         steps.append(v2.RandomHorizontalFlip())
+    steps.append(v2.ColorJitter(brightness=jitter, contrast=jitter, saturation=jitter, hue=jitter / 4))
+    if grayscale:
+        steps.append(v2.RandomGrayscale(grayscale))
     steps += [
-        v2.ColorJitter(brightness=jitter, contrast=jitter, saturation=jitter, hue=jitter / 4),
         v2.ToDtype(torch.float32, scale=True),
         v2.Normalize(mean, std),
     ]

@@ -51,6 +51,7 @@ class ModelConfig:
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     std: tuple[float, float, float] = (0.5, 0.5, 0.5)
     grad_checkpointing: bool = False
+    drop_path: float = 0.0  # timm drop_path_rate; only active in training
     # What inference uses: the trained neck, or the GeM-pooled backbone features before it.
     # The neck fits the training individuals; pooled features can transfer better to unseen
     # ones (measured in docs/results/right-whales.md), so training picks on validation.
@@ -62,7 +63,8 @@ class EmbeddingModel(nn.Module):
     def __init__(self, config: ModelConfig, pretrained: bool | str = True):
         super().__init__()
         self.backbone, data_config = create_backbone(
-            config.backbone, pretrained=pretrained, num_classes=0, global_pool=""
+            config.backbone, pretrained=pretrained, num_classes=0, global_pool="",
+            **({"drop_path_rate": config.drop_path} if config.drop_path else {}),
         )
         if pretrained:
             # The normalisation belongs to the weights the backbone starts from.

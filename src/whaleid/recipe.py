@@ -16,7 +16,6 @@ training part the same way chooses the threshold (and the blend weight, if asked
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Sequence
@@ -40,7 +39,7 @@ from whaleid.identify import (
     calibrate_per_species,
     calibrate_threshold,
 )
-from whaleid.openset import known_accuracy
+from whaleid.openset import ceiling_map5, known_accuracy
 from whaleid.pseudo import pseudo_labels, with_pseudo_labels
 from whaleid.scoring import align, blend, knn_scores, logit_probabilities, rank_scores
 from whaleid.train import TrainConfig, checkpoints, train, train_folds
@@ -210,6 +209,7 @@ def score(parts: dict[str, Embeddings], recipe: Recipe) -> Scored:
         "map5": report.map5,
         "top1_known": known_accuracy(test_rankings, test_truths, 1),
         "top5_known": known_accuracy(test_rankings, test_truths, 5),
+        "map5_ceiling": ceiling_map5(test_rankings, test_truths),
         "new_precision": report.new_precision,
         "new_recall": report.new_recall,
         "blend": weight,
@@ -234,16 +234,16 @@ def combine(members: list[dict[str, Embeddings]], mode: str) -> dict[str, Embedd
 
 
 def train_round(catalog: Catalog, split: Split, recipe: Recipe, out_dir: Path, progress: bool) -> tuple[list[Path], float]:
-    """One model (validated on the split's val part) or one per fold; returns the checkpoints and seconds."""
-    start = time.time()
+    """One model (validated on the split's val part) or one per fold; returns the checkpoints and the
+    training seconds, counting earlier runs that this one resumed."""
     extra = {"recipe": recipe.to_dict()}
     if recipe.folds == 1:
-        train(catalog, recipe.train, out_dir, val_catalog=split.val, resume=True, progress=progress,
-              preprocess=recipe.preprocess, extra=extra)
+        results = [train(catalog, recipe.train, out_dir, val_catalog=split.val, resume=True, progress=progress,
+                         preprocess=recipe.preprocess, extra=extra)]
     else:
-        train_folds(catalog, recipe.train, out_dir, recipe.folds, resume=True, progress=progress,
-                    preprocess=recipe.preprocess, extra=extra)
-    return checkpoints(out_dir), time.time() - start
+        results = train_folds(catalog, recipe.train, out_dir, recipe.folds, resume=True, progress=progress,
+                              preprocess=recipe.preprocess, extra=extra)
+    return checkpoints(out_dir), sum(r.seconds for r in results)
 
 
 def run_recipe(recipe: Recipe, out_dir: str | Path, progress: bool = True) -> dict:

@@ -58,6 +58,11 @@ class TrainConfig:
     label_smoothing: float = 0.0
     hflip: bool = False
     rotation: float = 10.0
+    crop_min_scale: float = 0.7  # random resized crop keeps at least this share of the photo
+    jitter: float = 0.2  # colour jitter strength
+    grayscale: float = 0.0  # probability of a grey training view
+    cutout: float = 0.25  # probability of erasing a patch
+    drop_path: float = 0.0  # stochastic depth in the backbone (timm drop_path_rate)
     num_workers: int | None = None
     mixed_precision: str = "auto"  # auto: bf16 on a GPU that has it, else full precision
     max_steps_per_epoch: int | None = None  # for smoke tests
@@ -198,7 +203,7 @@ def train(
     )
     model_config = ModelConfig(
         backbone=config.backbone, embedding_dim=config.embedding_dim, img_size=config.img_size,
-        grad_checkpointing=config.grad_checkpointing,
+        grad_checkpointing=config.grad_checkpointing, drop_path=config.drop_path,
     )
     model = EmbeddingModel(model_config, pretrained=config.pretrained)
 
@@ -222,7 +227,8 @@ def train(
     workers = default_workers() if config.num_workers is None else config.num_workers
 
     def transform(epoch: int):
-        return train_transform(config.size_at(epoch), model_config.mean, model_config.std, config.hflip, config.rotation)
+        return train_transform(config.size_at(epoch), model_config.mean, model_config.std, config.hflip, config.rotation,
+                               (config.crop_min_scale, 1.0), config.jitter, config.cutout, config.grayscale)
 
     dataset = PhotoDataset(
         catalog.table["path"].tolist(),

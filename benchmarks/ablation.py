@@ -1,10 +1,11 @@
 """Ablation of the competition tricks on one Happywhale-style split: each row adds one trick.
 
 Rows: the pretrained backbone without training; single model; + flip TTA; + k-fold
-ensemble; + kNN/logit blend (weight chosen on validation); + rate threshold (validation share of new animals); + one pseudo-label
-round (the folds retrained on the training photos plus confident test answers); and,
-apart, the single model trained with progressive resizing. Models and embeddings are
-kept under --out, so an interrupted run resumes.
+ensemble; + kNN/logit blend (weight chosen on validation); + rate threshold (validation
+share of new animals); + one pseudo-label round (the folds retrained on the training
+photos plus confident test answers); and, apart, the single model trained with
+progressive resizing. Models and embeddings are kept under --out, so an interrupted
+run resumes.
 
     .venv/bin/python benchmarks/ablation.py configs/right-whales.yaml --out runs/ablation
 """
@@ -20,7 +21,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from whaleid.catalog import read_catalog
+from whaleid.catalog import NEW_INDIVIDUAL, read_catalog
 from whaleid.embed import Embedder, Embeddings
 from whaleid.evaluate import json_float
 from whaleid.openset import known_accuracy
@@ -72,18 +73,18 @@ def main() -> None:
         return train_round(catalog, split, variant, out / name, progress=True)
 
     rows = []
-
     trained_ids = set(split.fit.table["individual_id"])
 
     def row(label: str, parts, train_seconds: float, embed_folders: int, **changes):
         scored = score(parts, dataclasses.replace(recipe, **changes))
         embed_seconds = sum(list(timings.values())[-embed_folders:])
         metrics = {k: v for k, v in scored.metrics.items() if k != "threshold"}
-        # known animals the model trained on vs those only in the gallery (val individuals)
+        # known animals the model trained on vs those only in the gallery (val individuals);
+        # known_accuracy skips queries whose truth is new, so the other group is marked new
         test_truths = truths(parts["test"], parts["gallery"])
         for name, keep in (("trained", True), ("untrained", False)):
-            pairs = [(r, t) for r, t in zip(scored.rankings, test_truths) if (t in trained_ids) == keep]
-            metrics[f"top1_known_{name}"] = known_accuracy(*zip(*pairs), 1) if pairs else float("nan")
+            group = [t if (t in trained_ids) == keep else NEW_INDIVIDUAL for t in test_truths]
+            metrics[f"top1_known_{name}"] = known_accuracy(scored.rankings, group, 1)
         rows.append({"row": label, **metrics, "train_min": train_seconds / 60, "embed_min": embed_seconds / 60})
         print(pd.DataFrame(rows).to_string(index=False, float_format=lambda v: f"{v:.3f}"), flush=True)
         return scored

@@ -14,7 +14,7 @@ import pandas as pd
 
 from whaleid.catalog import NEW_INDIVIDUAL
 from whaleid.embed import Embeddings
-from whaleid.evaluate import CUTOFF, evaluate, threshold_sweep
+from whaleid.evaluate import evaluate, map_at_5, threshold_sweep
 from whaleid.identify import (
     Ranking,
     calibrate_threshold,
@@ -51,11 +51,8 @@ def ceiling_map5(rankings: Sequence[Ranking], truths: Sequence[str]) -> float:
     in the top five (new_individual slotted after it), else 0. When a model's MAP@5 is
     close to this, only better rankings can raise it, not a better threshold.
     """
-    ap = []
-    for ranking, truth in zip(rankings, truths, strict=True):
-        ids = list(ranking.ids[:CUTOFF])
-        ap.append(1.0 if truth == NEW_INDIVIDUAL else 1.0 / (ids.index(truth) + 1) if truth in ids else 0.0)
-    return float(np.mean(ap))
+    perfect = [[NEW_INDIVIDUAL] if t == NEW_INDIVIDUAL else r.ids for r, t in zip(rankings, truths, strict=True)]
+    return map_at_5(perfect, truths)
 
 
 def with_threshold(rankings: Sequence[Ranking], threshold: float) -> list[list[str]]:

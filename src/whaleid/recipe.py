@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field, fields
+from functools import cache
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -157,15 +158,27 @@ def truths(queries: Embeddings, gallery: Embeddings) -> list[str]:
     return [i if i in known else NEW_INDIVIDUAL for i in queries.table["individual_id"]]
 
 
-def rankings(gallery: Embeddings, queries: Embeddings, weight: float) -> list[Ranking]:
-    """Top individuals by max cosine per individual, blended with the ArcFace-logit probabilities."""
+def ranker(gallery: Embeddings, queries: Embeddings) -> Callable[[float], list[Ranking]]:
+    """Rankings at any blend weight; the kNN matrix (and the head probabilities) are computed once,
+    so a search over weights costs one matrix, not one per weight."""
     knn, ids = knn_scores(queries.vectors, gallery.vectors, gallery.table["individual_id"].tolist())
-    if weight > 0:
+
+    @cache
+    def head() -> np.ndarray:  # only a blend needs it, and only models saved with their head have it
         if queries.class_cosines is None:
             raise ValueError("the blend needs models saved with their ArcFace head (class cosines)")
         probs = logit_probabilities(queries.class_cosines, queries.meta["arcface_scale"])
-        knn = blend(knn, align(probs, queries.meta["classes"], ids), weight)
-    return rank_scores(knn, ids)
+        return align(probs, queries.meta["classes"], ids)
+
+    def at(weight: float) -> list[Ranking]:
+        return rank_scores(knn if weight == 0 else blend(knn, head(), weight), ids)
+
+    return at
+
+
+def rankings(gallery: Embeddings, queries: Embeddings, weight: float) -> list[Ranking]:
+    """Top individuals by max cosine per individual, blended with the ArcFace-logit probabilities."""
+    return ranker(gallery, queries)(weight)
 
 
 @dataclass
@@ -182,9 +195,7 @@ def score(parts: dict[str, Embeddings], recipe: Recipe) -> Scored:
     val_truths = truths(val, fit)
     species_of = dict(zip(gallery.table["individual_id"], gallery.table["species"]))
 
-    def val_rankings(weight: float) -> list[Ranking]:
-        return rankings(fit, val, weight)
-
+    val_rankings = ranker(fit, val)
     weight = recipe.blend
     if weight is None:  # the weight whose sweep-calibrated validation MAP@5 is best
         def val_map(w: float) -> float:

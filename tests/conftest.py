@@ -10,6 +10,8 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures"
 BROKEN = {
     "truncated.jpg": "truncated JPEG",
     "truncated.png": "truncated PNG",
+    "zero_tail.jpg": "truncated JPEG (zeroed or cut tail)",
+    "zero_tail.png": "truncated PNG (zeroed or cut tail)",
     "not_an_image.jpg": "not an image",
     "empty.jpg": "empty file",
     "no_such_photo.jpg": "missing file",

@@ -6,14 +6,19 @@ import logging
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from whaleid.boxes import (
+    _yolo_to_pixels,
     read_boxes,
     read_pixel_boxes,
     read_yolo_boxes,
     source_weights,
     validate_boxes,
 )
+from whaleid.errors import UserError
+from whaleid.preprocess import enlarge_box
 
 
 def test_pixel_csv_string_column(tmp_path):
@@ -172,3 +177,120 @@ def test_read_boxes_yolo_uses_upright_sizes(tmp_path, fixtures):
     (tmp_path / "yolo" / "rotated.txt").write_text("0 0.5 0.5 0.5 0.5\n")  # upright 20x40 -> 5..15, 10..30
     boxes = read_boxes(tmp_path / "yolo", photos)
     assert boxes[["image", "x0", "y0", "x1", "y1", "source"]].values.tolist() == [["rotated.jpg", 5, 10, 15, 30, "yolo"]]
+
+
+@pytest.mark.parametrize(
+    "content, where",
+    [
+        ("image,box\na.jpg,1 2 x 4\n", r"bad\.csv:2: box for 'a\.jpg' must be numbers"),
+        ("image,box\na.jpg,1 2 3 4\nb.jpg,1 2 inf 4\n", r"bad\.csv:3: .*finite"),
+        ("image,box\na.jpg,1 2 1e30 4\n", r"bad\.csv:2: .*finite"),
+        ("image,x0,y0,x1,y1\na.jpg,5,5,1,9\n", r"bad\.csv:2: empty or inverted box"),
+        ("image,box\n\na.jpg,0 0 0 4\n", r"bad\.csv:3: empty or inverted box"),  # the blank line counts
+        ("image,box,source\na.jpg,1 2 3 4,../../escape\n", r"bad\.csv:2: box source '\.\./\.\./escape'"),
+        ("image,box,source\na.jpg,1 2 3 4,fin/../x\n", r"bad\.csv:2: box source"),
+        ("image,box\n,1 2 3 4\n", r"bad\.csv:2: no image name"),
+        ("photo,box\na.jpg,1 2 3 4\n", r"bad\.csv: no image column"),
+        ("image,size\na.jpg,1\n", r"bad\.csv: need a 'box' column"),
+        ("", r"bad\.csv: empty pixel-box CSV"),
+        ('image,box\n"a.jpg,1 2 3 4\n', r"bad\.csv: not a pixel-box CSV"),
+        (b"\x89PNG\r\n\x1a\n\x00\x00\xff\xfe\xfd", r"bad\.csv: not a pixel-box CSV \(not UTF-8"),
+    ],
+)
+def test_malformed_pixel_box_files_name_file_and_line(tmp_path, content, where):
+    p = tmp_path / "bad.csv"
+    p.write_bytes(content if isinstance(content, bytes) else content.encode())
+    with pytest.raises(UserError, match=where):
+        read_pixel_boxes(p)
+
+
+@pytest.mark.parametrize(
+    "content, where",
+    [
+        ("image,cx,cy,w,h\na.jpg,0.5,half,0.1,0.1\n", r"y\.csv:2: cx cy w h must be numbers"),
+        ("image,cx,cy,w,h\nnone.jpg,0.5,0.5,0.1,0.1\n", r"y\.csv:2: no photo 'none\.jpg'"),
+        ("image,cx,cy,w,h\na.jpg,0.5,0.5,0,0.1\n", r"y\.csv:2: empty box"),
+        ("image,cx,cy\na.jpg,0.5,0.5\n", r"y\.csv: missing columns"),
+        ("image,cx,cy,w,h,source\na.jpg,0.5,0.5,0.1,0.1,..\n", r"y\.csv:2: box source '\.\.'"),
+    ],
+)
+def test_malformed_yolo_csv_names_file_and_line(tmp_path, content, where):
+    (tmp_path / "y.csv").write_text(content)
+    with pytest.raises(UserError, match=where):
+        read_yolo_boxes(tmp_path / "y.csv", {"a.jpg": (100, 100)})
+
+
+def test_malformed_yolo_label_files(tmp_path):
+    d = tmp_path / "labels"
+    d.mkdir()
+    (d / "a.txt").write_bytes(b"\xff\xfe\x00\x01")
+    with pytest.raises(UserError, match=r"a\.txt: not a YOLO label file"):
+        read_yolo_boxes(d, {"a.jpg": (100, 100)})
+    (d / "a.txt").write_text("0 0.5 0.5 nan 0.1\n")
+    with pytest.raises(UserError, match=r"a\.txt:1: cx cy w h must be finite"):
+        read_yolo_boxes(d, {"a.jpg": (100, 100)})
+
+
+def test_default_sources_from_file_names_are_made_valid(tmp_path):
+    p = tmp_path / "detic body (v2).csv"
+    p.write_text("image,box\na.jpg,1 2 3 4\n")
+    assert read_pixel_boxes(p)["source"].tolist() == ["detic_body_v2"]
+    with pytest.raises(UserError, match="box source"):
+        validate_boxes(_df([["a.jpg", 0, 0, 5, 5, "../x"]]), {"a.jpg": (10, 10)})
+
+
+def test_read_boxes_errors_name_the_file(tmp_path, fixtures):
+    photos = {"rgb.jpg": fixtures / "images" / "rgb.jpg"}
+    (tmp_path / "far.csv").write_text("image,box\nrgb.jpg,100 100 200 200\n")
+    with pytest.raises(UserError, match=r"far\.csv: box for image 'rgb\.jpg' .* lies outside the 32x24 image"):
+        read_boxes(tmp_path / "far.csv", photos)
+    (tmp_path / "empty.csv").write_text("")
+    with pytest.raises(UserError, match=r"empty\.csv: empty box CSV"):
+        read_boxes(tmp_path / "empty.csv", photos)
+    with pytest.raises(UserError, match="cannot read box CSV"):
+        read_boxes(tmp_path / "absent.csv", photos)
+
+
+SIDES = st.integers(1, 5000)
+COORD = st.integers(-10_000, 10_000)
+
+
+@settings(max_examples=300, deadline=None)
+@given(SIDES, SIDES, COORD, COORD, COORD, COORD)
+def test_clipped_boxes_are_inside_with_area_or_rejected(w, h, x0, y0, x1, y1):
+    try:
+        out = validate_boxes(_df([["a.jpg", x0, y0, x1, y1, "body"]]), {"a.jpg": (w, h)})
+    except UserError:
+        assert x0 >= x1 or y0 >= y1 or x1 <= 0 or y1 <= 0 or x0 >= w or y0 >= h  # nothing of it on the photo
+        return
+    bx0, by0, bx1, by1 = out[["x0", "y0", "x1", "y1"]].iloc[0]
+    assert 0 <= bx0 < bx1 <= w and 0 <= by0 < by1 <= h
+    assert (bx0, by0, bx1, by1) == (max(x0, 0), max(y0, 0), min(x1, w), min(y1, h))
+
+
+UNIT = st.floats(0, 1)
+
+
+@settings(max_examples=300, deadline=None)
+@given(SIDES, SIDES, UNIT, UNIT, UNIT, UNIT)
+def test_yolo_boxes_are_inside_with_area_or_rejected(w, h, cx, cy, bw, bh):
+    try:
+        x0, y0, x1, y1 = _yolo_to_pixels(cx, cy, bw, bh, w, h, "f:1")
+    except UserError as e:
+        assert str(e).startswith("f:1: empty box")
+        return
+    assert 0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h
+
+
+@settings(max_examples=300, deadline=None)
+@given(SIDES, SIDES, st.data(), st.floats(1e-6, 50), st.booleans())
+def test_enlarged_boxes_stay_inside_with_area(w, h, data, factor, square):
+    """The crop settings allow any enlarge > 0; a box of a salient region stays a box (whaleid.preprocess)."""
+    x0 = data.draw(st.integers(0, w - 1))
+    y0 = data.draw(st.integers(0, h - 1))
+    x1 = data.draw(st.integers(x0 + 1, w))
+    y1 = data.draw(st.integers(y0 + 1, h))
+    bx0, by0, bx1, by1 = enlarge_box((x0, y0, x1, y1), factor, w, h, square=square)
+    assert 0 <= bx0 < bx1 <= w and 0 <= by0 < by1 <= h
+    if factor >= 1:
+        assert bx0 <= x0 and by0 <= y0 and bx1 >= x1 and by1 >= y1  # growing never loses the animal

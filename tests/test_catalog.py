@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import csv as csv_module
 import functools
+import io
 import logging
+import os
 import shutil
 import time
 
@@ -11,6 +14,8 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import BROKEN
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from whaleid.catalog import (
     NEW_INDIVIDUAL,
@@ -28,6 +33,7 @@ from whaleid.catalog import (
     split_fold,
     summary,
 )
+from whaleid.errors import UserError
 
 VALID = ["rgb.jpg", "rotated.jpg", "cmyk.jpg", "gray.jpg", "gray16.png", "alpha.png", "palette.png"]
 
@@ -68,7 +74,7 @@ def test_broken_and_missing_photos_are_skipped_with_reasons(tmp_path, fixtures, 
     assert sorted(cat.table["image"]) == sorted(VALID)
     assert dict(zip(cat.problems["image"], cat.problems["reason"])) == BROKEN
     assert list(cat.problems.columns) == ["image", "reason"]
-    assert "skipped 5 of 12" in caplog.text
+    assert f"skipped {len(BROKEN)} of {len(VALID) + len(BROKEN)}" in caplog.text
     assert all(p.startswith(str(fixtures / "images")) for p in cat.table["path"])
 
 
@@ -154,6 +160,174 @@ def test_partly_labelled_catalog(tmp_path):
     assert cat.table["label"].tolist() == [0, -1]
     assert cat.table["species"].tolist() == ["beluga_whale", UNKNOWN_SPECIES]
     assert cat.labels == ["w1"]
+
+
+# --------------------------------------------------------------------------- hostile CSVs
+
+
+@pytest.mark.parametrize(
+    "rows,pattern",
+    [
+        # one field too many on the first row: pandas took column 1 as the index and shifted the rest
+        (["a.jpg,beluga,w1,extra", "b.jpg,beluga,w2"], r"line 2 has 4 fields, the header has 3"),
+        (["a.jpg,beluga,w1", "b.jpg,beluga"], r"line 3 has 2 fields, the header has 3"),
+        (["a.jpg,x,1", "b,x,2,3", "c,x", "d,x,4,5,6", "e,x,5,", "f,x"],
+         r"line 3 has 4 fields, line 4 has 2 fields, line 5 has 5 fields and 2 more lines, the header has 3"),
+    ],
+)
+def test_rows_with_another_field_count_name_their_lines(tmp_path, rows, pattern):
+    csv = write_csv(tmp_path / "t.csv", "\n".join(["image,species,individual_id", *rows]))
+    with pytest.raises(CatalogError, match=pattern) as err:
+        read_catalog(csv, check_images=False)
+    assert str(err.value).startswith(f"{csv}: ")
+
+
+def test_line_numbers_count_blank_lines_and_quoted_line_breaks(tmp_path):
+    text = 'image,species,individual_id\n"a\nb.jpg",x,1\n\nc.jpg,x,2\nc.jpg,x,3\n'
+    (tmp_path / "t.csv").write_text(text)
+    with pytest.raises(CatalogError, match=r"c\.jpg \(lines 5, 6\)"):
+        read_catalog(tmp_path / "t.csv", check_images=False)
+
+
+@pytest.mark.parametrize("marker", ["NaN", "None", "null", "N/A", "NA", "nan", "#N/A", " n/a ", "NULL"])
+def test_missing_value_markers_are_missing(tmp_path, marker):
+    """An id 'NaN' would make every unlabelled photo one animal named NaN."""
+    csv = write_csv(tmp_path / "t.csv", f"image,species,individual_id\na.jpg,{marker},w1\nb.jpg,beluga,{marker}")
+    with pytest.raises(CatalogError, match=r"empty individual_id on line\(s\) 3 \(.*missing-value marker"):
+        read_catalog(csv, check_images=False)
+    cat = read_catalog(csv, check_images=False, require_labels=False)
+    assert cat.table["species"].tolist() == [UNKNOWN_SPECIES, "beluga_whale"]
+    assert cat.table["individual_id"].tolist() == ["w1", None] and cat.labels == ["w1"]
+
+
+def test_image_names_are_kept_exactly_as_written(tmp_path, fixtures):
+    images = tmp_path / "images"
+    images.mkdir()
+    for name in (" rgb.jpg", "rgb.jpg ", "NaN"):
+        shutil.copy(fixtures / "images" / "rgb.jpg", images / name)
+    csv = write_csv(tmp_path / "t.csv", "image,species,individual_id\n rgb.jpg,x,1\nrgb.jpg ,x,1\nNaN,x,2")
+    cat = read_catalog(csv)
+    assert cat.table["image"].tolist() == [" rgb.jpg", "rgb.jpg ", "NaN"] and len(cat.problems) == 0
+    blank = write_csv(tmp_path / "b.csv", "image,species,individual_id\na.jpg,x,1\n   ,x,2")
+    with pytest.raises(CatalogError, match=r"empty image name on line\(s\) 3"):
+        read_catalog(blank, check_images=False)
+
+
+BAD_NAMES = {
+    "cr\rname.jpg": "control character in file name",
+    "lf\nname.jpg": "control character in file name",
+    "nul\x00name.jpg": "control character in file name",
+    "tab\tname.jpg": "control character in file name",
+    "del\x7f.jpg": "control character in file name",
+    "sep\u2028.jpg": "control character in file name",
+    "x" * 300 + ".jpg": "file name too long",
+    "sub/" + "é" * 130 + ".jpg": "file name too long",  # 260 bytes in UTF-8
+}
+
+
+@pytest.mark.parametrize("check", [True, "exists", False])
+def test_names_no_file_system_takes_become_problems(tmp_path, fixtures, check):
+    """A line break in a name split every CSV written later; NUL and long names raised tracebacks."""
+    text = io.StringIO()
+    writer = csv_module.writer(text)
+    writer.writerow(["image", "species", "individual_id"])
+    writer.writerows([[name, "x", "w"] for name in ["rgb.jpg", *BAD_NAMES]])
+    (tmp_path / "t.csv").write_text(text.getvalue())
+    cat = read_catalog(tmp_path / "t.csv", fixtures / "images", check_images=check)
+    assert cat.table["image"].tolist() == ["rgb.jpg"]
+    assert dict(zip(cat.problems["image"], cat.problems["reason"])) == BAD_NAMES
+
+
+def test_csv_that_is_not_a_regular_file(tmp_path):
+    os.symlink("/dev/null", tmp_path / "null.csv")
+    os.mkfifo(tmp_path / "pipe.csv")  # reading it would block forever
+    for name in ("null.csv", "pipe.csv"):
+        with pytest.raises(CatalogError, match="not a regular file"):
+            read_catalog(tmp_path / name, check_images=False)
+    with pytest.raises(CatalogError, match="is a folder"):
+        read_catalog(tmp_path, check_images=False)
+    with pytest.raises(CatalogError, match="not found"):
+        read_catalog(tmp_path / "dangling.csv", check_images=False)
+    with pytest.raises(CatalogError, match="cannot read catalog CSV"):
+        read_catalog(tmp_path / ("x" * 300 + ".csv"), check_images=False)
+
+
+def test_unreadable_csv(tmp_path, monkeypatch):
+    csv = write_csv(tmp_path / "t.csv", "image,species,individual_id\na.jpg,x,1")
+    monkeypatch.setattr(type(csv), "read_bytes", lambda self: (_ for _ in ()).throw(PermissionError(13, "denied")))
+    with pytest.raises(CatalogError, match=f"cannot read catalog CSV {csv}: permission denied"):
+        read_catalog(csv, check_images=False)
+
+
+@pytest.mark.parametrize(
+    "data,pattern",
+    [
+        (bytes(range(256)) * 4, r"not UTF-8 text \(line 2"),
+        ("image,species,individual_id\na.jpg,x,1\n".encode("utf-16"), "UTF-16 text"),
+        (b"\x00\x01junk\x00,\x02\n\x00\x00", "binary data"),
+        (b"\x89PNG\r\n\x1a\n" + bytes(64), "not UTF-8"),
+        (b'image,species,individual_id\n"a.jpg,x,1\n', r"line 2: unexpected end of data"),
+        (b"image,species,individual_id\n" + b"a" * 200_000 + b",x,1\n", r"line 2: field larger than field limit"),
+    ],
+)
+def test_junk_csv_is_a_catalog_error(tmp_path, data, pattern):
+    csv = tmp_path / "t.csv"
+    csv.write_bytes(data)
+    with pytest.raises(CatalogError, match=pattern) as err:
+        read_catalog(csv, check_images=False)
+    assert str(csv) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_utf8_bom_and_crlf_are_read(tmp_path):
+    csv = tmp_path / "t.csv"
+    csv.write_bytes("\ufeffimage,species,individual_id\r\nä.jpg,x,1\r\n".encode())
+    assert read_catalog(csv, check_images=False).table["image"].tolist() == ["ä.jpg"]
+
+
+# Names people and tools write: unicode, spaces, quotes, commas, control characters, markers.
+NAMES = st.one_of(
+    st.text(st.characters(blacklist_categories=("Cs",)), min_size=0, max_size=12),
+    st.sampled_from(["NaN", "N/A", " a.jpg", "b.jpg ", 'q"uote.jpg', "com,ma.jpg", "cr\r.jpg", "nul\x00", "  "]),
+)
+IDS = st.one_of(st.text(min_size=0, max_size=6), st.sampled_from(["NaN", "none", "#N/A", " w1 ", ""]))
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rows=st.lists(st.tuples(NAMES, IDS, IDS), min_size=1, max_size=8), require=st.booleans())
+def test_any_table_written_by_the_csv_module_reads_back_or_says_why(tmp_path, rows, require):
+    text = io.StringIO()
+    writer = csv_module.writer(text)
+    writer.writerow(["image", "species", "individual_id"])
+    writer.writerows(rows)
+    csv = tmp_path / "t.csv"
+    csv.write_text(text.getvalue(), encoding="utf-8", newline="")
+    try:
+        cat = read_catalog(csv, check_images=False, require_labels=require)
+    except CatalogError as err:
+        message = str(err)
+        assert str(csv) in message and "\n" not in message and "\r" not in message
+        return
+    names = [r[0] for r in rows]
+    kept, skipped = cat.table["image"].tolist(), cat.problems["image"].tolist()
+    assert sorted(kept + skipped) == sorted(names)  # every name exactly as written, kept or a problem
+    assert all(n.strip() for n in kept) and len(set(names)) == len(names)
+    assert set(cat.problems["reason"]) <= {"control character in file name", "file name too long"}
+
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.one_of(
+    st.binary(max_size=200),
+    st.lists(st.text(st.sampled_from('ab,"\r\n \x00é'), max_size=12), max_size=6).map(
+        lambda lines: ("image,species,individual_id\n" + "\n".join(lines)).encode()),
+))
+def test_any_bytes_give_a_catalog_or_a_catalog_error(tmp_path, data):
+    csv = tmp_path / "t.csv"
+    csv.write_bytes(data)
+    try:
+        read_catalog(csv, check_images=False, require_labels=False)
+    except CatalogError as err:
+        assert str(csv) in str(err) and "\n" not in str(err)
 
 
 # --------------------------------------------------------------------------- species
@@ -311,6 +485,47 @@ def test_min_photos():
     assert len(min_photos(cat, 1)) == len(cat)
 
 
+def test_splits_that_cannot_be_made_say_what_to_change():
+    with pytest.raises(CatalogError, match="at least 2 individuals .*the catalog has 1"):
+        open_set_split(make_catalog({"a": 5}), 0.3)
+    for fraction in (0, 1, -0.2):
+        with pytest.raises(UserError, match=f"new_fraction must be above 0 and below 1, got {fraction}"):
+            open_set_split(make_catalog(COUNTS), fraction)
+    with pytest.raises(UserError, match="at least 2 folds, got 1"):
+        kfold(make_catalog(COUNTS), k=1)
+    with pytest.raises(UserError, match="use at most 3 folds"):
+        kfold(make_catalog({"a": 3}), k=4)
+    with pytest.raises(UserError, match="above 0 and below 1, got 0"):
+        holdout_photos(make_catalog(COUNTS), 0)
+
+
+def test_min_photos_above_every_count_is_an_error():
+    with pytest.raises(CatalogError, match=r"no individual has 24 or more photos \(the most any has is 23\)"):
+        min_photos(make_catalog(COUNTS), 24)
+    unlabelled = Catalog(pd.DataFrame({"image": ["a.jpg"], "individual_id": [None]}), "/x")
+    with pytest.raises(CatalogError, match="no photo has an individual_id"):
+        min_photos(unlabelled, 1)
+
+
+def test_to_csv_is_atomic_and_round_trips(tmp_path, monkeypatch):
+    cat = make_catalog({"a": 2, "b": 1})
+    cat.table.loc[0, "image"] = " spaced, and \"quoted\".jpg"
+    out = tmp_path / "known.csv"
+    cat.to_csv(out)
+    again = read_catalog(out, check_images=False, clean=False)
+    columns = ["image", "species", "individual_id"]
+    assert again.table[columns].values.tolist() == cat.table[columns].values.tolist()
+    before = out.read_bytes()
+
+    def fail(*args, **kwargs):
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(pd.DataFrame, "to_csv", fail)
+    with pytest.raises(OSError):
+        make_catalog({"z": 1}).to_csv(out)
+    assert out.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["known.csv"]
+
+
 # --------------------------------------------------------------------------- summary
 
 
@@ -393,3 +608,11 @@ def test_real_happywhale_splits_at_scale(happywhale):
     assert len(known) + len(new) == 51033
     rest, held = holdout_photos(happywhale, 0.2)
     assert rest.n_individuals == 15587
+
+
+@pytest.mark.data
+def test_real_happywhale_csv_reads_fast(shared_data):
+    start = time.perf_counter()
+    cat = read_catalog(shared_data / "happywhale-train.csv", check_images=False)
+    assert len(cat) == 51033 and len(cat.problems) == 0
+    assert time.perf_counter() - start < 3

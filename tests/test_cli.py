@@ -103,8 +103,9 @@ def test_crops_cache_explorer_and_a_model_trained_on_crops(synth_csv, tmp_path, 
         "--cache-root", root)
     meta = json.loads((tmp_path / "gallery" / "embeddings.json").read_text())
     assert meta["preprocess"]["cache"]["crop"] == "saliency" and meta["preprocess"]["cache"]["background"] == "blur"
-    caches = [d for d in root.iterdir() if json.loads((d / "manifest.json").read_text())["settings"]["sizes"] == [48]]
-    assert len(caches) == 1  # training and embedding shared one cache
+    caches = [d for d in root.iterdir() if d.is_dir()]
+    assert len(caches) == 1  # cache, training and embedding share one cache: sizes are sub-folders
+    assert json.loads((caches[0] / "manifest.json").read_text())["settings"]["sizes"] == [64, 48, 40]
     run("identify", tmp_path / "gallery", tmp_path / "split" / "new.csv", "--images", images, "--threshold", 0.5,
         "--out", tmp_path / "pred.csv", "--save", tmp_path / "identifier", "--cache-root", root)
     journal = pd.read_csv(caches[0] / "journal.csv")

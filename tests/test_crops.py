@@ -1,5 +1,9 @@
 """Crop table over a catalog: one row per listed photo, broken photos as errors, masks for review."""
 
+import json
+import shutil
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -16,6 +20,8 @@ from whaleid.crops import (
     read_crop_table,
     write_crop_table,
 )
+from whaleid.errors import UserError
+from whaleid.files import safe_name
 from whaleid.preprocess import STATUS_NO_REGION, STATUS_OK
 
 
@@ -81,3 +87,78 @@ def test_real_photos_boxes_lie_inside_and_most_are_ok(shared_data, folder, tmp_p
     assert (table["x0"] < table["x1"]).all() and (table["y0"] < table["y1"]).all()
     assert (table["status"] == STATUS_OK).mean() >= 0.75
     assert all((tmp_path / m).exists() for m in table["mask"] if m)
+
+
+@pytest.mark.parametrize(
+    "values, wrong",
+    [
+        ({"enlarge": -1}, "enlarge"),
+        ({"enlarge": 0}, "enlarge"),
+        ({"enlarge": float("nan")}, "enlarge"),
+        ({"threshold": 1.5}, "threshold"),
+        ({"threshold": -0.1}, "threshold"),
+        ({"threshold": "0.5"}, "threshold"),
+        ({"min_area": 2}, "min_area"),
+        ({"max_area": -1}, "max_area"),
+        ({"region": "biggest"}, "region"),
+        ({"square": "yes"}, "square"),
+        ({"clahe": 1}, "clahe"),
+    ],
+)
+def test_crop_settings_are_checked_when_made(values, wrong):
+    with pytest.raises(UserError, match=wrong):
+        CropSettings(**values)
+
+
+def test_extreme_but_valid_settings_still_give_boxes_with_area(tmp_path, fixtures, monkeypatch):
+    monkeypatch.setattr(crops, "saliency_masks", centre_blob_masks)
+    CropSettings(threshold=0, min_area=0, max_area=1)
+    cat = fixture_catalog(tmp_path, fixtures, check=True)
+    for enlarge in (1e-6, 0.01, 50.0):
+        table = crop_catalog(cat, CropSettings(enlarge=enlarge), progress=False)
+        table = table[~table["status"].str.startswith("error")]
+        assert len(table) == 3
+        assert ((table["x0"] < table["x1"]) & (table["y0"] < table["y1"])).all()
+        assert ((table["x0"] >= 0) & (table["x1"] <= table["width"]) & (table["y1"] <= table["height"])).all()
+
+
+def test_crop_settings_from_json(tmp_path):
+    good = tmp_path / "crop_settings.json"
+    good.write_text(json.dumps(CropSettings(threshold=0.3, square=True).to_dict()))
+    assert CropSettings.from_json(good) == CropSettings(threshold=0.3, square=True)
+    (tmp_path / "part.json").write_text('{"enlarge": 1.5}')
+    assert CropSettings.from_json(tmp_path / "part.json") == CropSettings(enlarge=1.5)
+    cases = {
+        "bad.json": ("{threshold: 0.3", "not a JSON file"),
+        "list.json": ("[0.3]", "crop settings must be a JSON object"),
+        "unknown.json": ('{"treshold": 0.3}', "unknown crop setting.*treshold"),
+        "range.json": ('{"enlarge": -1}', "crop setting enlarge must be > 0"),
+        "binary.json": (b"\xff\xfe\x00junk", "not a JSON file"),
+    }
+    for name, (text, message) in cases.items():
+        path = tmp_path / name
+        path.write_bytes(text if isinstance(text, bytes) else text.encode())
+        with pytest.raises(UserError, match=f"{name}: {message}"):
+            CropSettings.from_json(path)
+    with pytest.raises(UserError, match="cannot read"):
+        CropSettings.from_json(tmp_path / "absent.json")
+
+
+def test_masks_are_named_safely_and_recorded(tmp_path, fixtures, monkeypatch):
+    """The mask column names the file written; names from the CSV never become paths."""
+    monkeypatch.setattr(crops, "saliency_masks", centre_blob_masks)
+    images = tmp_path / "images"
+    images.mkdir()
+    shutil.copy(fixtures / "images" / "rgb.jpg", images / "b.jpg")
+    shutil.copy(fixtures / "images" / "palette.png", images / "b.png")
+    cat = read_catalog(_csv(tmp_path, ["b.jpg", "b.png"]), images, progress=False)
+    table = crop_catalog(cat, masks_dir=tmp_path / "out", progress=False).set_index("image")
+    assert table.loc["b.jpg", "mask"] == f"masks/{safe_name('b.jpg', '.png')}"
+    assert table.loc["b.jpg", "mask"] != table.loc["b.png", "mask"]  # b.jpg and b.png: two animals, two masks
+    assert sorted(p.name for p in (tmp_path / "out" / "masks").iterdir()) == sorted(Path(m).name for m in table["mask"])
+
+
+def _csv(folder, names):
+    csv = folder / "photos.csv"
+    pd.DataFrame({"image": names, "species": "x", "individual_id": "a"}).to_csv(csv, index=False)
+    return csv

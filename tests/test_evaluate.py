@@ -5,15 +5,18 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from whaleid.errors import UserError
 from whaleid.evaluate import (
     NEW_INDIVIDUAL,
     average_precision_at_5,
+    cell,
     evaluate,
     map_at_5,
     per_species,
     plot_threshold_sweep,
     threshold_sweep,
     top_k_accuracy,
+    truths_for,
     write_submission,
 )
 from whaleid.identify import Ranking, insert_new_individual
@@ -236,3 +239,28 @@ def test_evaluate_report_and_json():
     d2 = evaluate([["a"]], ["a"]).to_dict()
     assert d2["new_precision"] is None and "per_species" not in d2
     json.dumps(d2, allow_nan=False)
+
+
+def test_scoring_mismatched_lengths_is_a_user_error():
+    with pytest.raises(UserError, match="2 prediction lists but 3 truths: give one truth per predicted photo"):
+        evaluate([["a"], ["b"]], ["a", "b", "c"])
+
+
+def test_truths_for_matches_each_predicted_photo_once():
+    truth = pd.DataFrame({"image": ["x.jpg", "y.jpg", "z.jpg"], "species": ["s1", "s2", "s1"],
+                          "individual_id": ["a", "b", "c"]})
+    assert truths_for(["z.jpg", "x.jpg"], truth) == (["c", "a"], ["s1", "s1"])
+    assert truths_for(["y.jpg"], truth.drop(columns="species")) == (["b"], None)
+    with pytest.raises(UserError, match=r"in the truth CSV, 1 photo\(s\) appear more than once, e.g. \['x.jpg'\]"):
+        truths_for(["x.jpg"], pd.concat([truth, truth.iloc[:1]]))
+    with pytest.raises(UserError, match=r"in the predictions, 1 photo\(s\) appear more than once"):
+        truths_for(["x.jpg", "y.jpg", "x.jpg"], truth)
+    with pytest.raises(UserError, match=r"1 predicted photo\(s\) have no row in the truth CSV, e.g. \['w.jpg'\]"):
+        truths_for(["x.jpg", "w.jpg"], truth)
+    with pytest.raises(UserError, match=r"lacks column\(s\) \['individual_id'\]"):
+        truths_for(["x.jpg"], truth.drop(columns="individual_id"))
+
+
+def test_undefined_metrics_print_as_a_dash():
+    assert [cell(x) for x in (float("nan"), None, 0.41249, 1.0)] == ["\u2013", "\u2013", "0.412", "1.000"]
+    assert cell(0.41251, digits=4) == "0.4125"

@@ -15,7 +15,8 @@ from conftest import BROKEN
 from PIL import Image
 
 from whaleid.catalog import read_catalog
-from whaleid.explore import BOX_COLOUR, MASK_COLOUR, build_explorer, contact_sheet
+from whaleid.errors import UserError
+from whaleid.explore import BOX_COLOUR, MASK_COLOUR, annotated_thumbnail, build_explorer, contact_sheet
 from whaleid.preprocess import STATUS_NO_REGION, STATUS_OK, STATUS_TINY_REGION
 
 SEA = (30, 80, 120)
@@ -252,3 +253,51 @@ def test_contact_sheet_tiles_every_photo_and_frames_failures(data, tmp_path):
     k = names.index("a1.jpg")
     x, y = (k % 3) * size + 2, (k // 3) * size + 2
     assert tuple(sheet[y + 20, x + 15]) == BOX_COLOUR  # left edge of BOX at half scale
+
+
+@pytest.mark.parametrize("options, wrong", [
+    ({"thumb_size": 0}, "thumbnail size"),
+    ({"per_individual": 0}, "photos per individual"),
+    ({"worst": -1}, "worst crops"),
+    ({"max_individuals": 0}, "number of individuals"),
+])
+def test_explorer_options_are_checked(data, tmp_path, options, wrong):
+    with pytest.raises(UserError, match=wrong):
+        build_explorer(data[0], tmp_path, progress=False, **options)
+
+
+@pytest.mark.parametrize("options, wrong", [({"columns": 0}, "columns"), ({"size": 4}, "tile size")])
+def test_contact_sheet_options_are_checked(data, tmp_path, options, wrong):
+    with pytest.raises(UserError, match=wrong):
+        contact_sheet(data[0], data[1], tmp_path / "sheet.png", data[2], **options)
+    assert not (tmp_path / "sheet.png").exists()
+
+
+def test_a_mask_outside_the_crop_folder_is_not_read(data, tmp_path):
+    catalog, crops, crops_dir = data
+    outside = tmp_path / "secret.png"
+    Image.new("L", (W, H), 255).save(outside)
+    for mask in (str(outside), "../" * 12 + str(outside).lstrip("/")):
+        row = crops.set_index("image").loc["a1.jpg"].to_dict() | {"mask": mask}
+        thumb, note = annotated_thumbnail(catalog.images_dir / "a1.jpg", row, crops_dir, THUMB)
+        assert note == "mask: not inside the crop folder"
+        assert np.abs(np.asarray(thumb, dtype=int)[25, 55] - SEA).max() <= 30  # outside the box: no tint
+
+
+def test_thumbnails_of_any_image_name_stay_in_the_site(tmp_path):
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    Image.new("RGB", (W, H), SEA).save(victim / "photo.jpg")
+    images = tmp_path / "d" / "images"
+    images.mkdir(parents=True)
+    names = [str(victim / "photo.jpg"), "../../victim/photo.jpg"]
+    csv = tmp_path / "d" / "t.csv"
+    pd.DataFrame({"image": names, "species": "x", "individual_id": ["a", "b"]}).to_csv(csv, index=False)
+    catalog = read_catalog(csv, images, progress=False)
+    before = (victim / "photo.jpg").read_bytes()
+    site = tmp_path / "site"
+    build_explorer(catalog, site, thumb_size=THUMB, progress=False)
+    assert sorted(p.name for p in victim.iterdir()) == ["photo.jpg"] and (victim / "photo.jpg").read_bytes() == before
+    thumbs = [_thumb_of(site, "individuals.html", n) for n in names]
+    assert len(set(thumbs)) == 2 and all(t.resolve().parent == (site / "thumbs").resolve() for t in thumbs)
+    assert not [p for p in site.rglob("*.tmp")]

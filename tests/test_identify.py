@@ -4,6 +4,8 @@ import warnings
 import numpy as np
 import pytest
 
+import whaleid.identify as identify_module
+from whaleid.errors import UserError
 from whaleid.evaluate import NEW_INDIVIDUAL, average_precision_at_5, map_at_5
 from whaleid.identify import (
     Identifier,
@@ -16,6 +18,12 @@ from whaleid.identify import (
 from whaleid.index import build_index
 
 NEW = NEW_INDIVIDUAL
+
+
+@pytest.fixture(autouse=True)
+def fresh_warnings(monkeypatch):
+    """Each test sees the once-per-process warnings afresh."""
+    monkeypatch.setattr(identify_module, "_warned", set())
 
 
 def unit(x):
@@ -133,14 +141,33 @@ def test_identifier_rank_and_identify(gallery):
 def test_identifier_validates(gallery):
     vectors, ids = gallery
     index = build_index(vectors)
-    with pytest.raises(ValueError):
+    with pytest.raises(UserError, match="5 gallery ids for an index of 6 vectors"):
         Identifier(index, ids[:-1])
-    with pytest.raises(ValueError):
+    with pytest.raises(UserError, match="reserved"):
         Identifier(index, ids[:-1] + [NEW])
-    with pytest.raises(TypeError):
+    with pytest.raises(UserError, match="gallery photo 5 has individual_id None"):
         Identifier(index, ids[:-1] + [None])
-    with pytest.raises(ValueError):
+    with pytest.raises(UserError, match="neighbours"):
         Identifier(index, ids, neighbours=0)
+    with pytest.raises(UserError, match="the gallery is empty"):
+        Identifier(index, [])
+    for threshold in (float("nan"), "high", {"*": float("inf")}, {"whale": 0.5}):
+        with pytest.raises(UserError, match="threshold"):
+            Identifier(index, ids, threshold=threshold)
+
+
+def test_identify_refuses_nan_or_mismatched_queries_with_a_user_error(gallery):
+    vectors, ids = gallery
+    identifier = Identifier(build_index(vectors), ids)
+    with pytest.raises(UserError, match="NaN"):
+        identifier.identify(np.full((1, vectors.shape[1]), np.nan, np.float32))
+    with pytest.raises(UserError, match="dim"):
+        identifier.identify(vectors[:, :3].copy())
+
+
+def test_an_empty_gallery_is_a_user_error():
+    with pytest.raises(UserError, match="empty gallery"):
+        build_index(np.zeros((0, 8), np.float32))
 
 
 @pytest.mark.parametrize("kind", ["exact", "faiss"])
@@ -208,14 +235,30 @@ def test_calibrate_rate_hits_requested_rate(rate):
 
 def test_calibrate_validates():
     rankings = [Ranking(["a"], [0.5])]
-    with pytest.raises(ValueError):
+    with pytest.raises(UserError, match="unknown calibration method 'nope'"):
         calibrate_threshold(rankings, ["a"], method="nope")
-    with pytest.raises(ValueError):
-        calibrate_threshold(rankings, None, method="rate", new_rate=1.5)
-    with pytest.raises(ValueError):
+    for rate in (1.5, -0.1, float("nan"), None, "half"):
+        with pytest.raises(UserError, match=r"--new-rate must be the share of queries expected to be new, in \[0, 1\]"):
+            calibrate_threshold(rankings, None, method="rate", new_rate=rate)
+    with pytest.raises(UserError, match="needs the validation photos' truths"):
         calibrate_threshold(rankings, None)
-    with pytest.raises(ValueError):
+    with pytest.raises(UserError, match="zero validation photos"):
         calibrate_threshold([], ["a"])
+    with pytest.raises(UserError, match="1 rankings but 2 truths"):
+        calibrate_threshold(rankings, ["a", "b"])
+    with pytest.raises(UserError, match="finite"):
+        calibrate_threshold(rankings, ["a"], thresholds=[0.1, float("nan")])
+
+
+def test_the_no_new_truth_warning_comes_once_per_process():
+    rankings, truths = [Ranking(["a"], [0.5]), Ranking(["b"], [0.7])], ["a", "b"]
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        for _ in range(3):  # e.g. three epochs' validation
+            calibrate_threshold(rankings, truths)
+            with warnings.catch_warnings():  # what torch does between epochs, which resets Python's "once"
+                warnings.simplefilter("ignore")
+    assert [str(w.message) for w in record] == [identify_module.NO_NEW_TRUTH]
 
 
 # ------------------------------------------------------------------ per-species thresholds

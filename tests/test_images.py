@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 from conftest import BROKEN
@@ -123,3 +125,49 @@ def test_fixtures_are_tiny_and_reproducible(images, fixtures, tmp_path):
     for name in made:
         assert (images / name).stat().st_size < 8_000, name
         assert check_image(tmp_path / name) == check_image(images / name), name
+
+
+def test_zeroed_tail_is_found_but_padding_after_the_end_marker_is_fine(images, tmp_path):
+    """A zeroed tail decodes without error (black or grey rows); bytes after EOI/IEND are legal and common."""
+    for name in ("rgb.jpg", "alpha.png"):
+        padded = tmp_path / name
+        padded.write_bytes((images / name).read_bytes() + bytes(500))
+        assert check_image(padded) is None and open_image(padded).size == open_image(images / name).size
+    rgb, noise = (images / "rgb.jpg").read_bytes(), (images / "zero_tail.jpg").read_bytes()
+    trailer = tmp_path / "motion.jpg"  # a phone appends a video after EOI: any bytes, FF DA included
+    trailer.write_bytes(rgb + b"ftypmp42\xff\xda\x00\x0c" + bytes(range(256)).replace(b"\xd9", b""))
+    assert check_image(trailer) is None
+    thumb = tmp_path / "thumb.jpg"  # an APP1 thumbnail ends with its own EOI; the zeroed image must still fail
+    app1 = b"Exif\x00\x00" + rgb
+    thumb.write_bytes(noise[:2] + b"\xff\xe1" + (len(app1) + 2).to_bytes(2, "big") + app1 + noise[2:])
+    assert check_image(thumb) == "truncated JPEG (zeroed or cut tail)"
+    cut = tmp_path / "cut.png"
+    cut.write_bytes((images / "zero_tail.png").read_bytes()[:-700])
+    assert check_image(cut).startswith("truncated PNG")
+    flipped = tmp_path / "flipped.png"  # one byte changed in the pixel data, the end intact
+    data = bytearray((images / "alpha.png").read_bytes())
+    data[-20] ^= 0x01
+    flipped.write_bytes(bytes(data))
+    assert check_image(flipped).startswith("corrupt PNG")
+
+
+def test_file_system_oddities_are_reasons_not_exceptions(images, tmp_path):
+    """Each used to raise (or block) inside a worker thread and stop the whole catalog."""
+    os.mkfifo(tmp_path / "pipe.jpg")  # opening it would block forever
+    os.symlink("/dev/null", tmp_path / "null.jpg")
+    assert check_image(tmp_path / "pipe.jpg") == "not a regular file"
+    assert check_image(tmp_path / "null.jpg") == "not a regular file"
+    assert check_image(tmp_path / ("x" * 300 + ".jpg")) == "file name too long"
+    assert check_image(tmp_path / "nul\x00.jpg") == "control character in file name"
+    assert check_image(tmp_path / ("x" * 300 + ".jpg"), decode=False) == "file name too long"
+    with pytest.raises(ImageError, match="file name too long"):
+        open_image(tmp_path / ("x" * 300 + ".jpg"))
+
+
+@pytest.mark.data
+def test_every_real_photo_passes(shared_data):
+    """The end-marker and checksum checks must not reject any real photo (2,836 in ../shared/data)."""
+    photos = [p for p in shared_data.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png")]
+    assert len(photos) > 2800
+    failed = {str(p): r for p in photos if (r := check_image(p))}
+    assert failed == {}

@@ -1,6 +1,9 @@
+import json
+
 import numpy as np
 import pytest
 
+from whaleid.errors import UserError
 from whaleid.index import (
     ExactIndex,
     FaissIndex,
@@ -162,7 +165,7 @@ def test_save_overwrites_atomically(tmp_path, data):
 
 
 def test_load_rejects_foreign_files(tmp_path):
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(UserError, match="no index file"):
         load_index(tmp_path / "missing.npz")
     junk = tmp_path / "junk.npz"
     junk.write_bytes(b"not an index")
@@ -172,6 +175,38 @@ def test_load_rejects_foreign_files(tmp_path):
     np.savez(other, x=np.zeros(3))
     with pytest.raises(ValueError):
         load_index(other)
+
+
+def _index_file(path, meta: dict, **arrays):
+    with open(path, "wb") as f:
+        np.savez(f, meta=np.array(json.dumps(meta)), **arrays)
+    return path
+
+
+@pytest.mark.parametrize(
+    "make,pattern",
+    [
+        (lambda p: np.save(open(p, "wb"), np.ones(3)), "not a whaleid index file"),
+        (lambda p: np.save(open(p, "wb"), np.array([{"a": 1}], dtype=object), allow_pickle=True),
+         "not a whaleid index file"),
+        (lambda p: _index_file(p, ["not", "a", "dict"]), "not a whaleid index file"),
+        (lambda p: _index_file(p, {"format": "whaleid.index", "version": 1, "kind": "annoy"}), "unknown index kind"),
+        (lambda p: _index_file(p, {"format": "whaleid.index", "version": 1, "kind": "exact", "n": 1, "dim": 2}),
+         "damaged index"),
+        (lambda p: _index_file(p, {"format": "whaleid.index", "version": 1, "kind": "exact", "n": 1, "dim": 2},
+                               vectors=np.array([[np.nan, 1]], np.float32)), r"damaged index .*NaN"),
+        (lambda p: _index_file(p, {"format": "whaleid.index", "version": 1, "kind": "exact", "n": 5, "dim": 2},
+                               vectors=np.array([[0, 1]], np.float32)), "inconsistent"),
+        (lambda p: _index_file(p, {"format": "whaleid.index", "version": 1, "kind": "faiss-flat", "n": 1, "dim": 2},
+                               faiss=np.frombuffer(b"junk", np.uint8)), "damaged index"),
+    ],
+)
+def test_damaged_index_files_are_user_errors(tmp_path, make, pattern):
+    path = tmp_path / "index.npz"
+    make(path)
+    with pytest.raises(UserError, match=pattern) as err:
+        load_index(path)
+    assert str(path) in str(err.value) and "--save" in str(err.value)
 
 
 def test_gallery_copied_not_referenced(data):

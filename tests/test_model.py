@@ -1,6 +1,9 @@
+import re
+
 import pytest
 import torch
 
+from whaleid.errors import UserError
 from whaleid.model import (
     EmbeddingModel,
     GeM,
@@ -51,10 +54,38 @@ def test_checkpoint_round_trip(tmp_path):
     assert not list(tmp_path.glob("*.tmp"))
 
 
-def test_load_checkpoint_rejects_other_files(tmp_path):
-    torch.save({"state_dict": {}}, tmp_path / "other.pt")
-    with pytest.raises(ValueError, match="not a whaleid model"):
-        load_checkpoint(tmp_path / "other.pt")
+class Opaque:
+    """Any Python object: a pickle of one runs code when loaded, so it is refused."""
+
+
+@pytest.mark.parametrize(("damage", "reason"), [
+    (lambda path, whole: path.write_bytes(b""), "empty file"),
+    (lambda path, whole: path.write_bytes(whole[: len(whole) // 2]), "truncated or corrupt"),
+    (lambda path, whole: path.write_bytes(whole[:-10]), "truncated or corrupt"),  # was OSError: [Errno 22]
+    (lambda path, whole: path.write_text("image,individual_id\n"), "not a whaleid file"),
+    (lambda path, whole: torch.save({"state_dict": {}}, path), "not a whaleid checkpoint"),
+    (lambda path, whole: torch.save({"x": Opaque()}, path), "not a whaleid file"),
+    (lambda path, whole: path.mkdir(), "a directory"),
+    (lambda path, whole: None, "no such file"),
+])
+def test_every_unreadable_model_file_is_one_user_error(tmp_path, damage, reason):
+    model = EmbeddingModel(ModelConfig(**vars(TINY)), pretrained=False)
+    whole = save_checkpoint(model, tmp_path / "good.pt", ["a"]).read_bytes()
+    path = tmp_path / "model.pt"
+    damage(path, whole)
+    expected = rf"^{re.escape(str(path))} is not a readable whaleid model \({reason}\): retrain"
+    with pytest.raises(UserError, match=expected):
+        load_checkpoint(path)
+
+
+def test_a_checkpoint_whose_weights_do_not_fit_its_config_is_a_user_error(tmp_path):
+    model = EmbeddingModel(ModelConfig(**vars(TINY)), pretrained=False)
+    path = save_checkpoint(model, tmp_path / "model.pt", ["a"])
+    payload = torch.load(path, weights_only=True)
+    payload["config"]["embedding_dim"] = 8  # the saved neck has 32
+    torch.save(payload, path)
+    with pytest.raises(UserError, match="do not fit its config"):
+        load_checkpoint(path)
 
 
 def test_inference_output_is_the_neck_or_the_pooled_features():

@@ -2,6 +2,8 @@ import numpy as np
 import pytest
 
 from whaleid.catalog import NEW_INDIVIDUAL
+from whaleid.errors import UserError
+from whaleid.experiment import format_report
 from whaleid.identify import Ranking
 from whaleid.openset import ceiling_map5, known_accuracy, leave_one_out, score_rankings
 
@@ -47,3 +49,29 @@ def test_ceiling_places_new_individual_perfectly():
     best = score_rankings(rankings, truths)
     assert best["map5"] == pytest.approx((1 / 3 + 1 + 0 + 1) / 4)
     assert best["map5_ceiling"] == pytest.approx(0.625)
+
+
+def test_leave_one_out_refuses_sets_it_cannot_score():
+    with pytest.raises(UserError, match=r"needs at least 2 photos \(each queries the others\), got 1"):
+        leave_one_out(unit([1, 0]), ["a"])
+    with pytest.raises(UserError, match="1 individual ids for 2 photos"):
+        leave_one_out(unit([1, 0], [0, 1]), ["a"])
+
+
+def test_report_table_is_aligned_and_shows_undefined_metrics_as_a_dash():
+    report = {"results": {
+        "zero-shot": dict(map5=0.29, top1_known=0.5, top5_known=0.7, new_precision=float("nan"), new_recall=0.0,
+                          threshold=0.61),
+        "fine-tuned": dict(map5=0.3914, top1_known=0.52, top5_known=0.8, new_precision=0.5, new_recall=0.25,
+                           threshold=0.7, train_seconds=250.0),
+    }}
+    assert format_report(report).splitlines() == [
+        "| features   | MAP@5 (held-out, val threshold) | top-1 known | top-5 known | new precision | new recall "
+        "| threshold | CPU training |",
+        "|:-----------|--------------------------------:|------------:|------------:|--------------:|-----------:"
+        "|----------:|-------------:|",
+        "| zero-shot  |                           0.290 |       0.500 |       0.700 |             \u2013 |      0.000 "
+        "|     0.610 |            \u2013 |",
+        "| fine-tuned |                           0.391 |       0.520 |       0.800 |         0.500 |      0.250 "
+        "|     0.700 |      4.2 min |",
+    ]

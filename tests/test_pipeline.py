@@ -1,6 +1,7 @@
 """End to end on synthetic fins: catalog -> train -> embed -> identify -> evaluate, with the real pretrained lite0."""
 
 import json
+from pathlib import Path
 
 from whaleid.catalog import holdout_photos, read_catalog
 from whaleid.embed import Embedder
@@ -10,20 +11,29 @@ from whaleid.index import build_index
 from whaleid.synth import make_catalog
 from whaleid.train import TrainConfig, train
 
+INDIVIDUALS = 24
+# Chance: the truth at a uniformly random rank among 24 individuals, (1 + 1/2 + ... + 1/5) / 24 = 0.095.
+CHANCE = sum(1 / r for r in range(1, 6)) / INDIVIDUALS
 
-def test_fine_tuning_learns_to_match_held_out_photos(tmp_path):
-    csv = make_catalog(tmp_path / "fins", n_individuals=24, photos_per_individual=(6, 8), size=128, seed=0, variation=0.5)
-    gallery, queries = holdout_photos(read_catalog(csv), 0.25, seed=0)
-    config = TrainConfig(img_size=96, epochs=10, batch_size=16, lr=2e-3, backbone_lr=5e-4, num_workers=0)
-    result = train(gallery, config, tmp_path / "run", progress=False)
+
+def fine_tune_and_score(folder: Path, seed: int = 0, variation: float = 0.25, epochs: int = 10) -> tuple[float, float]:
+    """MAP@5 of held-out photos of the training individuals, and last/first epoch loss (also run by benchmarks/learned_spread.py)."""
+    csv = make_catalog(folder / "fins", n_individuals=INDIVIDUALS, photos_per_individual=(6, 8), size=128, seed=seed,
+                       variation=variation)
+    gallery, queries = holdout_photos(read_catalog(csv), 0.25, seed=seed)
+    config = TrainConfig(img_size=96, epochs=epochs, batch_size=16, lr=2e-3, backbone_lr=5e-4, num_workers=0, seed=seed)
+    result = train(gallery, config, folder / "run", progress=False)
 
     embedder = Embedder.from_checkpoint(result.checkpoint, num_workers=0)
     g, q = embedder.embed_catalog(gallery, progress=False), embedder.embed_catalog(queries, progress=False)
     identifier = Identifier(build_index(g.vectors), g.table["individual_id"].tolist())
     report = evaluate([r.ids for r in identifier.rank(q.vectors)], q.table["individual_id"].tolist())
+    losses = [json.loads(line)["loss"] for line in (folder / "run" / "metrics.jsonl").read_text().splitlines()]
+    return report.map5, losses[-1] / losses[0]
 
-    # Chance: the truth at a uniformly random rank among 24 individuals, (1 + 1/2 + ... + 1/5) / 24 = 0.095.
-    chance = sum(1 / r for r in range(1, 6)) / 24
-    assert report.map5 > 2 * chance, report
-    losses = [json.loads(line)["loss"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert losses[-1] < 0.7 * losses[0], losses
+
+def test_fine_tuning_learns_to_match_held_out_photos(tmp_path):
+    """Bounds far outside the spread over seeds 0-4 (benchmarks/learned_spread.py): MAP@5 0.335-0.528, loss ratio 0.55-0.67."""
+    map5, loss_ratio = fine_tune_and_score(tmp_path)
+    assert map5 > 1.5 * CHANCE, map5  # 0.143
+    assert loss_ratio < 0.85, loss_ratio

@@ -4,6 +4,7 @@ import pandas as pd
 import pytest
 
 from whaleid.catalog import NEW_INDIVIDUAL, Catalog
+from whaleid.errors import UserError
 from whaleid.identify import Ranking
 from whaleid.pseudo import pseudo_labels, with_pseudo_labels
 
@@ -37,3 +38,12 @@ def test_pseudo_labelled_photos_join_the_training_catalog(tmp_path):
     assert both.table["path"].iloc[2] == str(tmp_path / "q1.jpg")
     with pytest.raises(ValueError, match="already"):
         with_pseudo_labels(both, test, labels)
+
+
+def test_pseudo_labels_refuse_what_would_label_nothing_silently(tmp_path):
+    with pytest.raises(UserError, match=r"confidence must be a score in \[0, 1\], got nan"):
+        pseudo_labels(IMAGES, RANKINGS, confidence=float("nan"))
+    train = Catalog(pd.DataFrame({"image": ["t1.jpg"], "species": "beluga", "individual_id": ["a"]}), tmp_path)
+    test = Catalog(pd.DataFrame({"image": IMAGES, "species": "?", "individual_id": None}), tmp_path)
+    with pytest.raises(UserError, match=r"lacks column\(s\) \['individual_id'\]"):
+        with_pseudo_labels(train, test, pd.DataFrame({"image": ["q1.jpg"], "species": ["beluga"]}))

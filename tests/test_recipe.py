@@ -6,6 +6,7 @@ import pytest
 import yaml
 
 from whaleid.catalog import NEW_INDIVIDUAL, read_catalog
+from whaleid.errors import UserError
 from whaleid.model import load_checkpoint
 from whaleid.recipe import DataConfig, Recipe, Split, load_recipe, run_recipe
 
@@ -62,3 +63,22 @@ def test_run_recipe_folds_blend_and_a_pseudo_round(synth_csv, tmp_path):
     assert payload["extra"]["recipe"]["folds"] == 2 and payload["head"]["k"] == 3
     assert json.loads((tmp_path / "report.json").read_text())["rounds"][1]["map5"] == second["map5"]
     assert yaml.safe_load((tmp_path / "recipe.yaml").read_text())["pseudo_rounds"] == 1
+
+
+@pytest.mark.parametrize(("text", "overrides", "message"), [
+    ("train: [1, 2]", [], "training options must be a mapping of keys"),
+    ("data: 3", [], "the data section of a recipe must be a mapping"),
+    ("data: {cvs: x.csv}", [], r"unknown data keys: \['cvs'\]"),
+    ("folds: [", [], "cannot read the recipe"),
+    ("folds: 0", [], "folds must be an integer >= 1, got 0"),
+    ("pseudo_rounds: -1", [], "pseudo_rounds must be an integer >= 0"),
+    ("blend: 1.5", [], r"blend must be a number in \[0, 1\], got 1.5"),
+    ("pseudo_confidence: .nan", [], r"pseudo_confidence must be a number in \[0, 1\]"),
+    ("folds: 2", ["folds.x=1"], "cannot apply the override 'folds.x=1'"),
+    ("train: {epochs: 0}", [], "epochs must be an integer >= 1, got 0"),
+])
+def test_a_bad_recipe_is_one_user_error(tmp_path, text, overrides, message):
+    path = tmp_path / "r.yaml"
+    path.write_text(text)
+    with pytest.raises(UserError, match=message):
+        load_recipe(path, overrides)

@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 
+from whaleid.errors import UserError
 from whaleid.identify import top_individuals
 from whaleid.index import build_index
 from whaleid.scoring import align, blend, knn_scores, logit_probabilities, rank_scores
@@ -51,8 +52,14 @@ def test_knn_scores_chunking_does_not_change_scores():
 
 
 def test_knn_scores_validates():
-    with pytest.raises(ValueError):
+    with pytest.raises(UserError, match="3 gallery ids for 4 gallery vectors"):
         knn_scores(QUERIES, GALLERY, GALLERY_IDS[:-1])
+    with pytest.raises(UserError, match="the gallery is empty"):
+        knn_scores(QUERIES, GALLERY[:0], [])
+    with pytest.raises(UserError, match=r"--blend\) must be in \[0, 1\]"):
+        blend(KNN, KNN, 1.5)
+    with pytest.raises(UserError, match="NaN"):
+        rank_scores(np.array([[np.nan, 0.5]]), ["a", "b"])
     with pytest.raises(ValueError):
         knn_scores(QUERIES[:, :1].copy(), GALLERY, GALLERY_IDS)
     with pytest.raises(TypeError):

@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from whaleid.errors import UserError
 from whaleid.synth import (
     WIDTH_FRAC,
     FinIdentity,
@@ -105,14 +106,14 @@ def test_fixed_photo_count_and_species(tmp_path: Path) -> None:
     assert (df.species == "orca").all()
 
 
-def test_photo_counts_are_skewed_toward_few() -> None:
+def test_photo_counts_are_skewed_toward_few(tmp_path) -> None:
     """Like real catalogues: many animals with 1-2 photos, a few with many."""
     counts = np.array([_photo_count(np.random.default_rng([0, 1, i]), (1, 8)) for i in range(400)])
     assert counts.min() == 1 and counts.max() == 8
     assert (counts <= 2).mean() > 0.35  # a uniform draw would give 0.25
     assert (counts >= 7).mean() > 0.03
-    with pytest.raises(ValueError):
-        _photo_count(np.random.default_rng(0), (3, 2))
+    with pytest.raises(UserError, match="1 <= min <= max"):
+        make_catalog(tmp_path, 2, (3, 2))
 
 
 # ---------------------------------------------------------------------------------------------- identity

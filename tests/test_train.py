@@ -1,12 +1,16 @@
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 
 from whaleid.catalog import read_catalog
+from whaleid.errors import UserError
 from whaleid.model import load_checkpoint
-from whaleid.train import TrainConfig, train, warmup_cosine
+from whaleid.train import LIMITS, TrainConfig, epoch_line, train, warmup_cosine
 
 TINY = dict(backbone="test_efficientnet", pretrained=False, embedding_dim=16, img_size=48, batch_size=8, num_workers=0)
 
@@ -155,3 +159,128 @@ def test_fold_models_each_hold_out_their_own_fold(synth_csv, tmp_path):
         assert payload["labels"] == sorted(folds.loc[folds["fold"] != fold, "individual_id"].unique())  # trained without its fold
         held = folds.loc[folds["fold"] == fold, "image"]
         assert len(held) and "val_map5" in result.history[0]  # validated on the held-out fold
+
+
+@pytest.mark.parametrize(("option", "value", "message"), [
+    ("epochs", 0, "epochs must be an integer >= 1, got 0"),
+    ("epochs", -1, "epochs must be an integer >= 1, got -1"),
+    ("epochs", "3", "epochs must be an integer >= 1, got '3'"),
+    ("batch_size", 1, "batch_size must be an integer >= 2"),
+    ("lr", float("nan"), r"lr must be in \(0, 1\], got nan"),
+    ("lr", float("inf"), r"lr must be in \(0, 1\], got inf"),
+    ("lr", 0.0, r"lr must be in \(0, 1\], got 0.0"),
+    ("backbone_lr", -1e-4, r"backbone_lr must be in \[0, 1\]"),
+    ("grad_accum", 0, "grad_accum must be an integer >= 1, got 0"),
+    ("max_steps_per_epoch", 0, r"max_steps_per_epoch \(--max-steps\) must be None or an integer >= 1, got 0"),
+    ("num_workers", -1, r"num_workers \(--workers\) must be None or an integer >= 0"),
+    ("warmup_epochs", -0.5, "warmup_epochs must be a finite number >= 0"),
+    ("subcenters", 0, "subcenters must be an integer >= 1"),
+    ("img_size", 16, "img_size must be an integer >= 32"),
+    ("label_smoothing", 1.0, r"label_smoothing must be in \[0, 1\)"),
+    ("seed", -1, "seed must be an integer in"),
+    ("hflip", "no", "hflip must be true or false"),
+    ("mixed_precision", "fp32", "mixed_precision must be one of auto, no, fp16, bf16"),
+    ("img_size_schedule", {0: 64, 2: 8}, "img_size_schedule needs epochs >= 0 and sizes >= 32"),
+])
+def test_config_refuses_values_training_cannot_use_and_names_the_option(option, value, message):
+    with pytest.raises(UserError, match=f"^{message}"):
+        TrainConfig(**{option: value})
+
+
+@given(st.sampled_from(sorted(n for n, (integer, _, _) in LIMITS.items() if integer)), st.integers(-10**6, 10**6))
+def test_every_integer_option_is_accepted_exactly_in_its_range(name, value):
+    _, _, ok = LIMITS[name]
+    if ok(value):
+        assert getattr(TrainConfig(**{name: value}), name) == value
+    else:
+        with pytest.raises(UserError, match=name):
+            TrainConfig(**{name: value})
+
+
+def test_every_recipe_shipped_is_a_valid_config():
+    from whaleid.recipe import load_recipe
+
+    for path in sorted((Path(__file__).parents[1] / "configs").glob("*.yaml")):
+        load_recipe(path)
+
+
+def test_training_refuses_a_catalog_without_two_individuals_or_two_photos(synth_csv, tmp_path):
+    catalog = read_catalog(synth_csv)
+    one_whale = catalog.subset(catalog.table["individual_id"] == catalog.table["individual_id"].iloc[0])
+    with pytest.raises(UserError, match="only 1 individual"):
+        train(one_whale, TrainConfig(epochs=1, **TINY), tmp_path, progress=False)
+    with pytest.raises(UserError, match="has 1 photo"):
+        train(catalog.subset([0]), TrainConfig(epochs=1, **TINY), tmp_path, progress=False)
+    with pytest.raises(UserError, match="the validation catalog has 1 photo"):
+        train(catalog, TrainConfig(epochs=1, **TINY), tmp_path, val_catalog=catalog.subset([0]), progress=False)
+    assert not list(tmp_path.iterdir())  # refused before anything was written
+    two = catalog.subset(catalog.table.drop_duplicates("individual_id").index[:2])  # one photo each: one batch of 2
+    assert len(train(two, TrainConfig(epochs=1, **TINY), tmp_path, progress=False).history) == 1
+
+
+@pytest.mark.parametrize(("steps", "message"), [(2, "the loss became nan at epoch 1 step 2"),
+                                                (1, "the weights became NaN or infinite in epoch 1")])
+def test_divergent_training_stops_and_saves_no_nan_model(synth_csv, tmp_path, monkeypatch, steps, message):
+    real_step = torch.optim.AdamW.step
+
+    def diverging_step(self, *args, **kwargs):  # what an overflowing update does to a weight
+        out = real_step(self, *args, **kwargs)
+        with torch.no_grad():
+            self.param_groups[-1]["params"][0].fill_(float("nan"))
+        return out
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", diverging_step)
+    config = TrainConfig(epochs=1, max_steps_per_epoch=steps, **TINY)
+    with pytest.raises(UserError, match=f"^training diverged: {message}; lower --lr \\(now 0.001\\)"):
+        train(read_catalog(synth_csv), config, tmp_path, progress=False)
+    assert not (tmp_path / "model.pt").exists() and not (tmp_path / "last.pt").exists()
+
+
+def test_resume_after_a_crash_between_an_epoch_and_its_checkpoint_lists_each_epoch_once(synth_csv, tmp_path):
+    catalog = read_catalog(synth_csv)
+    config = dict(max_steps_per_epoch=1, **TINY)
+    train(catalog, TrainConfig(epochs=1, **config), tmp_path, progress=False)
+    metrics = tmp_path / "metrics.jsonl"
+    line = metrics.read_text()
+    # killed after epoch 2's metrics line but before its last.pt, and again mid-way through a line
+    metrics.write_text(line + line.replace('"epoch": 1', '"epoch": 2') + line[:20])
+    result = train(catalog, TrainConfig(epochs=2, **config), tmp_path, resume=True, progress=False)
+    lines = [json.loads(text) for text in metrics.read_text().splitlines()]
+    assert [h["epoch"] for h in lines] == [1, 2] and lines == result.history
+
+
+def test_resume_refuses_a_damaged_or_foreign_training_state(synth_csv, tmp_path):
+    catalog = read_catalog(synth_csv)
+    config = TrainConfig(epochs=2, max_steps_per_epoch=1, **TINY)
+    train(catalog, TrainConfig(epochs=1, max_steps_per_epoch=1, **TINY), tmp_path, progress=False)
+    state = (tmp_path / "last.pt").read_bytes()
+    (tmp_path / "last.pt").write_bytes(state[:-10])
+    with pytest.raises(UserError, match=r"last.pt is not a readable whaleid training state \(truncated or corrupt\)"):
+        train(catalog, config, tmp_path, resume=True, progress=False)
+    (tmp_path / "last.pt").write_bytes(state)
+    fewer = catalog.subset(catalog.table["individual_id"] != catalog.table["individual_id"].iloc[0])
+    with pytest.raises(UserError, match="saved by a run with other individuals or options"):
+        train(fewer, config, tmp_path, resume=True, progress=False)
+
+
+def test_one_fold_is_refused():
+    from whaleid.train import train_folds
+
+    with pytest.raises(UserError, match="--folds must be an integer >= 2"):
+        train_folds(None, TrainConfig(), "unused", folds=1)
+
+
+def test_a_missing_run_folder_is_a_user_error(tmp_path):
+    from whaleid.train import checkpoints
+
+    with pytest.raises(UserError, match="does not exist"):
+        checkpoints(tmp_path / "nowhere")
+    with pytest.raises(UserError, match="no model.pt in"):
+        checkpoints(tmp_path)
+
+
+def test_each_epoch_prints_one_short_line():
+    record = {"epoch": 3, "loss": 4.2104, "val_map5": 0.4, "val_pooled_map5": 0.412, "images_per_second": 12.34}
+    assert epoch_line(record, 20) == "epoch 3/20  loss 4.210  val MAP@5 0.412  12.3 img/s"  # the better output
+    no_batch = {"epoch": 1, "loss": float("nan"), "images_per_second": 0.0}
+    assert epoch_line(no_batch, 2) == "epoch 1/2  loss \u2013  0.0 img/s"

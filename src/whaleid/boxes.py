@@ -17,21 +17,33 @@ Conventions
 * Rows whose box is empty/NaN are *not* returned as boxes: a warning with the
   count is logged and the skipped rows are kept in ``df.attrs["skipped"]`` (a
   DataFrame) so callers can report them.
+* A source becomes a folder name in the crop cache, so it must match
+  ``[A-Za-z0-9_-]{1,64}`` (:data:`SOURCE_PATTERN`); a default taken from a file
+  name is made to. Anything wrong in a box file raises :class:`UserError` naming
+  the file and line.
 """
 from __future__ import annotations
 
 import logging
 import math
+import re
 from pathlib import Path
 from typing import Iterable, Mapping
 
 import pandas as pd
 
+from whaleid.errors import UserError
+from whaleid.files import read_user_csv
+
 log = logging.getLogger(__name__)
 
 BOX_COLUMNS = ["image", "x0", "y0", "x1", "y1", "source"]
 FULL = "full"
+#: What a source may be called: it names a folder of the crop cache.
+SOURCE_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _YOLO_TOL = 1e-3
+#: Larger coordinates are not pixels of any photo (and would overflow int64 on the way).
+_MAX_COORD = 1e9
 
 
 def _empty_boxes() -> pd.DataFrame:
@@ -49,6 +61,31 @@ def _is_blank(v: object) -> bool:
     return isinstance(v, str) and not v.strip()
 
 
+def _default_source(path: Path) -> str:
+    """A file or folder name made into a valid source: ``detic body.csv`` -> ``detic_body``."""
+    return re.sub(r"[^A-Za-z0-9_-]+", "_", path.stem).strip("_")[:64] or "boxes"
+
+
+def _source(value: object, where: str, default: str | None = None) -> str:
+    """``value`` if it can name a cache folder; blank gives ``default`` where there is one."""
+    if default is not None and _is_blank(value):
+        return default
+    if not SOURCE_PATTERN.fullmatch(str(value)):
+        raise UserError(f"{where}: box source {str(value)[:80]!r} must be 1-64 letters, digits, _ or -")
+    return str(value)
+
+
+def _coords(values: Iterable[object], where: str, what: str) -> list[float]:
+    """Finite numbers of a plausible size, or a UserError naming the line."""
+    try:
+        numbers = [float(v) for v in values]
+    except (TypeError, ValueError):
+        raise UserError(f"{where}: {what} must be numbers, got {[str(v)[:20] for v in values]}") from None
+    if not all(math.isfinite(v) and abs(v) <= _MAX_COORD for v in numbers):
+        raise UserError(f"{where}: {what} must be finite numbers of pixels or fractions, got {numbers}")
+    return numbers
+
+
 def read_pixel_boxes(
     csv_path: str | Path, image_col: str = "image", box_col: str = "box"
 ) -> pd.DataFrame:
@@ -61,25 +98,30 @@ def read_pixel_boxes(
     empty box are skipped, logged, and returned in ``df.attrs["skipped"]``.
     """
     csv_path = Path(csv_path)
-    raw = pd.read_csv(csv_path, dtype=str, keep_default_na=True)
+    raw = read_user_csv(csv_path, "pixel-box CSV", dtype=str, skip_blank_lines=False)  # row i on line i + 2
     if image_col not in raw.columns:
-        raise ValueError(f"{csv_path}: no image column {image_col!r}")
+        raise UserError(f"{csv_path}: no image column {image_col!r}")
     sep_cols = ["x0", "y0", "x1", "y1"]
     use_sep = all(c in raw.columns for c in sep_cols)
     if not use_sep and box_col not in raw.columns:
-        raise ValueError(
+        raise UserError(
             f"{csv_path}: need a {box_col!r} column or columns x0,y0,x1,y1"
         )
+    default = _default_source(csv_path)
     rows, skipped = [], []
     for i, r in raw.iterrows():
-        line = i + 2  # 1-based, after the header
+        where = f"{csv_path}:{i + 2}"  # 1-based, after the header
+        if r.isna().all():
+            continue  # a blank line
+        if _is_blank(r[image_col]):
+            raise UserError(f"{where}: no image name")
         if use_sep:
             vals = [r[c] for c in sep_cols]
             if all(_is_blank(v) for v in vals):
                 skipped.append(i)
                 continue
             if any(_is_blank(v) for v in vals):
-                raise ValueError(f"{csv_path}:{line}: partial box for {r[image_col]!r}")
+                raise UserError(f"{where}: partial box for {r[image_col]!r}")
         else:
             v = r[box_col]
             if _is_blank(v):
@@ -87,15 +129,14 @@ def read_pixel_boxes(
                 continue
             vals = str(v).split()
             if len(vals) != 4:
-                raise ValueError(
-                    f"{csv_path}:{line}: box for {r[image_col]!r} must have 4 numbers, got {v!r}"
+                raise UserError(
+                    f"{where}: box for {r[image_col]!r} must have 4 numbers, got {v!r}"
                 )
-        try:
-            x0, y0, x1, y1 = (int(round(float(x))) for x in vals)
-        except ValueError as e:
-            raise ValueError(f"{csv_path}:{line}: bad box for {r[image_col]!r}: {e}") from e
-        src = r["source"] if "source" in raw.columns and not _is_blank(r["source"]) else csv_path.stem
-        rows.append((str(r[image_col]), x0, y0, x1, y1, str(src)))
+        x0, y0, x1, y1 = (int(round(x)) for x in _coords(vals, where, f"box for {r[image_col]!r}"))
+        if x0 >= x1 or y0 >= y1:
+            raise UserError(f"{where}: empty or inverted box for {r[image_col]!r}: ({x0}, {y0}, {x1}, {y1})")
+        src = _source(r["source"] if "source" in raw.columns else None, where, default)
+        rows.append((str(r[image_col]), x0, y0, x1, y1, src))
     df = pd.DataFrame(rows, columns=BOX_COLUMNS) if rows else _empty_boxes()
     for c in ["x0", "y0", "x1", "y1"]:
         df[c] = df[c].astype("int64")
@@ -119,13 +160,15 @@ def _yolo_to_pixels(
 ) -> tuple[int, int, int, int]:
     for name, v in (("cx", cx), ("cy", cy), ("w", w), ("h", h)):
         if not (-_YOLO_TOL <= v <= 1 + _YOLO_TOL) or math.isnan(v):
-            raise ValueError(f"{where}: {name}={v} outside [0, 1]; are these pixel, not YOLO-normalised, values?")
+            raise UserError(f"{where}: {name}={v} outside [0, 1]; are these pixel, not YOLO-normalised, values?")
     x0 = math.floor(round((cx - w / 2) * width, 6))
     x1 = math.ceil(round((cx + w / 2) * width, 6))
     y0 = math.floor(round((cy - h / 2) * height, 6))
     y1 = math.ceil(round((cy + h / 2) * height, 6))
     x0, x1 = max(0, x0), min(width, x1)
     y0, y1 = max(0, y0), min(height, y1)
+    if x0 >= x1 or y0 >= y1:
+        raise UserError(f"{where}: empty box (cx={cx}, cy={cy}, w={w}, h={h} on a {width}x{height} photo)")
     return x0, y0, x1, y1
 
 
@@ -144,43 +187,49 @@ def read_yolo_boxes(
     """
     path = Path(path)
     lookup = _size_lookup(image_sizes)
-    src_default = source or path.stem
+    src_default = _source(source, f"{path}: source", _default_source(path))
     rows = []
 
     def resolve(name: str, where: str) -> str:
         key = lookup.get(name) or lookup.get(Path(name).stem)
         if key is None:
-            raise KeyError(f"{where}: no image size for {name!r}")
+            raise UserError(f"{where}: no photo {name!r} in the catalog (YOLO boxes need its size)")
         return key
 
     if path.is_dir():
         for f in sorted(path.glob("*.txt")):
-            for ln, text in enumerate(f.read_text().splitlines(), start=1):
+            try:
+                lines = f.read_text(encoding="utf-8").splitlines()
+            except UnicodeDecodeError:
+                raise UserError(f"{f}: not a YOLO label file (not UTF-8 text)") from None
+            except OSError as e:
+                raise UserError(f"cannot read YOLO label file {f}: {e.strerror or e}") from None
+            for ln, text in enumerate(lines, start=1):
                 if not text.strip():
                     continue
                 where = f"{f}:{ln}"
                 parts = text.split()
                 if len(parts) < 5:
-                    raise ValueError(f"{where}: expected 'class cx cy w h', got {text!r}")
-                try:
-                    cx, cy, w, h = (float(p) for p in parts[1:5])
-                except ValueError as e:
-                    raise ValueError(f"{where}: {e}") from e
+                    raise UserError(f"{where}: expected 'class cx cy w h', got {text[:80]!r}")
+                cx, cy, w, h = _coords(parts[1:5], where, "cx cy w h")
                 key = resolve(f.stem, where)
                 W, H = image_sizes[key]
                 rows.append((key, *_yolo_to_pixels(cx, cy, w, h, W, H, where), src_default))
     else:
-        raw = pd.read_csv(path)
+        raw = read_user_csv(path, "YOLO box CSV", dtype=str, skip_blank_lines=False)
         missing = {"image", "cx", "cy", "w", "h"} - set(raw.columns)
         if missing:
-            raise ValueError(f"{path}: missing columns {sorted(missing)}")
+            raise UserError(f"{path}: missing columns {sorted(missing)}")
         for i, r in raw.iterrows():
             where = f"{path}:{i + 2}"
+            if r.isna().all():
+                continue  # a blank line
+            if _is_blank(r["image"]):
+                raise UserError(f"{where}: no image name")
             key = resolve(str(r["image"]), where)
             W, H = image_sizes[key]
-            box = _yolo_to_pixels(float(r["cx"]), float(r["cy"]), float(r["w"]), float(r["h"]), W, H, where)
-            src = r["source"] if "source" in raw.columns and not _is_blank(r["source"]) else src_default
-            rows.append((key, *box, str(src)))
+            box = _yolo_to_pixels(*_coords([r[c] for c in ("cx", "cy", "w", "h")], where, "cx cy w h"), W, H, where)
+            rows.append((key, *box, _source(r["source"] if "source" in raw.columns else None, where, src_default)))
     df = pd.DataFrame(rows, columns=BOX_COLUMNS) if rows else _empty_boxes()
     for c in ["x0", "y0", "x1", "y1"]:
         df[c] = df[c].astype("int64")
@@ -195,8 +244,9 @@ def validate_boxes(
     Detectors routinely return boxes a few pixels past the border; those are
     clipped (count in ``out.attrs["n_clipped"]`` and a logged warning).
     A box with ``x0 >= x1`` or ``y0 >= y1`` (before or after clipping, e.g.
-    entirely outside the image) raises ``ValueError`` naming the image, as
-    does an image missing from ``image_sizes``. Returns a new DataFrame.
+    entirely outside the image) raises :class:`UserError` naming the image, as
+    do an image missing from ``image_sizes`` and a source that cannot name a
+    folder. Returns a new DataFrame.
     """
     lookup = _size_lookup(image_sizes)
     out = df.copy()
@@ -205,14 +255,15 @@ def validate_boxes(
         name = str(r["image"])
         key = lookup.get(name) or lookup.get(Path(name).stem)
         if key is None:
-            raise ValueError(f"box for image {name!r}: image size unknown")
+            raise UserError(f"box for image {name!r}: image size unknown")
         W, H = image_sizes[key]
+        _source(r["source"], f"box for image {name!r}")
         x0, y0, x1, y1 = (int(r[c]) for c in ("x0", "y0", "x1", "y1"))
         if x0 >= x1 or y0 >= y1:
-            raise ValueError(f"degenerate box for image {name!r}: ({x0}, {y0}, {x1}, {y1})")
+            raise UserError(f"degenerate box for image {name!r}: ({x0}, {y0}, {x1}, {y1})")
         c = (max(0, x0), max(0, y0), min(W, x1), min(H, y1))
         if c[0] >= c[2] or c[1] >= c[3]:
-            raise ValueError(
+            raise UserError(
                 f"box for image {name!r} ({x0}, {y0}, {x1}, {y1}) lies outside the {W}x{H} image"
             )
         if c != (x0, y0, x1, y1):
@@ -236,7 +287,7 @@ def source_weights(present: Iterable[str], probabilities: Mapping[str, float]) -
     """
     for s, p in probabilities.items():
         if p < 0 or not math.isfinite(p):
-            raise ValueError(f"probability for source {s!r} must be >= 0, got {p}")
+            raise UserError(f"probability for source {s!r} must be >= 0, got {p}")
     available = set(present) | {FULL}
     kept = {s: float(p) for s, p in probabilities.items() if p > 0 and s in available}
     total = sum(kept.values())
@@ -260,9 +311,12 @@ def read_boxes(path: str | Path, photos: Mapping[str, str | Path]) -> pd.DataFra
             with Image.open(file) as im:
                 w, h = im.size
                 turned = im.getexif().get(0x0112) in (5, 6, 7, 8)  # EXIF orientation: quarter turn
-        except OSError:
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
             continue  # unreadable photos get their error row elsewhere
         sizes[name] = (h, w) if turned else (w, h)
-    yolo = path.is_dir() or "cx" in pd.read_csv(path, nrows=0).columns
+    yolo = path.is_dir() or "cx" in read_user_csv(path, "box CSV", nrows=0).columns
     boxes = read_yolo_boxes(path, sizes) if yolo else read_pixel_boxes(path)
-    return validate_boxes(boxes[boxes["image"].isin(sizes)], sizes)
+    try:
+        return validate_boxes(boxes[boxes["image"].isin(sizes)], sizes)
+    except UserError as e:
+        raise UserError(f"{path}: {e}") from None

@@ -1,12 +1,17 @@
 """A cache of cropped, resized (optionally background-removed) photos, so training reads small files.
 
 Saliency and decoding full-resolution sea photos cost far more than a training step, so
-they are done once. A cache lives in ``<root>/<key>/`` where the key hashes the settings,
-the photo folder and any external boxes: changed settings give a new cache, never a
-silently stale one. Inside: ``manifest.json`` (settings, sizes, sources, counts),
-``<size>/<source>/<image>.jpg``, ``journal.csv`` (one line per finished photo and
-source, appended as the work goes, which makes an interrupted run resumable), and at
-the end ``crops.csv`` / ``failures.csv`` and ``masks/`` for the explorer.
+they are done once. A cache lives in ``<root>/<key>/`` where the key hashes the settings
+(all but the sizes), the photo folder and any external boxes: changed settings give a
+new cache, never a silently stale one, while a run asking for another size adds it to
+the cache of the same crops. Inside: ``manifest.json`` (settings with every size
+written so far, sources, counts), ``<size>/<source>/<file>`` where the file is the
+photo's :func:`whaleid.files.safe_name` (image names come from users: they may be
+absolute or climb out with ``../``), ``journal.csv`` (one line per finished photo and
+source with its image name and file, appended as the work goes, which makes an
+interrupted run resumable), and at the end ``crops.csv`` / ``failures.csv`` and
+``masks/`` for the explorer. One run at a time works in a cache folder (a lock file);
+a second one waits, then reuses what the first made.
 
 Sources are the crops kept per photo: ``saliency`` (box from the saliency mask),
 ``full`` (the whole photo), or one per external box source (e.g. ``body``, ``fin``)
@@ -15,19 +20,23 @@ plus ``full``; training can sample among them (:func:`whaleid.boxes.source_weigh
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import logging
 import time
 from collections import deque
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from filelock import FileLock, Timeout
 from PIL import Image
 
-from whaleid.boxes import FULL, source_weights
+from whaleid.boxes import FULL, SOURCE_PATTERN, source_weights
 from whaleid.catalog import Catalog
 from whaleid.crops import (
     CROP_COLUMNS,
@@ -40,12 +49,17 @@ from whaleid.crops import (
     save_mask,
     write_crop_table,
 )
-from whaleid.files import atomic_path
+from whaleid.errors import UserError
+from whaleid.files import atomic_path, disk_full_as_user_error, safe_name
+from whaleid.images import check_image
 from whaleid.preprocess import BACKGROUND_MODES, remove_background
 
 __all__ = ["CACHE_FORMAT", "CROP_MODES", "DEFAULT_ROOT", "SALIENCY", "Cache", "CacheSettings", "build_cache", "cache_key", "cached_catalog"]
 
-CACHE_FORMAT = "whaleid.cache/1"
+log = logging.getLogger(__name__)
+
+#: 2: files named by :func:`whaleid.files.safe_name`, sizes outside the key.
+CACHE_FORMAT = "whaleid.cache/2"
 CROP_MODES = ("none", "saliency", "boxes")
 SALIENCY = "saliency"
 #: Where caches go unless told otherwise (ignored by git).
@@ -55,7 +69,7 @@ JOURNAL_COLUMNS = ["source", "file", *CROP_COLUMNS, "src_bytes", "src_mtime"]
 
 @dataclass(frozen=True)
 class CacheSettings:
-    """Everything that changes the cached pixels; all of it goes into the cache key."""
+    """Everything that changes the cached pixels; all of it but ``sizes`` goes into the cache key."""
 
     sizes: tuple[int, ...] = (256,)
     crop: str = SALIENCY
@@ -66,13 +80,20 @@ class CacheSettings:
     quality: int = 92
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "sizes", tuple(sorted({int(s) for s in self.sizes}, reverse=True)))
+        try:
+            object.__setattr__(self, "sizes", tuple(sorted({int(s) for s in self.sizes}, reverse=True)))
+        except (TypeError, ValueError):
+            raise UserError(f"cache sizes must be whole numbers of pixels, got {self.sizes!r}") from None
         if not self.sizes or min(self.sizes) < 16:
-            raise ValueError(f"cache sizes must be >= 16 pixels, got {self.sizes}")
+            raise UserError(f"cache sizes must be >= 16 pixels, got {self.sizes}")
         if self.crop not in CROP_MODES:
-            raise ValueError(f"unknown crop mode {self.crop!r}; valid: {', '.join(CROP_MODES)}")
+            raise UserError(f"unknown crop mode {self.crop!r}; valid: {', '.join(CROP_MODES)}")
         if self.background is not None and self.background not in BACKGROUND_MODES:
-            raise ValueError(f"unknown background {self.background!r}; valid: {', '.join(BACKGROUND_MODES)}")
+            raise UserError(f"unknown background {self.background!r}; valid: {', '.join(BACKGROUND_MODES)}")
+        if not 0 <= self.feather <= 1:
+            raise UserError(f"feather must be between 0 and 1 (a share of the crop's size), got {self.feather}")
+        if not 1 <= self.quality <= 100:
+            raise UserError(f"JPEG quality must be between 1 and 100, got {self.quality}")
 
     @property
     def needs_saliency(self) -> bool:
@@ -96,10 +117,11 @@ def _boxes_digest(boxes: pd.DataFrame | None) -> str | None:
 
 
 def cache_key(settings: CacheSettings, images_dir: str | Path, boxes: pd.DataFrame | None = None) -> str:
-    """Short hash naming a cache: same photos + same settings + same boxes = same folder."""
+    """Short hash naming a cache: same photos + same settings (sizes aside) + same boxes = same folder."""
+    crops = {k: v for k, v in settings.to_dict().items() if k != "sizes"}
+    images = str(Path(images_dir).resolve())
     blob = json.dumps(
-        {"format": CACHE_FORMAT, "settings": settings.to_dict(), "images": str(Path(images_dir).resolve()), "boxes": _boxes_digest(boxes)},
-        sort_keys=True,
+        {"format": CACHE_FORMAT, "settings": crops, "images": images, "boxes": _boxes_digest(boxes)}, sort_keys=True
     )
     return hashlib.sha1(blob.encode()).hexdigest()[:12]
 
@@ -139,9 +161,9 @@ class Cache:
         manifest = self.dir / "manifest.json"
         if not manifest.exists():
             raise FileNotFoundError(f"{self.dir} is not a whaleid cache (no manifest.json)")
-        self.manifest = json.loads(manifest.read_text())
+        self.manifest = _read_manifest(manifest)
         if self.manifest.get("format") != CACHE_FORMAT:
-            raise ValueError(f"{manifest}: unknown cache format {self.manifest.get('format')!r}")
+            raise UserError(f"{manifest}: unknown cache format {self.manifest.get('format')!r}; build the cache again")
         self.settings = CacheSettings.from_dict(self.manifest["settings"])
         self.stats: dict[str, int] = dict(self.manifest.get("counts", {}))
 
@@ -206,8 +228,22 @@ class Cache:
         return replace(catalog, table=table[present].reset_index(drop=True), problems=problems)
 
 
+def _read_manifest(path: Path) -> dict:
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        manifest = None
+    if not isinstance(manifest, dict):
+        raise UserError(f"{path}: damaged cache manifest; delete the folder {path.parent} and run again")
+    return manifest
+
+
 def _read_journal(path: Path) -> pd.DataFrame:
-    """Journal rows; a line cut short by a crash is dropped (its photo is simply redone)."""
+    """Journal rows; a line cut short by a crash or a full disk is dropped (its photo is simply redone).
+
+    So is a row whose file or mask is not a name this module makes (an edited or foreign
+    journal): files are only ever read and written inside the cache folder.
+    """
     if not path.exists():
         return pd.DataFrame(columns=JOURNAL_COLUMNS)
     table = pd.read_csv(path, dtype={"image": str, "source": str, "file": str, "status": str, "mask": str, "src_mtime": str},
@@ -215,12 +251,17 @@ def _read_journal(path: Path) -> pd.DataFrame:
     numeric = ["x0", "y0", "x1", "y1", "width", "height", "mask_area", "score", "src_bytes"]
     table[numeric] = table[numeric].apply(pd.to_numeric, errors="coerce")
     whole = table["src_mtime"].astype(str).str.fullmatch(r"-?\d+")  # nanoseconds: too long for a float
-    return table[whole].dropna(subset=numeric).reset_index(drop=True)
+    table = table[whole].dropna(subset=numeric).fillna("")
+    error = table["status"].str.startswith("error")
+    named = (table["image"].map(_cached_name).eq(table["file"]) & table["source"].str.fullmatch(SOURCE_PATTERN)) | (
+        error & table["file"].eq("") & table["source"].eq(""))
+    masks = table["mask"].eq("") | table["image"].map(mask_name).eq(table["mask"])
+    return table[named & masks].reset_index(drop=True)
 
 
 def _cached_name(image: str) -> str:
-    """Relative file name of a cached photo (absolute image names, from loose files, are nested too)."""
-    return str(Path(image).with_suffix(".jpg")).replace("\\", "/").lstrip("/")
+    """File name of a cached photo: never a path, however the image is named."""
+    return safe_name(image, ".jpg")
 
 
 def _write_photo(found: Located, name: str, sources: dict[str, tuple[int, int, int, int]], settings: CacheSettings,
@@ -247,17 +288,47 @@ def _write_photo(found: Located, name: str, sources: dict[str, tuple[int, int, i
     return rows
 
 
-def _done(journal: pd.DataFrame, catalog: Catalog, directory: Path, settings: CacheSettings) -> set[str]:
-    """Photos whose journal rows match the photo on disk and whose files all exist."""
+def _done(journal: pd.DataFrame, catalog: Catalog, directory: Path, sizes: tuple[int, ...]) -> set[str]:
+    """Photos whose journal rows match the photo on disk and whose files, at every size, are readable images.
+
+    A cached file damaged on disk is redone here, not found unreadable later (which would
+    drop the photo from training).
+    """
     stats = dict(zip(catalog.table["image"].astype(str), map(_stat, catalog.paths)))
     done = set()
     for name, rows in journal.groupby("image"):
         if name not in stats or any((int(r.src_bytes), int(r.src_mtime)) != stats[name] for r in rows.itertuples()):
             continue
-        files = [directory / str(s) / r.source / r.file for r in rows.itertuples() if r.file for s in settings.sizes]
-        if all(f.exists() for f in files):
+        files = [directory / str(s) / r.source / r.file for r in rows.itertuples() if r.file for s in sizes]
+        if all(check_image(f) is None for f in files):
             done.add(name)
     return done
+
+
+def _check_sources(sources: list[str]) -> None:
+    """Sources name folders: safe names, and not two that one folder on a case-blind disk (macOS) would hold."""
+    bad = [s for s in sources if not SOURCE_PATTERN.fullmatch(s)]
+    if bad:
+        raise UserError(f"box source {bad[0][:80]!r} must be 1-64 letters, digits, _ or - (it names a cache folder)")
+    folded = [s.lower() for s in sources]
+    twins = sorted({s for s in sources if folded.count(s.lower()) > 1})
+    if twins:
+        raise UserError(f"box sources {', '.join(twins)} differ only in case; rename one (they name cache folders)")
+
+
+@contextlib.contextmanager
+def _locked(directory: Path) -> Iterator[None]:
+    """Hold the cache folder for this run; another run into it waits (and then reuses its work)."""
+    lock = FileLock(directory / ".lock")
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        log.warning("another whaleid run is filling the cache %s; waiting for it to finish", directory)
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def build_cache(
@@ -271,47 +342,66 @@ def build_cache(
 ) -> Cache:
     """Fill (or finish) the cache of ``catalog`` under ``root``; photos already cached are skipped.
 
-    ``boxes`` (from :mod:`whaleid.boxes`) is required with ``crop="boxes"``. The
-    returned cache's ``stats`` say how many photos were new, reused and failed.
+    ``boxes`` (from :mod:`whaleid.boxes`) is required with ``crop="boxes"``. Sizes
+    cached by earlier runs are kept and written for new photos too. The returned
+    cache's ``stats`` say how many photos were new, reused and failed.
     """
     if (settings.crop == "boxes") != (boxes is not None):
         raise ValueError("external boxes are needed exactly when crop='boxes'")
-    directory = Path(root) / cache_key(settings, catalog.images_dir, boxes)
-    by_image = _largest_boxes(boxes) if boxes is not None else {}
     if settings.crop == "boxes":
         sources = sorted(set(boxes["source"].astype(str)) - {FULL}) + [FULL]
+        _check_sources(sources)
     else:
         sources = [SALIENCY if settings.crop == SALIENCY else FULL]
-    manifest = {
-        "format": CACHE_FORMAT, "settings": settings.to_dict(), "images_dir": str(Path(catalog.images_dir).resolve()),
-        "boxes": _boxes_digest(boxes), "sources": sources, "complete": False, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-    }
+    directory = Path(root) / cache_key(settings, catalog.images_dir, boxes)
+    with disk_full_as_user_error(directory):  # each file says which it was; this covers the folder and lock
+        directory.mkdir(parents=True, exist_ok=True)
+        with _locked(directory):
+            return _fill(catalog, directory, settings, sources, boxes, batch_size, workers, progress)
+
+
+def _fill(catalog: Catalog, directory: Path, settings: CacheSettings, sources: list[str], boxes: pd.DataFrame | None,
+          batch_size: int, workers: int, progress: bool) -> Cache:
+    """The work of :func:`build_cache`, with the cache folder held."""
     manifest_path = directory / "manifest.json"
+    manifest = {
+        "format": CACHE_FORMAT, "images_dir": str(Path(catalog.images_dir).resolve()), "boxes": _boxes_digest(boxes),
+        "sources": sources, "complete": False, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
     if manifest_path.exists():
-        manifest["created"] = json.loads(manifest_path.read_text()).get("created", manifest["created"])
+        try:
+            before = _read_manifest(manifest_path)
+        except UserError as error:  # the journal and the files are checked anyway: start the manifest again
+            log.warning("%s", error)
+            before = {}
+        manifest["created"] = before.get("created", manifest["created"])
+        settings = replace(settings, sizes=(*settings.sizes, *before.get("settings", {}).get("sizes", ())))
+    manifest["settings"] = settings.to_dict()
     with atomic_path(manifest_path) as tmp:
         tmp.write_text(json.dumps(manifest, indent=2))
 
     journal_path = directory / "journal.csv"
     journal = _read_journal(journal_path)
-    done = _done(journal, catalog, directory, settings)
+    done = _done(journal, catalog, directory, settings.sizes)
     names = catalog.table["image"].astype(str).tolist()
     todo = [i for i, n in enumerate(names) if n not in done]
     journal = journal[journal["image"].isin(done)]
     with atomic_path(journal_path) as tmp:  # drop stale rows (changed or half-written photos) before appending
         journal.to_csv(tmp, index=False, columns=JOURNAL_COLUMNS)
 
+    by_image = _largest_boxes(boxes) if boxes is not None else {}
     crop_settings = settings.saliency if settings.needs_saliency else None
     new = 0
-    with journal_path.open("a", newline="") as log, ThreadPoolExecutor(max(1, workers)) as pool:
+    with journal_path.open("a", newline="") as log_file, ThreadPoolExecutor(max(1, workers)) as pool:
         pending: deque[Future] = deque()
 
         def drain(limit: int) -> None:
             nonlocal new
             while len(pending) > limit:
                 rows = pending.popleft().result()
-                pd.DataFrame(rows, columns=JOURNAL_COLUMNS).to_csv(log, header=False, index=False)
-                log.flush()
+                with disk_full_as_user_error(journal_path):
+                    pd.DataFrame(rows, columns=JOURNAL_COLUMNS).to_csv(log_file, header=False, index=False)
+                    log_file.flush()
                 new += 1
 
         paths = [catalog.paths[i] for i in todo]

@@ -4,11 +4,16 @@ A catalog on disk is the Happywhale format: a CSV with ``image,species,individua
 and the photos in a folder (``images/`` next to the CSV by default). :func:`read_catalog`
 turns it into a :class:`Catalog`:
 
-- problems with the CSV itself (missing, unparseable, required columns absent, empty
-  or duplicate image names, no rows) raise :class:`CatalogError` at once, naming the
-  file, the columns or the lines;
-- problems with single photos (absent, empty, truncated, not an image) never stop the
-  run: the row is skipped and listed in ``Catalog.problems`` with its reason;
+- problems with the CSV itself (missing, not a regular file, not UTF-8 text,
+  unparseable, a row with more or fewer fields than the header, required columns
+  absent, empty or duplicate image names, no rows) raise :class:`CatalogError` at
+  once, naming the file, the columns or the lines;
+- problems with single photos (absent, empty, truncated, not an image, a name with a
+  control character or too long for the file system) never stop the run: the row is
+  skipped and listed in ``Catalog.problems`` with its reason;
+- image names are kept exactly as written (spaces included); ids and species are
+  stripped, and missing-value markers (``NaN``, ``N/A``, ``null``, ...) in them mean
+  missing;
 - species names are cleaned (Happywhale's ``bottlenose_dolpin``, ``kiler_whale``, ...);
 - each individual gets an integer ``label`` (its position in the sorted list of ids).
 
@@ -20,9 +25,13 @@ and :func:`min_photos`.
 
 from __future__ import annotations
 
+import codecs
+import csv
+import io
 import logging
 import os
 import re
+import stat
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -32,9 +41,12 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
+from whaleid.errors import UserError
+from whaleid.files import atomic_path
 from whaleid.images import check_image
 
 __all__ = [
+    "MISSING_MARKERS",
     "NEW_INDIVIDUAL",
     "SPECIES_FIXES",
     "UNKNOWN_SPECIES",
@@ -47,6 +59,7 @@ __all__ = [
     "min_photos",
     "open_set_split",
     "read_catalog",
+    "read_table",
     "split_fold",
     "summary",
 ]
@@ -73,9 +86,13 @@ LABEL_COLUMNS = ("image", "species", "individual_id")
 TABLE_COLUMNS = ("image", "species", "individual_id", "path", "label")
 PROBLEM_COLUMNS = ("image", "reason")
 _SHOW = 5  # how many culprits an error message names
+#: Cells that spreadsheets and pandas write for "no value"; as an id or species they mean missing.
+MISSING_MARKERS = frozenset({"nan", "none", "null", "n/a", "na", "#n/a"})
+_NAME_MAX = 255  # bytes per path component on common file systems (ext4, xfs, APFS, NTFS)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")  # Unicode categories Cc, Zl and Zp
 
 
-class CatalogError(ValueError):
+class CatalogError(UserError):
     """The catalog as a whole is unusable; the message names the file, column or lines."""
 
 
@@ -113,11 +130,30 @@ def _empty_problems() -> pd.DataFrame:
     return pd.DataFrame({c: pd.Series([], dtype=object) for c in PROBLEM_COLUMNS})
 
 
-def _lines(index: Sequence[int] | np.ndarray, limit: int = _SHOW) -> str:
-    """CSV line numbers (header = line 1) for table rows, the first few of them."""
-    nums = [int(i) + 2 for i in list(index)[:limit]]
-    more = f" and {len(index) - limit} more" if len(index) > limit else ""
+def _lines(rows: Sequence[int] | np.ndarray, line_of: np.ndarray, limit: int = _SHOW) -> str:
+    """CSV line numbers (header = line 1) of table rows, the first few of them."""
+    nums = [int(line_of[i]) for i in list(rows)[:limit]]
+    more = f" and {len(rows) - limit} more" if len(rows) > limit else ""
     return ", ".join(map(str, nums)) + more
+
+
+def _show(text: str, limit: int = 40) -> str:
+    """A name as it can be printed on one line: control characters escaped, long names cut."""
+    shown = "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in text[:limit])
+    return shown + ("..." if len(text) > limit else "")
+
+
+def _name_reason(name: str) -> str | None:
+    """Why an image name cannot be a file name here (None if it can): the row becomes a problem.
+
+    A line break in a name splits the row in every CSV written later, and NUL cannot be in
+    a path at all.
+    """
+    if _CONTROL.search(name):
+        return "control character in file name"
+    if len(name) * 4 > _NAME_MAX and any(len(part.encode()) > _NAME_MAX for part in name.split("/")):
+        return "file name too long"
+    return None
 
 
 @dataclass
@@ -237,32 +273,101 @@ class Catalog:
         return replace(self, table=self.table.drop(columns=["label"]), label_names=None)
 
     def to_csv(self, path: str | os.PathLike[str]) -> None:
-        """Write the Happywhale-format CSV (``image,species,individual_id``)."""
-        self.table[list(LABEL_COLUMNS)].to_csv(path, index=False)
+        """Write the Happywhale-format CSV (``image,species,individual_id``), atomically."""
+        with atomic_path(path) as tmp:
+            self.table[list(LABEL_COLUMNS)].to_csv(tmp, index=False)
 
 
-def _read_csv(csv_path: Path) -> pd.DataFrame:
-    if not csv_path.is_file():
-        what = "is a folder, not a CSV" if csv_path.is_dir() else "not found"
-        raise CatalogError(f"catalog CSV {what}: {csv_path}")
+def _read_bytes(csv_path: Path) -> bytes:
     try:
-        df = pd.read_csv(csv_path, dtype=str, keep_default_na=False, na_values=[""])
-    except pd.errors.EmptyDataError:
-        raise CatalogError(f"empty catalog: {csv_path} has no header and no rows") from None
+        mode = csv_path.stat().st_mode
+        data = csv_path.read_bytes() if stat.S_ISREG(mode) else None
+    except FileNotFoundError:
+        raise CatalogError(f"catalog CSV not found: {csv_path}") from None
+    except PermissionError:
+        raise CatalogError(f"cannot read catalog CSV {csv_path}: permission denied") from None
+    except OSError as exc:
+        raise CatalogError(f"cannot read catalog CSV {csv_path}: {exc.strerror or exc}") from None
+    except ValueError:  # os.stat refuses a NUL byte in the path
+        raise CatalogError(f"catalog CSV path contains a NUL byte: {str(csv_path)!r}") from None
+    if stat.S_ISDIR(mode):
+        raise CatalogError(f"catalog CSV is a folder, not a CSV: {csv_path}")
+    if data is None:
+        raise CatalogError(f"catalog CSV is not a regular file (a device, pipe or a link to one): {csv_path}")
+    return data
+
+
+def _decode(data: bytes, csv_path: Path) -> str:
+    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        raise CatalogError(f"cannot parse {csv_path}: UTF-16 text; save it as a UTF-8 CSV")
+    try:
+        return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise CatalogError(f"cannot parse {csv_path}: not UTF-8 text ({exc.reason})") from None
-    except (pd.errors.ParserError, ValueError) as exc:
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CatalogError(f"cannot parse {csv_path}: {msg}") from None
-    df.columns = [str(c).strip().lower() for c in df.columns]
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise CatalogError(
+            f"cannot parse {csv_path}: not UTF-8 text (line {line}: {exc.reason}); save it as a UTF-8 CSV"
+        ) from None
+
+
+def _read_csv(csv_path: Path) -> tuple[pd.DataFrame, np.ndarray]:
+    """The CSV as strings (empty cells NaN) and the line each row starts on.
+
+    Read with the csv module, not pandas: pandas takes a first column too many as the
+    index (shifting every column) and pads short rows silently; here a row with another
+    field count than the header is an error naming its line. Names are kept exactly as
+    written; blank lines are skipped.
+    """
+    reader = csv.reader(io.StringIO(_decode(_read_bytes(csv_path), csv_path), newline=""), strict=True)
+    rows: list[list[str]] = []
+    starts: list[int] = []
+    start = 1
+    try:
+        for row in reader:
+            if len(row) > 1 or (row and row[0].strip()):
+                rows.append(row)
+                starts.append(start)
+            start = reader.line_num + 1
+    except csv.Error as exc:
+        raise CatalogError(f"cannot parse {csv_path}: line {start}: {exc} (check the quotes)") from None
+    if not rows:
+        raise CatalogError(f"empty catalog: {csv_path} has no header and no rows")
+    header = [c.strip().lower() for c in rows[0]]
+    if "\x00" in rows[0][0]:
+        raise CatalogError(f"cannot parse {csv_path}: binary data (NUL bytes on line 1), not a CSV")
+    line_of = np.asarray(starts[1:], dtype=np.int64)
+    counts = np.fromiter(map(len, rows[1:]), dtype=np.int64, count=len(rows) - 1)
+    wrong = np.flatnonzero(counts != len(header))
+    if len(wrong):
+        said = [f"line {line_of[i]} has {counts[i]} field{'' if counts[i] == 1 else 's'}" for i in wrong[:3]]
+        more = f" and {len(wrong) - 3} more line{'' if len(wrong) == 4 else 's'}" if len(wrong) > 3 else ""
+        raise CatalogError(
+            f"{csv_path}: {', '.join(said)}{more}, the header has {len(header)} "
+            "(a name that contains a comma must be in double quotes)"
+        )
+    df = pd.DataFrame(rows[1:], columns=header, dtype=object) if len(rows) > 1 else pd.DataFrame(columns=header)
+    return df.replace("", np.nan), line_of
+
+
+def read_table(csv_path: str | os.PathLike[str], required: Sequence[str]) -> pd.DataFrame:
+    """Any other whaleid CSV (predictions, truths) read as strictly as a catalog: strings, empty cells NaN."""
+    csv_path = Path(csv_path)
+    df, _ = _read_csv(csv_path)
+    missing = [c for c in required if c not in df.columns]
+    if missing:
+        raise CatalogError(f"{csv_path}: missing column(s) {', '.join(missing)}; found: {', '.join(df.columns) or 'none'}")
     return df
 
 
-def _validate(df: pd.DataFrame, csv_path: Path, require_labels: bool) -> pd.DataFrame:
+def _missing_markers(values: pd.Series) -> pd.Series:
+    """True where a cell holds a missing-value marker such as ``NaN`` or ``N/A``."""
+    return values.str.strip().str.lower().isin(MISSING_MARKERS)
+
+
+def _validate(df: pd.DataFrame, line_of: np.ndarray, csv_path: Path, require_labels: bool) -> pd.DataFrame:
     required = list(LABEL_COLUMNS) if require_labels else ["image"]
     missing = [c for c in required if c not in df.columns]
     if missing:
-        found = ", ".join(df.columns) if len(df.columns) else "none"
+        found = ", ".join(_show(c) for c in df.columns[:20]) if len(df.columns) else "none"
         raise CatalogError(
             f"{csv_path}: missing required column(s) {', '.join(missing)}; "
             f"found columns: {found}"
@@ -271,25 +376,31 @@ def _validate(df: pd.DataFrame, csv_path: Path, require_labels: bool) -> pd.Data
         raise CatalogError(f"empty catalog: {csv_path} has a header but no rows")
     dup_cols = df.columns[df.columns.duplicated()].tolist()
     if dup_cols:
-        raise CatalogError(f"{csv_path}: column(s) appear twice: {', '.join(dup_cols)}")
+        raise CatalogError(f"{csv_path}: column(s) appear twice: {', '.join(map(_show, dup_cols))}")
 
-    for col in ("image", "individual_id"):
+    blank = np.flatnonzero(df["image"].fillna("").str.strip().eq("").to_numpy())
+    if len(blank):
+        raise CatalogError(f"{csv_path}: empty image name on line(s) {_lines(blank, line_of)}")
+    for col in ("species", "individual_id"):
         if col in df.columns:
             df[col] = df[col].str.strip().replace("", np.nan)
-    blank = np.flatnonzero(df["image"].isna().to_numpy())
-    if len(blank):
-        raise CatalogError(f"{csv_path}: empty image name on line(s) {_lines(blank)}")
-    if require_labels:
+    if "species" in df.columns:
+        df["species"] = df["species"].mask(_missing_markers(df["species"]).to_numpy())
+    if "individual_id" in df.columns:
+        markers = _missing_markers(df["individual_id"]).to_numpy()
+        said = df["individual_id"][markers].unique()[:3]
+        df["individual_id"] = df["individual_id"].mask(markers)
         unlabelled = np.flatnonzero(df["individual_id"].isna().to_numpy())
-        if len(unlabelled):
+        if require_labels and len(unlabelled):
+            note = f" ({', '.join(map(repr, said))}: missing-value marker, not an id)" if len(said) else ""
             raise CatalogError(
-                f"{csv_path}: empty individual_id on line(s) {_lines(unlabelled)} "
+                f"{csv_path}: empty individual_id on line(s) {_lines(unlabelled, line_of)}{note} "
                 "(use require_labels=False for query-only catalogs)"
             )
     dup = df["image"].duplicated(keep=False).to_numpy()
     if dup.any():
         groups = pd.Series(np.flatnonzero(dup)).groupby(df["image"].to_numpy()[dup], sort=False)
-        names = [f"{name} (lines {_lines(rows.to_numpy(), 3)})" for name, rows in groups]
+        names = [f"{_show(name)} (lines {_lines(rows.to_numpy(), line_of, 3)})" for name, rows in groups]
         more = f" and {len(names) - _SHOW} more" if len(names) > _SHOW else ""
         raise CatalogError(
             f"{csv_path}: {len(names)} duplicate image name(s): {'; '.join(names[:_SHOW])}{more}"
@@ -349,7 +460,7 @@ def read_catalog(
     csv_path = Path(csv_path)
     images_dir = Path(images_dir) if images_dir is not None else csv_path.parent / "images"
     images_dir = images_dir.absolute()
-    df = _validate(_read_csv(csv_path), csv_path, require_labels)
+    df = _validate(*_read_csv(csv_path), csv_path, require_labels)
 
     if "individual_id" not in df.columns:
         df["individual_id"] = None
@@ -360,29 +471,31 @@ def read_catalog(
     df["species"] = df["species"].astype(object).where(df["species"].notna(), UNKNOWN_SPECIES)
     df["path"] = [str(images_dir / name) for name in df["image"]]
 
-    problems = _empty_problems()
+    reasons = pd.Series([_name_reason(name) for name in df["image"]], dtype=object)
     if check_images:
-        if not images_dir.is_dir():
+        if not os.path.isdir(images_dir):
             raise CatalogError(
                 f"images folder not found: {images_dir} (for {csv_path}; pass images_dir=..., "
                 "or check_images=False to read the CSV alone)"
             )
-        reasons = pd.Series(_check_all(df["path"].tolist(), check_images, workers, progress), dtype=object)
-        bad = reasons.notna().to_numpy()
-        if bad.any():
-            problems = pd.DataFrame({"image": df["image"].to_numpy()[bad], "reason": reasons[bad].to_numpy()})
-            counts = problems["reason"].value_counts()
-            detail = ", ".join(f"{r}: {n}" for r, n in counts.items())
-            if bad.all():
-                raise CatalogError(
-                    f"no readable photo: all {len(df)} photos listed in {csv_path} were "
-                    f"skipped ({detail}); images folder: {images_dir}"
-                )
-            log.warning(
-                "skipped %d of %d photos listed in %s (%s); see Catalog.problems",
-                int(bad.sum()), len(df), csv_path, detail,
+        named = reasons.isna().to_numpy()
+        reasons[named] = _check_all(df["path"][named].tolist(), check_images, workers, progress)
+    problems = _empty_problems()
+    bad = reasons.notna().to_numpy()
+    if bad.any():
+        problems = pd.DataFrame({"image": df["image"].to_numpy()[bad], "reason": reasons[bad].to_numpy()})
+        counts = problems["reason"].value_counts()
+        detail = ", ".join(f"{r}: {n}" for r, n in counts.items())
+        if bad.all():
+            raise CatalogError(
+                f"no readable photo: all {len(df)} photos listed in {csv_path} were "
+                f"skipped ({detail}); images folder: {images_dir}"
             )
-            df = df.loc[~bad]
+        log.warning(
+            "skipped %d of %d photos listed in %s (%s); see Catalog.problems",
+            int(bad.sum()), len(df), csv_path, detail,
+        )
+        df = df.loc[~bad]
 
     extra = [c for c in df.columns if c not in TABLE_COLUMNS]
     table = df[["image", "species", "individual_id", "path", *extra]].reset_index(drop=True)
@@ -395,7 +508,7 @@ def read_catalog(
 def _require_labels(catalog: Catalog, what: str) -> pd.Series:
     ids = catalog.table["individual_id"]
     if len(catalog) == 0:
-        raise CatalogError(f"{what}: the catalog is empty")
+        raise CatalogError(f"{what}: the catalog has no photos")
     if ids.isna().any():
         raise CatalogError(f"{what} needs an individual_id on every photo; {int(ids.isna().sum())} have none")
     return ids
@@ -432,10 +545,10 @@ def kfold(catalog: Catalog, k: int = 5, seed: int = 0) -> np.ndarray:
     Happywhale's new individuals; :func:`split_fold` gives the parts to compute this.
     """
     if k < 2:
-        raise ValueError(f"k must be at least 2, got {k}")
+        raise UserError(f"k-fold needs at least 2 folds, got {k} (0 folds means no k-fold)")
     _require_labels(catalog, "kfold")
     if k > len(catalog):
-        raise ValueError(f"k={k} folds for only {len(catalog)} photos")
+        raise UserError(f"{k} folds for only {len(catalog)} photos: use at most {len(catalog)} folds")
     rng = np.random.default_rng(seed)
     folds = np.empty(len(catalog), dtype=np.int64)
     sizes = np.zeros(k, dtype=np.int64)
@@ -465,11 +578,16 @@ def open_set_split(catalog: Catalog, new_fraction: float = 0.3, seed: int = 0) -
     part as queries whose right answer is :data:`NEW_INDIVIDUAL`. Labels unchanged.
     """
     if not 0 < new_fraction < 1:
-        raise ValueError(f"new_fraction must be between 0 and 1, got {new_fraction}")
+        raise UserError(
+            f"new_fraction must be above 0 and below 1, got {new_fraction}: it is the share of "
+            "individuals held out as new (0.3 holds out about 30 %)"
+        )
     ids = _require_labels(catalog, "open_set_split")
     uniques = np.array(sorted(ids.unique()), dtype=object)
     if len(uniques) < 2:
-        raise CatalogError("open_set_split needs at least 2 individuals")
+        raise CatalogError(
+            f"split needs at least 2 individuals (one known, one held out as new); the catalog has {len(uniques)}"
+        )
     n_new = min(len(uniques) - 1, max(1, round(new_fraction * len(uniques))))
     rng = np.random.default_rng(seed)
     new_ids = set(uniques[rng.choice(len(uniques), n_new, replace=False)])
@@ -486,7 +604,7 @@ def holdout_photos(catalog: Catalog, fraction: float = 0.2, seed: int = 0) -> tu
     photos; the held photos are drawn uniformly among those that may go. Labels unchanged.
     """
     if not 0 < fraction < 1:
-        raise ValueError(f"fraction must be between 0 and 1, got {fraction}")
+        raise UserError(f"fraction of photos held out must be above 0 and below 1, got {fraction}")
     _require_labels(catalog, "holdout_photos")
     rng = np.random.default_rng(seed)
     candidates: list[np.ndarray] = []
@@ -503,10 +621,18 @@ def holdout_photos(catalog: Catalog, fraction: float = 0.2, seed: int = 0) -> tu
 
 
 def min_photos(catalog: Catalog, n: int) -> Catalog:
-    """Only the individuals with at least ``n`` photos (unlabelled rows dropped); labels unchanged."""
+    """Only the individuals with at least ``n`` photos (unlabelled rows dropped); labels unchanged.
+
+    Raises :class:`CatalogError` when no individual has that many: an empty catalog would
+    only fail later, further from its cause.
+    """
     ids = catalog.table["individual_id"]
-    counts = ids.map(ids.value_counts())
-    return catalog.subset((counts >= n).fillna(False).to_numpy(dtype=bool))
+    per = ids.value_counts()
+    kept = catalog.subset((ids.map(per) >= n).fillna(False).to_numpy(dtype=bool))
+    if len(kept) == 0:
+        most = f"the most any has is {int(per.max())}" if len(per) else "no photo has an individual_id"
+        raise CatalogError(f"no individual has {n} or more photos ({most}): lower the minimum (--min-photos)")
+    return kept
 
 
 # --------------------------------------------------------------------------- summary

@@ -3,31 +3,88 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import pandas as pd
 import typer
 from rich.console import Console
 from rich.table import Table
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Photo-identification of individual whales and dolphins.")
+from whaleid.errors import UserError
+from whaleid.files import DISK_FULL, atomic_path
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False)
 console = Console()
+errors = Console(stderr=True)
+DEBUG_ENV = "WHALEID_DEBUG"
+
+
+_debug = {"on": False}  # set per invocation by the --debug option
+
+
+def _debug_from_env() -> bool:
+    return os.environ.get(DEBUG_ENV, "").lower() not in ("", "0", "false", "no")
+
+
+def _fail(message: str, code: int) -> typer.Exit:
+    errors.print(f"[red]error:[/red] {message}", markup=True, highlight=False, soft_wrap=True)
+    return typer.Exit(code)
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+def _user_errors(command: Callable) -> Callable:
+    """Every command ends in one clear line and a non-zero exit, never a traceback (unless --debug)."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except (typer.Exit, typer.Abort, typer.exceptions.TyperException):  # Typer reports these itself
+            raise
+        except KeyboardInterrupt:
+            raise _fail("interrupted; finished work is kept, re-run to continue", 130) from None
+        except Exception as error:
+            if _debug["on"]:
+                raise
+            if isinstance(error, UserError):
+                raise _fail(_one_line(error), 2) from None
+            if isinstance(error, OSError) and error.errno in DISK_FULL:
+                raise _fail(f"disk full ({_one_line(error)}): free some space and re-run", 2) from None
+            if isinstance(error, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)):
+                raise _fail(_one_line(error), 2) from None
+            raise _fail(
+                f"unexpected {type(error).__name__}: {_one_line(error)} "
+                f"(re-run with --debug or {DEBUG_ENV}=1 for the traceback, and please report it)", 1
+            ) from None
+
+    return wrapper
+
+
+def command(*args, **kwargs) -> Callable[[Callable], Callable]:
+    """``app.command`` with :func:`_user_errors` around the function."""
+    return lambda function: app.command(*args, **kwargs)(_user_errors(function))
+
+
+@app.callback()
+def _options(debug: bool = typer.Option(False, "--debug", help=f"Show tracebacks (or set {DEBUG_ENV}=1).")) -> None:
+    """Photo-identification of individual whales and dolphins."""
+    _debug["on"] = debug or _debug_from_env()
 
 ImagesOpt = typer.Option(None, "--images", help="Photo folder (default: images/ beside the CSV).")
 
 
 def _catalog(csv: Path, images: Optional[Path], require_labels: bool = True, check: bool = True):
-    from whaleid.catalog import CatalogError, read_catalog
+    from whaleid.catalog import read_catalog
 
-    try:
-        catalog = read_catalog(csv, images, require_labels=require_labels, check_images=check, progress=True)
-    except CatalogError as error:
-        console.print(f"[red]error:[/red] {error}")
-        raise typer.Exit(2) from error
+    catalog = read_catalog(csv, images, require_labels=require_labels, check_images=check, progress=True)
     if len(catalog.problems):
         console.print(f"[yellow]skipped {len(catalog.problems)} unreadable photo(s):[/yellow]")
         for row in catalog.problems.head(10).itertuples():
@@ -35,14 +92,26 @@ def _catalog(csv: Path, images: Optional[Path], require_labels: bool = True, che
     return catalog
 
 
+def _save_csv(table: pd.DataFrame, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        table.to_csv(tmp, index=False)
+
+
+def _save_json(value: dict, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(value, indent=2))
+
+
 def _metrics_table(title: str, rows: dict[str, dict]) -> Table:
+    from whaleid.evaluate import cell
+
     table = Table(title=title)
     columns = list(next(iter(rows.values())).keys())
     table.add_column("")
     for c in columns:
         table.add_column(c, justify="right")
     for name, values in rows.items():
-        table.add_row(name, *[f"{v:.4f}" if isinstance(v, float) else str(v) for v in values.values()])
+        table.add_row(name, *[cell(v, 4) if v is None or isinstance(v, float) else str(v) for v in values.values()])
     return table
 
 
@@ -70,10 +139,7 @@ def _preprocess(crop: Optional[str], background: Optional[str], box_probs: Optio
         return recorded
     if (crop or "none") == "none" and background is None:
         return None
-    try:
-        settings = CacheSettings(sizes=(img_size,), crop=crop or "none", background=background)
-    except ValueError as error:
-        raise typer.BadParameter(str(error)) from error
+    settings = CacheSettings(sizes=(img_size,), crop=crop or "none", background=background)
     return {"cache": settings.to_dict(), "probabilities": _parse_probs(box_probs)}
 
 
@@ -104,7 +170,7 @@ def _prepared(catalog, preprocess: Optional[dict], boxes: Optional[list[Path]], 
     return prepared
 
 
-@app.command()
+@command()
 def summary(csv: Path, images: Optional[Path] = ImagesOpt, check: bool = typer.Option(True, help="Decode every photo.")):
     """Photos, individuals, species and photos-per-individual of a catalog."""
     from whaleid.catalog import format_summary
@@ -113,22 +179,23 @@ def summary(csv: Path, images: Optional[Path] = ImagesOpt, check: bool = typer.O
     console.print(format_summary(summarise(_catalog(csv, images, check=check))))
 
 
-@app.command()
+@command()
 def split(
     csv: Path,
     out: Path = typer.Option(..., help="Folder for the split CSVs."),
     images: Optional[Path] = ImagesOpt,
     new_fraction: float = typer.Option(0.3, help="Share of individuals held out entirely (open set)."),
-    folds: int = typer.Option(0, help="Also write folds.csv with a stratified k-fold column (0: no)."),
-    min_photos: int = typer.Option(1, help="Keep only individuals with at least this many photos."),
+    folds: int = typer.Option(0, min=0, help="Also write folds.csv with a stratified k-fold column (0: no; else 2 or more)."),
+    min_photos: int = typer.Option(1, min=1, help="Keep only individuals with at least this many photos."),
     seed: int = 0,
 ):
     """Open-set split (known.csv / new.csv) and optional k-fold assignment."""
     from whaleid.catalog import kfold, open_set_split
     from whaleid.catalog import min_photos as keep_min
 
+    if folds == 1:
+        raise typer.BadParameter("--folds must be 0 (no folds) or at least 2", param_hint="--folds")
     catalog = keep_min(_catalog(csv, images), min_photos)
-    out.mkdir(parents=True, exist_ok=True)
     known, new = open_set_split(catalog, new_fraction, seed=seed)
     known.to_csv(out / "known.csv")
     new.to_csv(out / "new.csv")
@@ -136,7 +203,7 @@ def split(
     console.print(f"new:   {len(new)} photos / {new.n_individuals} individuals -> {out / 'new.csv'}")
     if folds:
         table = catalog.table[["image", "species", "individual_id"]].assign(fold=kfold(catalog, folds, seed))
-        table.to_csv(out / "folds.csv", index=False)
+        _save_csv(table, out / "folds.csv")
         console.print(f"{folds} folds -> {out / 'folds.csv'}")
 
 
@@ -144,7 +211,7 @@ ConfigOpt = typer.Option(None, "--config", help="A recipe YAML (configs/*.yaml);
 SetOpt = typer.Option(None, "--set", help="Override one recipe key, e.g. --set train.epochs=3 (repeatable).")
 
 
-@app.command()
+@command()
 def train(
     csv: Path,
     out: Path = typer.Option(..., help="Run folder: model.pt, last.pt, metrics.jsonl (fold<i>/ with --folds)."),
@@ -152,31 +219,31 @@ def train(
     val: Optional[Path] = typer.Option(None, help="CSV of validation photos (leave-one-out MAP@5 each epoch)."),
     config: Optional[Path] = ConfigOpt,
     set_: Optional[list[str]] = SetOpt,
-    folds: Optional[int] = typer.Option(None, help="Train one model per fold (each validated on its fold), for an ensemble."),
+    folds: Optional[int] = typer.Option(None, min=2, help="Train one model per fold (each validated on its fold), for an ensemble."),
     pseudo: Optional[Path] = typer.Option(None, help="Pseudo-label CSV from `whaleid pseudo-label` to train on as well."),
     pseudo_images: Optional[Path] = typer.Option(None, help="Photo folder of --pseudo (default: images/ beside it)."),
     backbone: Optional[str] = typer.Option(None, help="timm model name [tf_efficientnet_lite0]."),
     pretrained: Optional[bool] = typer.Option(None, "--pretrained/--no-pretrained", help="Start from ImageNet weights [yes; offline for tf_efficientnet_lite0/1/2]."),
     weights: Optional[Path] = typer.Option(None, help="Start from a local backbone checkpoint instead."),
-    epochs: Optional[int] = typer.Option(None, help="[10]"),
-    img_size: Optional[int] = typer.Option(None, help="Input size at inference (and training, without a schedule) [224]."),
-    batch_size: Optional[int] = typer.Option(None, help="[32]"),
-    embedding_dim: Optional[int] = typer.Option(None, help="[512]"),
-    subcenters: Optional[int] = typer.Option(None, help="ArcFace sub-centers per individual [3]."),
+    epochs: Optional[int] = typer.Option(None, min=1, help="[10]"),
+    img_size: Optional[int] = typer.Option(None, min=32, help="Input size at inference (and training, without a schedule) [224]."),
+    batch_size: Optional[int] = typer.Option(None, min=2, help="[32]"),
+    embedding_dim: Optional[int] = typer.Option(None, min=0, help="[512] (0: no neck, the pooled features)."),
+    subcenters: Optional[int] = typer.Option(None, min=1, help="ArcFace sub-centers per individual [3]."),
     lr: Optional[float] = typer.Option(None, help="Learning rate of neck and heads [1e-3]."),
     backbone_lr: Optional[float] = typer.Option(None, help="Learning rate of the top backbone layer [2e-4]."),
     layer_decay: Optional[float] = typer.Option(None, help="Learning-rate factor per backbone layer downwards [1.0]."),
-    unfreeze_late_epoch: Optional[int] = typer.Option(None, help="Epoch from which the later half of the backbone learns [0]."),
-    unfreeze_all_epoch: Optional[int] = typer.Option(None, help="Epoch from which the whole backbone learns [0]."),
-    grad_accum: Optional[int] = typer.Option(None, help="[1]"),
+    unfreeze_late_epoch: Optional[int] = typer.Option(None, min=0, help="Epoch from which the later half of the backbone learns [0]."),
+    unfreeze_all_epoch: Optional[int] = typer.Option(None, min=0, help="Epoch from which the whole backbone learns [0]."),
+    grad_accum: Optional[int] = typer.Option(None, min=1, help="[1]"),
     grad_checkpointing: Optional[bool] = typer.Option(None, "--grad-checkpointing/--no-grad-checkpointing", help="Trade compute for memory [no]."),
     hflip: Optional[bool] = typer.Option(None, "--hflip/--no-hflip", help="Horizontal flip augmentation [no: markings are asymmetric]."),
     species_head: Optional[bool] = typer.Option(None, "--species-head/--no-species-head", help="[no]"),
-    label_smoothing: Optional[float] = typer.Option(None, help="[0]"),
+    label_smoothing: Optional[float] = typer.Option(None, min=0.0, max=0.99, help="[0]"),
     mixed_precision: Optional[str] = typer.Option(None, help="auto, no, bf16 or fp16 [auto]."),
-    workers: Optional[int] = None,
+    workers: Optional[int] = typer.Option(None, min=0, help="Photo-decoding processes [cores - 1, at most 4]."),
     seed: Optional[int] = typer.Option(None, help="[0]"),
-    max_steps: Optional[int] = typer.Option(None, help="Cap steps per epoch (smoke runs)."),
+    max_steps: Optional[int] = typer.Option(None, min=1, help="Cap steps per epoch (smoke runs)."),
     resume: bool = typer.Option(False, help="Continue from out/last.pt."),
     crop: Optional[str] = CropOpt,
     boxes: Optional[list[Path]] = BoxesOpt,
@@ -198,10 +265,7 @@ def train(
         mixed_precision=mixed_precision, num_workers=workers, seed=seed, max_steps_per_epoch=max_steps,
         pretrained_weights=weights,
     )
-    try:
-        recipe.train = dataclasses.replace(recipe.train, **_train_flags(flags))
-    except ValueError as error:
-        raise typer.BadParameter(str(error)) from error
+    recipe.train = dataclasses.replace(recipe.train, **_train_flags(flags))
     if folds is not None:
         recipe.folds = folds
     if recipe.folds > 1 and val is not None:
@@ -249,24 +313,21 @@ def _embedder(model: Optional[Path], zero_shot: Optional[str], img_size: int, tt
     if (model is None) == (zero_shot is None):
         raise typer.BadParameter("give exactly one of --model or --zero-shot")
     if model is not None:
-        try:
-            return Embedder.from_checkpoint(checkpoints(model), ensemble=ensemble, tta_flip=tta, batch_size=batch_size)
-        except (FileNotFoundError, ValueError) as error:
-            raise typer.BadParameter(str(error)) from error
+        return Embedder.from_checkpoint(checkpoints(model), ensemble=ensemble, tta_flip=tta, batch_size=batch_size)
     return Embedder.zero_shot(zero_shot, img_size, tta_flip=tta, batch_size=batch_size)
 
 
-@app.command()
+@command()
 def embed(
     csv: Path,
     out: Path = typer.Option(..., help="Folder for vectors.npy, photos.csv, failures.csv, embeddings.json."),
     images: Optional[Path] = ImagesOpt,
     model: Optional[Path] = typer.Option(None, help="A whaleid model.pt, or a run folder of fold*/model.pt (an ensemble)."),
     zero_shot: Optional[str] = typer.Option(None, help="Or a pretrained timm backbone, no fine-tuning."),
-    img_size: int = typer.Option(224, help="Input size for --zero-shot (a model.pt knows its own)."),
+    img_size: int = typer.Option(224, min=32, help="Input size for --zero-shot (a model.pt knows its own)."),
     tta: bool = typer.Option(False, help="Average with the horizontally flipped photo."),
     ensemble: str = typer.Option("concat", help="How fold models combine: concat or mean of their unit vectors."),
-    batch_size: int = 32,
+    batch_size: int = typer.Option(32, min=1),
     crop: Optional[str] = CropOpt,
     boxes: Optional[list[Path]] = BoxesOpt,
     background: Optional[str] = BackgroundOpt,
@@ -281,7 +342,7 @@ def embed(
     console.print(f"{len(embeddings)} vectors of {embeddings.vectors.shape[1]} dims -> {out}")
 
 
-@app.command()
+@command()
 def identify(
     gallery: Path = typer.Argument(..., help="Embeddings folder of the labelled catalog (from `whaleid embed`)."),
     queries: Path = typer.Argument(..., help="Embeddings folder of the photos to identify, or a CSV of them (embedded with the gallery's model)."),
@@ -289,9 +350,9 @@ def identify(
     out: Path = typer.Option(Path("predictions.csv"), help="CSV: image, predictions, candidates, scores."),
     threshold: Optional[float] = typer.Option(None, help="new_individual below this cosine score."),
     calibrate: Optional[Path] = typer.Option(None, help="Embeddings of labelled validation photos: choose the threshold by best leave-one-out MAP@5."),
-    new_rate: Optional[float] = typer.Option(None, help="Or choose the threshold so this share of queries is new."),
+    new_rate: Optional[float] = typer.Option(None, min=0.0, max=1.0, help="Or choose the threshold so this share of queries is new."),
     per_species: bool = typer.Option(False, help="With --calibrate: one threshold per species (species with 20+ validation photos)."),
-    blend: float = typer.Option(0.0, help="Weight of the ArcFace-logit probabilities blended with kNN scores (0: kNN only; needs models saved with their head). --calibrate then ranks the validation photos against the gallery."),
+    blend: float = typer.Option(0.0, min=0.0, max=1.0, help="Weight of the ArcFace-logit probabilities blended with kNN scores (0: kNN only; needs models saved with their head). --calibrate then ranks the validation photos against the gallery."),
     index: str = typer.Option("exact", help="exact or faiss."),
     tta: bool = typer.Option(False, help="Flip TTA when embedding a query CSV."),
     save: Optional[Path] = typer.Option(None, help="Also save the Identifier (index + ids + threshold) here."),
@@ -315,31 +376,32 @@ def identify(
     if per_species and calibrate is None:
         raise typer.BadParameter("--per-species needs --calibrate VAL_EMBEDDINGS")
     g = Embeddings.load(gallery)
+    g.require_labels("the gallery")
     if queries.is_dir():
         q = Embeddings.load(queries)
-    else:
-        embedder = Embedder.from_source(g.meta.get("source", {}), g.meta["model"]["img_size"], tta_flip=tta)
+        g.require_compatible(q, "the queries")
+    else:  # embedded with the gallery's model
+        embedder = Embedder.from_source(g.meta.get("source", {}), (g.meta.get("model") or {}).get("img_size", 224), tta_flip=tta)
         embedder.preprocess = g.meta.get("preprocess")  # queries are cropped exactly as the gallery was
         q = embedder.embed_catalog(_prepared(_catalog(queries, images, require_labels=False), embedder.preprocess, boxes, cache_root))
     species = g.table["species"].tolist() if "species" in g.table else None
     identifier = Identifier(build_index(g.vectors, index), g.table["individual_id"].tolist(),
                             metadata={**g.meta, "blend": blend}, gallery_species=species)
-    try:
-        rankings = blended_rankings(g, q, blend) if blend > 0 else identifier.rank(q.vectors)
-        if calibrate is not None:
-            v = Embeddings.load(calibrate)
-            if blend > 0:
-                calibration, val_truths = blended_rankings(g, v, blend), truths(v, g)
-            else:
-                calibration, val_truths = leave_one_out(v.vectors, v.table["individual_id"].tolist())
-            if per_species:
-                threshold = calibrate_per_species(calibration, val_truths, v.table["species"].tolist())
-            else:
-                threshold = calibrate_threshold(calibration, val_truths, method="sweep")
-        elif new_rate is not None:
-            threshold = calibrate_threshold(rankings, None, method="rate", new_rate=new_rate)
-    except ValueError as error:
-        raise typer.BadParameter(str(error)) from error
+    rankings = blended_rankings(g, q, blend) if blend > 0 else identifier.rank(q.vectors)
+    if calibrate is not None:
+        v = Embeddings.load(calibrate)
+        v.require_labels("the calibration embeddings")
+        g.require_compatible(v, "the calibration embeddings")
+        if blend > 0:
+            calibration, val_truths = blended_rankings(g, v, blend), truths(v, g)
+        else:
+            calibration, val_truths = leave_one_out(v.vectors, v.table["individual_id"].tolist())
+        if per_species:
+            threshold = calibrate_per_species(calibration, val_truths, v.table["species"].tolist())
+        else:
+            threshold = calibrate_threshold(calibration, val_truths, method="sweep")
+    elif new_rate is not None:
+        threshold = calibrate_threshold(rankings, None, method="rate", new_rate=new_rate)
     identifier.threshold = threshold
     answers = apply_threshold(rankings, threshold, species_of=dict(zip(g.table["individual_id"], species or [])) or None)
     table = pd.DataFrame(
@@ -350,8 +412,7 @@ def identify(
             "scores": [" ".join(f"{s:.4f}" for s in r.scores) for r in rankings],
         }
     )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    table.to_csv(out, index=False)
+    _save_csv(table, out)
     if save:
         identifier.save(save)
     if submission:
@@ -362,7 +423,7 @@ def identify(
     console.print(f"{len(table)} queries -> {out} (threshold: {shown})")
 
 
-@app.command("pseudo-label")
+@command("pseudo-label")
 def pseudo_label(
     model: Path = typer.Argument(..., help="A model.pt, or a run folder of fold*/model.pt."),
     train_csv: Path = typer.Argument(..., help="The labelled training catalog (the gallery)."),
@@ -370,9 +431,9 @@ def pseudo_label(
     out: Path = typer.Option(..., help="CSV of confident labels: image, species, individual_id, score."),
     images: Optional[Path] = ImagesOpt,
     unlabelled_images: Optional[Path] = typer.Option(None, help="Photo folder of the unlabelled CSV (default: images/ beside it)."),
-    confidence: float = typer.Option(0.7, help="Keep a photo when its top candidate scores at least this."),
+    confidence: float = typer.Option(0.7, min=0.0, max=1.0, help="Keep a photo when its top candidate scores at least this."),
     threshold: Optional[float] = typer.Option(None, help="new_individual threshold: photos below it are left out as new."),
-    blend: float = typer.Option(0.0, help="Weight of the ArcFace-logit probabilities in the score."),
+    blend: float = typer.Option(0.0, min=0.0, max=1.0, help="Weight of the ArcFace-logit probabilities in the score."),
     tta: bool = typer.Option(False, help="Flip TTA."),
     cache_root: Path = CacheRootOpt,
 ):
@@ -385,12 +446,11 @@ def pseudo_label(
     q = embedder.embed_catalog(_prepared(_catalog(unlabelled, unlabelled_images, require_labels=False), embedder.preprocess, None, cache_root))
     species_of = dict(zip(g.table["individual_id"], g.table["species"]))
     labels = pseudo_labels(q.table["image"].tolist(), rankings(g, q, blend), confidence, species_of, threshold)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    labels.to_csv(out, index=False)
+    _save_csv(labels, out)
     console.print(f"{len(labels)} of {len(q)} photos labelled (confidence >= {confidence}) -> {out}")
 
 
-@app.command()
+@command()
 def run(
     recipe_file: Path = typer.Argument(..., help="A recipe YAML (configs/*.yaml)."),
     out: Path = typer.Option(..., help="Run folder: split/, round<i>/ models, report.json, recipe.yaml."),
@@ -406,7 +466,7 @@ def run(
     console.print(f"report: {out / 'report.json'}")
 
 
-@app.command()
+@command()
 def evaluate(
     predictions: Path = typer.Argument(..., help="CSV from `whaleid identify`."),
     truth: Path = typer.Option(..., help="CSV with image, species, individual_id of the queries."),
@@ -414,40 +474,34 @@ def evaluate(
     out: Optional[Path] = typer.Option(None, help="Folder for report.json, per_species.csv, threshold_sweep.csv/.png."),
 ):
     """MAP@5, top-1, top-5, per-species table and a threshold sweep."""
-    from whaleid.catalog import NEW_INDIVIDUAL
+    from whaleid.catalog import NEW_INDIVIDUAL, read_catalog, read_table
     from whaleid.embed import Embeddings
     from whaleid.evaluate import evaluate as score
-    from whaleid.evaluate import plot_threshold_sweep, threshold_sweep
+    from whaleid.evaluate import plot_threshold_sweep, threshold_sweep, truths_for
     from whaleid.identify import Ranking
 
-    preds = pd.read_csv(predictions, dtype=str, keep_default_na=False)
-    truth_table = pd.read_csv(truth, dtype=str, keep_default_na=False).set_index("image")
-    missing = sorted(set(preds["image"]) - set(truth_table.index))
-    if missing:
-        raise typer.BadParameter(f"{len(missing)} predicted images have no truth, e.g. {missing[:3]}")
-    truths = truth_table.loc[preds["image"], "individual_id"].tolist()
+    preds = read_table(predictions, ["image", "predictions"]).fillna("")
+    truths, species = truths_for(preds["image"].tolist(), read_catalog(truth, check_images=False).table, str(truth))
     if gallery is not None:
         known = set(Embeddings.load(gallery).table["individual_id"])
         truths = [t if t in known else NEW_INDIVIDUAL for t in truths]
-    species = truth_table.loc[preds["image"], "species"].tolist() if "species" in truth_table else None
     report = score([p.split() for p in preds["predictions"]], truths, species)
     console.print(_metrics_table("evaluation", {"all": {k: v for k, v in report.to_dict().items() if k != "per_species"}}))
     if report.per_species is not None:
         console.print(report.per_species.to_string(index=False))
     if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "report.json").write_text(json.dumps(report.to_dict(), indent=2))
+        _save_json(report.to_dict(), out / "report.json")
         if report.per_species is not None:
-            report.per_species.to_csv(out / "per_species.csv", index=False)
+            _save_csv(report.per_species, out / "per_species.csv")
         if "scores" in preds:
             rankings = [Ranking(c.split(), [float(s) for s in sc.split()]) for c, sc in zip(preds["candidates"], preds["scores"])]
             sweep = threshold_sweep(rankings, truths)
-            sweep.to_csv(out / "threshold_sweep.csv", index=False)
+            _save_csv(sweep, out / "threshold_sweep.csv")
             plot_threshold_sweep(sweep, out / "threshold_sweep.png")
         console.print(f"written to {out}")
 
 
-@app.command()
+@command()
 def openset(
     test: Path = typer.Argument(..., help="Embeddings of held-out individuals: each photo queries all the others."),
     val: Path = typer.Option(..., help="Embeddings of validation individuals, to choose the threshold."),
@@ -457,26 +511,29 @@ def openset(
     from whaleid.embed import Embeddings
     from whaleid.openset import calibrated_open_set
 
-    metrics, _, _ = calibrated_open_set(Embeddings.load(val), Embeddings.load(test))
+    v, t = Embeddings.load(val), Embeddings.load(test)
+    v.require_labels("the validation embeddings")
+    t.require_labels("the test embeddings")
+    v.require_compatible(t, "the test embeddings", own="the validation embeddings")
+    metrics, _, _ = calibrated_open_set(v, t)
     console.print(_metrics_table("open set (leave-one-out)", {str(test): metrics}))
     if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(metrics, indent=2))
+        _save_json(metrics, out)
 
 
-@app.command()
+@command()
 def crop(
     csv: Path,
     out: Path = typer.Option(..., help="Folder for crops.csv, failures.csv and masks/."),
     images: Optional[Path] = ImagesOpt,
-    threshold: float = typer.Option(0.5, help="Saliency above this is the animal."),
+    threshold: float = typer.Option(0.5, min=0.0, max=1.0, help="Saliency above this is the animal."),
     enlarge: float = typer.Option(1.2, help="Grow the box by this factor about its centre."),
     square: bool = typer.Option(False, help="Make boxes square before clipping."),
     region: str = typer.Option("union", help="union (of all regions above --min-area) or largest (connected region)."),
-    min_area: float = typer.Option(0.002, help="Regions smaller than this share of the photo are ignored."),
+    min_area: float = typer.Option(0.002, min=0.0, max=1.0, help="Regions smaller than this share of the photo are ignored."),
     clahe: bool = typer.Option(False, help="Equalise contrast first (dark or hazy photos)."),
-    batch_size: int = 8,
-    workers: int = 2,
+    batch_size: int = typer.Option(8, min=1),
+    workers: int = typer.Option(2, min=1),
 ):
     """Find the animal in every photo: a crop table with box, mask area, score and status."""
     from whaleid.crops import CropSettings, crop_catalog, write_crop_table
@@ -485,12 +542,12 @@ def crop(
     catalog = _catalog(csv, images, require_labels=False, check=False)
     table = crop_catalog(catalog, settings, masks_dir=out, batch_size=batch_size, workers=workers)
     crops_csv, failures_csv = write_crop_table(table, out)
-    (out / "crop_settings.json").write_text(json.dumps(settings.to_dict(), indent=2))  # for `whaleid cache --crop-settings`
+    _save_json(settings.to_dict(), out / "crop_settings.json")  # for `whaleid cache --crop-settings`
     console.print(table["status"].value_counts().to_string())
     console.print(f"crop table -> {crops_csv}; {len(table) - int((table['status'] == 'ok').sum())} to review -> {failures_csv}")
 
 
-@app.command()
+@command()
 def cache(
     csv: Path,
     images: Optional[Path] = ImagesOpt,
@@ -499,41 +556,41 @@ def cache(
     crop_mode: str = typer.Option("saliency", "--crop", help="none, saliency or boxes (--boxes)."),
     boxes: Optional[list[Path]] = BoxesOpt,
     background: Optional[str] = BackgroundOpt,
-    feather: float = typer.Option(0.02, help="Soft edge of the background mask (share of the diagonal)."),
+    feather: float = typer.Option(0.02, min=0.0, max=1.0, help="Soft edge of the background mask (share of the diagonal)."),
     grayscale: bool = False,
     crop_settings: Optional[Path] = typer.Option(None, help="crop_settings.json written by `whaleid crop` (default: its defaults)."),
-    batch_size: int = 8,
-    workers: int = 2,
+    batch_size: int = typer.Option(8, min=1),
+    workers: int = typer.Option(2, min=1),
 ):
     """Write cropped, resized photos once; re-running skips finished photos."""
     from whaleid.cache import CacheSettings, build_cache
     from whaleid.crops import CropSettings
 
-    saliency = CropSettings(**json.loads(crop_settings.read_text())) if crop_settings else CropSettings()
+    saliency = CropSettings.from_json(crop_settings) if crop_settings else CropSettings()
     try:
         settings = CacheSettings(
             sizes=tuple(int(s) for s in sizes.split(",")), crop=crop_mode, background=background, feather=feather,
             grayscale=grayscale, saliency=saliency,
         )
     except ValueError as error:
-        raise typer.BadParameter(str(error)) from error
+        raise typer.BadParameter(f"{error} (--sizes takes whole numbers like 128,256)") from error
     catalog = _catalog(csv, images, require_labels=False, check=False)
     table = _box_table(catalog, boxes) if crop_mode == "boxes" else None
     built = build_cache(catalog, root, settings, boxes=table, batch_size=batch_size, workers=workers)
     console.print(f"cache {built.dir}: {built.stats}")
 
 
-@app.command()
+@command()
 def explore(
     csv: Path,
     out: Path = typer.Option(Path("runs/explore"), help="Folder for the HTML pages and thumbnails."),
     images: Optional[Path] = ImagesOpt,
     crops: Optional[Path] = typer.Option(None, help="A crops.csv (from `whaleid crop` or a cache folder) to draw boxes and masks."),
-    per_individual: int = 12,
-    max_individuals: int = 200,
+    per_individual: int = typer.Option(12, min=1),
+    max_individuals: int = typer.Option(200, min=1),
     sheet: Optional[Path] = typer.Option(None, help="Also write one PNG of every photo with its box (needs --crops)."),
-    sheet_columns: int = 10,
-    sheet_size: int = typer.Option(120, help="Tile size of --sheet in pixels."),
+    sheet_columns: int = typer.Option(10, min=1),
+    sheet_size: int = typer.Option(120, min=16, help="Tile size of --sheet in pixels."),
 ):
     """A static HTML report of a catalog: counts, contact sheets, crop failures, worst crops."""
     from whaleid.crops import read_crop_table
@@ -551,13 +608,13 @@ def explore(
         console.print(f"contact sheet -> {sheet}")
 
 
-@app.command()
+@command()
 def synth(
     out: Path = typer.Option(Path("runs/synth"), help="Folder for images/ and train.csv."),
-    individuals: int = 40,
-    min_photos: int = 2,
-    max_photos: int = 8,
-    size: int = 256,
+    individuals: int = typer.Option(40, min=1),
+    min_photos: int = typer.Option(2, min=1),
+    max_photos: int = typer.Option(8, min=1),
+    size: int = typer.Option(256, min=32),
     seed: int = 0,
 ):
     """Synthetic catalog of dorsal-fin photos, identity carried by trailing-edge nicks."""
@@ -567,22 +624,22 @@ def synth(
     console.print(f"synthetic catalog -> {csv}")
 
 
-@app.command()
+@command()
 def demo(
     data: Optional[Path] = typer.Option(None, help="A real catalog folder (train.csv + images/); default: synthetic fins."),
     out: Path = typer.Option(Path("runs/demo"), help="Where everything goes."),
-    epochs: int = 20,
-    img_size: int = 128,
-    batch_size: int = 32,
+    epochs: int = typer.Option(20, min=1),
+    img_size: int = typer.Option(128, min=32),
+    batch_size: int = typer.Option(32, min=2),
     backbone: str = "tf_efficientnet_lite0",
     backbone_lr: float = 5e-4,
     lr: float = 2e-3,
-    subcenters: int = typer.Option(3, help="ArcFace sub-centers per individual."),
-    individuals: int = typer.Option(120, help="Synthetic individuals (without --data)."),
-    variation: float = typer.Option(0.5, help="How much synthetic photos of one fin vary (0-1; without --data)."),
+    subcenters: int = typer.Option(3, min=1, help="ArcFace sub-centers per individual."),
+    individuals: int = typer.Option(120, min=4, help="Synthetic individuals (without --data)."),
+    variation: float = typer.Option(0.5, min=0.0, max=1.0, help="How much synthetic photos of one fin vary (0-1; without --data)."),
     new_fraction: float = 0.3,
     seed: int = 0,
-    max_steps: Optional[int] = typer.Option(None, help="Cap steps per epoch (smoke runs)."),
+    max_steps: Optional[int] = typer.Option(None, min=1, help="Cap steps per epoch (smoke runs)."),
     resume: bool = False,
 ):
     """Zero-shot vs fine-tuned MAP@5 on held-out individuals, end to end on CPU."""
@@ -604,7 +661,7 @@ def demo(
         lr=lr, backbone_lr=backbone_lr, subcenters=subcenters, seed=seed, max_steps_per_epoch=max_steps,
     )))
     report = run_open_set(catalog, config, out, new_fraction=new_fraction, seed=seed, resume=resume)
-    console.print(format_report(report))
+    console.print(format_report(report), soft_wrap=True, highlight=False)
     for name, path in report["files"].items():
         console.print(f"{name}: {path}")
     console.print(f"report: {out / 'report.md'}")

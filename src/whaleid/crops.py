@@ -9,9 +9,11 @@ datasets did, so the doubtful photos can be reviewed or boxed by hand.
 
 from __future__ import annotations
 
+import json
+import math
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import cv2
@@ -21,9 +23,10 @@ from PIL import Image
 from tqdm import tqdm
 
 from whaleid.catalog import Catalog
-from whaleid.files import atomic_path
+from whaleid.errors import UserError
+from whaleid.files import atomic_path, read_user_csv, safe_name
 from whaleid.images import ImageError, open_image
-from whaleid.preprocess import STATUS_OK, Crop, crop_box, saliency_masks
+from whaleid.preprocess import REGIONS, STATUS_OK, Crop, crop_box, saliency_masks
 
 __all__ = [
     "CROP_COLUMNS",
@@ -49,7 +52,11 @@ MASK_SIDE = 256
 
 @dataclass(frozen=True)
 class CropSettings:
-    """How saliency becomes a box (see :func:`whaleid.preprocess.crop_box`)."""
+    """How saliency becomes a box (see :func:`whaleid.preprocess.crop_box`).
+
+    Checked when made: a negative ``enlarge`` gave inverted boxes and ``0`` empty ones,
+    both marked ok.
+    """
 
     threshold: float = 0.5
     enlarge: float = 1.2
@@ -59,8 +66,44 @@ class CropSettings:
     clahe: bool = False
     max_area: float = 0.9
 
+    def __post_init__(self) -> None:
+        for name in ("threshold", "enlarge", "min_area", "max_area"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise UserError(f"crop setting {name} must be a number, got {value!r}")
+        for name in ("square", "clahe"):
+            if not isinstance(getattr(self, name), bool):
+                raise UserError(f"crop setting {name} must be true or false, got {getattr(self, name)!r}")
+        if self.enlarge <= 0:
+            raise UserError(f"crop setting enlarge must be > 0 (1.2 grows the box by 20 %), got {self.enlarge}")
+        for name in ("threshold", "min_area", "max_area"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise UserError(f"crop setting {name} must be between 0 and 1, got {getattr(self, name)}")
+        if self.region not in REGIONS:
+            raise UserError(f"crop setting region must be one of {', '.join(REGIONS)}, got {self.region!r}")
+
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> CropSettings:
+        """Settings saved by ``whaleid crop`` (``crop_settings.json``); any key may be left out."""
+        try:
+            values = json.loads(Path(path).read_text(encoding="utf-8"))
+        except OSError as error:
+            raise UserError(f"{path}: cannot read crop settings ({error.strerror or error})") from None
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise UserError(f"{path}: not a JSON file of crop settings ({error})") from None
+        if not isinstance(values, dict):
+            raise UserError(f"{path}: crop settings must be a JSON object, got {type(values).__name__}")
+        known = [f.name for f in fields(cls)]
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise UserError(f"{path}: unknown crop setting(s) {', '.join(unknown)}; valid: {', '.join(known)}")
+        try:
+            return cls(**values)
+        except UserError as error:
+            raise UserError(f"{path}: {error}") from None
 
 
 @dataclass
@@ -99,7 +142,7 @@ def locate(
     batches of photos are ever in memory, so a 50,000-photo catalog streams.
     """
     if batch_size < 1:
-        raise ValueError("batch_size must be >= 1")
+        raise UserError(f"batch size must be >= 1, got {batch_size}")
     batches = [list(range(i, min(i + batch_size, len(paths)))) for i in range(0, len(paths), batch_size)]
     with ThreadPoolExecutor(max(1, workers)) as pool, tqdm(total=len(paths), desc=desc, unit="photo", disable=not progress) as bar:
         pending = [pool.submit(_open, paths[i]) for i in batches[0]] if batches else []
@@ -154,7 +197,8 @@ def problem_rows(catalog: Catalog) -> list[dict]:
 
 
 def mask_name(image: str) -> str:
-    return str(Path("masks") / Path(image).with_suffix(".png")).replace("\\", "/")
+    """Mask file of a photo, relative to the output folder: ``masks/<safe name>.png``, whatever the image name."""
+    return f"masks/{safe_name(image, '.png')}"
 
 
 def crop_catalog(
@@ -165,7 +209,7 @@ def crop_catalog(
     workers: int = 2,
     progress: bool = True,
 ) -> pd.DataFrame:
-    """Crop table of a catalog; with ``masks_dir`` each mask is saved there as ``masks/<image>.png``."""
+    """Crop table of a catalog; with ``masks_dir`` each mask is saved there, as the ``mask`` column says."""
     names = catalog.table["image"].astype(str).tolist()
     rows = []
     for found in locate(catalog.paths, settings, batch_size, workers, progress):
@@ -194,8 +238,9 @@ def write_crop_table(table: pd.DataFrame, out_dir: str | Path) -> tuple[Path, Pa
 
 
 def read_crop_table(path: str | Path) -> pd.DataFrame:
-    table = pd.read_csv(path, dtype={"image": str, "status": str, "mask": str}, keep_default_na=False)
+    """A ``crops.csv`` as written by :func:`write_crop_table`; any other file is a :class:`UserError`."""
+    table = read_user_csv(path, "crop table", dtype={"image": str, "status": str, "mask": str}, keep_default_na=False)
     missing = [c for c in CROP_COLUMNS if c not in table.columns]
     if missing:
-        raise ValueError(f"{path}: not a crop table (missing {', '.join(missing)})")
+        raise UserError(f"{path}: not a crop table (missing {', '.join(missing)})")
     return table

@@ -1,7 +1,16 @@
-"""Batched embedding of photos: L2-normalised once, here, with optional flip TTA."""
+"""Batched embedding of photos: L2-normalised once, here, with optional flip TTA.
+
+Vectors are only comparable with vectors from the same model, photo preparation and TTA.
+Every set of embeddings records a ``fingerprint`` of those (and its dimension) in its
+meta, and :meth:`Embeddings.require_compatible` refuses to match a query, validation or
+calibration set against a gallery made otherwise: the scores would be meaningless, with
+no error to tell.
+"""
 
 from __future__ import annotations
 
+import csv
+import hashlib
 import json
 import os
 from collections.abc import Sequence
@@ -17,6 +26,7 @@ from tqdm.auto import tqdm
 
 from whaleid.augment import PhotoDataset, collate_skipping, eval_transform
 from whaleid.catalog import Catalog
+from whaleid.errors import UserError
 from whaleid.files import atomic_path
 from whaleid.model import DEFAULT_BACKBONE, EmbeddingModel, ModelConfig, load_checkpoint
 
@@ -24,6 +34,9 @@ from whaleid.model import DEFAULT_BACKBONE, EmbeddingModel, ModelConfig, load_ch
 def default_workers() -> int:
     """Decoding overlaps the forward pass only when a core is left for it."""
     return min(4, max(0, (os.cpu_count() or 1) - 1))
+
+
+FILES = ("vectors.npy", "photos.csv", "failures.csv", "embeddings.json")
 
 
 @dataclass
@@ -35,19 +48,25 @@ class Embeddings:
     failures: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=["image", "reason"]))
     meta: dict = field(default_factory=dict)
     class_cosines: np.ndarray | None = None  # (photos, meta["classes"]) cosine to each trained individual's centre
+    directory: Path | None = None  # the folder it was loaded from, named in errors
 
     def __len__(self) -> int:
         return len(self.vectors)
 
+    @property
+    def dim(self) -> int:
+        return int(self.vectors.shape[1])
+
     def save(self, directory: str | Path) -> Path:
+        """Write the folder; the CSVs quote every cell, so names with commas, quotes or line breaks come back whole."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         with atomic_path(directory / "vectors.npy") as tmp, open(tmp, "wb") as f:
             np.save(f, self.vectors)
         with atomic_path(directory / "photos.csv") as tmp:
-            self.table.to_csv(tmp, index=False)
+            self.table.to_csv(tmp, index=False, quoting=csv.QUOTE_ALL)
         with atomic_path(directory / "failures.csv") as tmp:
-            self.failures.to_csv(tmp, index=False)
+            self.failures.to_csv(tmp, index=False, quoting=csv.QUOTE_ALL)
         if self.class_cosines is not None:
             with atomic_path(directory / "class_cosines.npy") as tmp, open(tmp, "wb") as f:
                 np.save(f, self.class_cosines)
@@ -59,13 +78,155 @@ class Embeddings:
 
     @classmethod
     def load(cls, directory: str | Path) -> "Embeddings":
+        """Read a folder written by :meth:`save`; anything missing, unreadable or inconsistent is a UserError."""
         directory = Path(directory)
-        return cls(
-            vectors=np.load(directory / "vectors.npy"),
-            table=pd.read_csv(directory / "photos.csv", dtype=str, keep_default_na=False),
-            failures=pd.read_csv(directory / "failures.csv", dtype=str, keep_default_na=False),
-            meta=json.loads((directory / "embeddings.json").read_text()),
-            class_cosines=np.load(directory / "class_cosines.npy") if (directory / "class_cosines.npy").exists() else None,
+        again = f"run `whaleid embed CSV --out {directory}` again"
+        if not os.path.isdir(directory):
+            what = "is not a folder" if os.path.lexists(directory) else "not found"
+            raise UserError(
+                f"embeddings folder {what}: {directory} (make one with `whaleid embed CSV --out {directory}`)"
+            )
+        missing = [name for name in FILES if not (directory / name).is_file()]
+        if missing:
+            state = "is empty" if not any(directory.iterdir()) else f"lacks {', '.join(missing)}"
+            raise UserError(f"{directory} is not a complete embeddings folder (it {state}): {again}")
+        vectors = _load_array(directory / "vectors.npy", again)
+        if vectors.ndim != 2 or not np.issubdtype(vectors.dtype, np.floating):
+            raise UserError(f"{directory / 'vectors.npy'} holds a {vectors.dtype} array of shape {vectors.shape}, "
+                            f"not vectors: {again}")
+        vectors = vectors.astype(np.float32, copy=False)
+        finite = np.isfinite(vectors).all(axis=1)
+        if not finite.all():
+            raise UserError(f"{directory / 'vectors.npy'} has NaN or inf in {int((~finite).sum())} of "
+                            f"{len(vectors)} vectors: {again}")
+        try:
+            meta = json.loads((directory / "embeddings.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise UserError(
+                f"{directory / 'embeddings.json'} is not readable JSON ({_first_line(exc)}): {again}"
+            ) from None
+        if not isinstance(meta, dict):
+            raise UserError(f"{directory / 'embeddings.json'} is not a JSON object: {again}")
+        table = _load_table(directory / "photos.csv", again)
+        if "image" not in table.columns:
+            raise UserError(f"{directory / 'photos.csv'} has no image column: {again}")
+        if len(table) != len(vectors):
+            raise UserError(f"{directory}: photos.csv lists {len(table)} photos but vectors.npy holds "
+                            f"{len(vectors)} vectors: {again}")
+        cosines = None
+        if (directory / "class_cosines.npy").exists():
+            cosines = _load_array(directory / "class_cosines.npy", again)
+            if cosines.ndim != 2 or len(cosines) != len(vectors) or cosines.shape[1] != len(meta.get("classes", [])):
+                raise UserError(f"{directory / 'class_cosines.npy'} (shape {cosines.shape}) does not fit "
+                                f"{len(vectors)} photos and {len(meta.get('classes', []))} classes: {again}")
+        return cls(vectors, table, _load_table(directory / "failures.csv", again), meta, cosines, directory)
+
+    def _named(self, what: str) -> str:
+        return f"{what} {self.directory}" if self.directory else what
+
+    def require_labels(self, what: str = "the gallery") -> None:
+        """Refuse a set without an individual_id on every photo where one is needed (a gallery, a calibration set)."""
+        if len(self) == 0:
+            raise UserError(f"{self._named(what)} holds no vectors: embed a catalog with readable photos")
+        ids = self.table["individual_id"] if "individual_id" in self.table else pd.Series([None] * len(self))
+        unlabelled = ids.isna() | ids.astype(str).str.strip().eq("")
+        if unlabelled.any():
+            raise UserError(
+                f"{self._named(what)}: {int(unlabelled.sum())} of {len(self)} photos have no individual_id; "
+                "embed a labelled catalog (image,species,individual_id) for it"
+            )
+
+    def require_compatible(self, other: "Embeddings", what: str, own: str = "the gallery") -> None:
+        """Refuse ``other`` (named ``what`` in the error) unless it was made like these vectors (named ``own``)."""
+        require_same_model(self.meta, self.dim, other.meta, other.dim, other._named(what), self._named(own))
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:120] if text else type(exc).__name__
+
+
+def _load_array(path: Path, again: str) -> np.ndarray:
+    """A .npy array, never a pickle (a pickle can run code)."""
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:
+        raise UserError(f"{path} is not a valid array file ({_first_line(exc)}): {again}") from None
+    if not isinstance(array, np.ndarray):  # an .npz archive
+        array.close()
+        raise UserError(f"{path} is not a .npy array file: {again}")
+    return array
+
+
+def _load_table(path: Path, again: str) -> pd.DataFrame:
+    try:
+        return pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (OSError, ValueError, pd.errors.EmptyDataError, pd.errors.ParserError) as exc:
+        raise UserError(f"{path} is not a readable CSV ({_first_line(exc)}): {again}") from None
+
+
+# --------------------------------------------------------------------------- which model
+
+
+def _identity(meta: dict) -> dict:
+    """What makes two sets of vectors comparable: model, weights, photo preparation, ensemble.
+
+    Flip TTA is left out: it averages two views in the same model's space, so vectors with and
+    without it may be compared (a gallery embedded with TTA answers queries embedded without).
+    """
+    return {
+        "model": meta.get("model"),
+        "weights": meta.get("weights"),
+        "crop": (meta.get("preprocess") or {}).get("cache"),
+        "ensemble": meta.get("ensemble"),
+    }
+
+
+def fingerprint(meta: dict) -> str:
+    """Short hash of :func:`_identity`: equal for vectors that may be compared."""
+    text = json.dumps(_identity(meta), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def _differences(meta: dict, other: dict) -> list[str]:
+    """The recorded parts of two models' identities that differ, in words."""
+    a, b = _identity(meta), _identity(other)
+    both = isinstance(a["model"], dict) and isinstance(b["model"], dict)
+    out = [f"{key} {a['model'].get(key)!r} vs {b['model'].get(key)!r}"
+           for key in ("backbone", "img_size", "output", "embedding_dim", "mean", "std")
+           if both and a["model"].get(key) != b["model"].get(key)]
+    recorded = {"weights": "weights", "crop": "preprocess"}  # older metas lack some
+    said = {"weights": "weights", "crop": "photo cropping", "ensemble": "ensemble"}
+    out += [words for key, words in said.items()
+            if a[key] != b[key] and (key not in recorded or (recorded[key] in meta and recorded[key] in other))]
+    source, other_source = meta.get("source"), other.get("source")
+    if not (meta.get("weights") and other.get("weights")) and source and other_source and source != other_source:
+        out.append("model file")
+    return out
+
+
+def _describe_model(meta: dict, dim: int) -> str:
+    model = meta.get("model")
+    name = meta.get("fingerprint") or (model.get("backbone") if isinstance(model, dict) else None) or "not recorded"
+    return f"{dim}-d, model {name}"
+
+
+def require_same_model(meta: dict, dim: int, other_meta: dict, other_dim: int, what: str, own: str) -> None:
+    """Raise UserError unless vectors described by ``other_meta`` may be compared with those of ``meta``.
+
+    With fingerprints on both sides they must be equal; embeddings made before
+    fingerprints are compared on what they record (dimension, model, model file).
+    """
+    differences = _differences(meta, other_meta)
+    if meta.get("fingerprint") and other_meta.get("fingerprint"):
+        same = meta["fingerprint"] == other_meta["fingerprint"]
+    else:
+        same = not differences
+    if dim != other_dim or not same:
+        detail = f"; they differ in {', '.join(differences)}" if differences else ""
+        raise UserError(
+            f"{what} come from another model ({_describe_model(other_meta, other_dim)}) than {own} "
+            f"({_describe_model(meta, dim)}{detail}): embed both with the same --model (and --crop)"
         )
 
 
@@ -102,6 +263,7 @@ class Embedder:
         self.num_workers = default_workers() if num_workers is None else num_workers
         self.transform = eval_transform(self.config.img_size, self.config.mean, self.config.std)
         self.source: dict = {}  # where the weights came from, so a query path can rebuild this embedder
+        self.weights: str | None = None  # which weights: checkpoint file hash or zero-shot backbone (fingerprint)
         self.preprocess: dict | None = None  # how photos were cropped for the model (whaleid.cache), recorded with the vectors
 
     @classmethod
@@ -115,6 +277,7 @@ class Embedder:
         model, payload = load_checkpoint(path)
         embedder = cls(model, head=payload.get("head"), classes=payload.get("labels"), **kwargs)
         embedder.source = {"checkpoint": str(Path(path).resolve())}
+        embedder.weights = _file_digest(path)
         embedder.preprocess = payload.get("extra", {}).get("preprocess")
         return embedder
 
@@ -134,6 +297,7 @@ class Embedder:
         """Pretrained backbone features with GeM pooling and no trained neck: the baseline to beat."""
         embedder = cls(EmbeddingModel(ModelConfig(backbone=backbone, embedding_dim=0, img_size=img_size)), **kwargs)
         embedder.source = {"zero_shot": backbone}
+        embedder.weights = f"zero-shot {backbone}"
         return embedder
 
     @torch.inference_mode()
@@ -189,8 +353,11 @@ class Embedder:
             "source": self.source,
             "preprocess": self.preprocess,
             "tta_flip": self.tta_flip,
+            "weights": self.weights,
             "n": int(ok.sum()),
+            "dim": int(vectors.shape[1]),
         }
+        meta["fingerprint"] = fingerprint(meta)
         if cosines is not None:
             meta["classes"], meta["arcface_scale"] = self.classes, float(self.head["scale"])
         return Embeddings(vectors, table.loc[ok, columns].reset_index(drop=True), failures, meta, cosines)
@@ -220,7 +387,9 @@ def ensemble(members: Sequence[Embeddings], mode: str = "concat") -> Embeddings:
         total = np.sum(parts, axis=0)
         vectors = total / np.linalg.norm(total, axis=1, keepdims=True).clip(min=1e-12)
     meta = {**first.meta, "ensemble": {"members": len(members), "mode": mode},
-            "source": {"checkpoints": [m.meta.get("source", {}).get("checkpoint") for m in members], "ensemble": mode}}
+            "source": {"checkpoints": [m.meta.get("source", {}).get("checkpoint") for m in members], "ensemble": mode},
+            "weights": [m.meta.get("weights") for m in members], "n": len(table), "dim": int(vectors.shape[1])}
+    meta["fingerprint"] = fingerprint(meta)
     cosines = None
     if all(m.class_cosines is not None for m in members):
         classes = sorted({c for m in members for c in m.meta["classes"]})
@@ -262,6 +431,15 @@ class Ensemble:
         catalog = Catalog(table, images_dir=Path("/"))
         combined = self.embed_catalog(catalog, progress)
         return combined.vectors, np.isin(np.asarray(paths, dtype=object), combined.table["image"].to_numpy())
+
+
+def _file_digest(path: str | Path) -> str:
+    """sha256 of a checkpoint (first 16 hex digits): the same weights wherever the file was copied."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
 
 
 def _describe(config: ModelConfig) -> dict:

@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from whaleid.catalog import NEW_INDIVIDUAL  # one spelling for the whole package
+from whaleid.errors import UserError
 from whaleid.files import atomic_path
 
 if TYPE_CHECKING:
@@ -38,6 +39,8 @@ __all__ = [
     "write_submission",
     "Report",
     "evaluate",
+    "truths_for",
+    "cell",
 ]
 
 
@@ -50,9 +53,10 @@ CUTOFF = 5
 
 def _check_pairs(predictions: Sequence[Sequence[str]], truths: Sequence[str]) -> None:
     if len(predictions) != len(truths):
-        raise ValueError(f"{len(predictions)} prediction lists but {len(truths)} truths")
+        raise UserError(f"{len(predictions)} prediction lists but {len(truths)} truths: "
+                        "give one truth per predicted photo")
     if len(truths) == 0:
-        raise ValueError("cannot score an empty set of predictions")
+        raise UserError("cannot score an empty set of predictions")
     for i, p in enumerate(predictions[:1]):
         if isinstance(p, str):  # a bare string would be scored letter by letter
             raise TypeError(f"predictions[{i}] is a string; expected a list of ids")
@@ -110,7 +114,7 @@ def per_species(
     """
     _check_pairs(predictions, truths)
     if len(species) != len(truths):
-        raise ValueError(f"{len(species)} species labels but {len(truths)} truths")
+        raise UserError(f"{len(species)} species labels but {len(truths)} truths: give one species per photo")
     ap = np.array([average_precision_at_5(p, t) for p, t in zip(predictions, truths)])
     top1 = np.array([len(p) > 0 and p[0] == t for p, t in zip(predictions, truths)])
     top5 = np.array([t in list(p)[:CUTOFF] for p, t in zip(predictions, truths)])
@@ -155,12 +159,12 @@ def threshold_sweep(
     cost O(queries x thresholds) array work instead of Python loops.
     """
     if len(rankings) != len(truths):
-        raise ValueError(f"{len(rankings)} rankings but {len(truths)} truths")
+        raise UserError(f"{len(rankings)} rankings but {len(truths)} truths: give one truth per query")
     if len(truths) == 0:
-        raise ValueError("cannot sweep an empty validation set")
+        raise UserError("cannot sweep an empty validation set")
     thr = default_thresholds(rankings) if thresholds is None else np.asarray(thresholds, float)
     if thr.ndim != 1 or thr.size == 0 or not np.isfinite(thr).all():
-        raise ValueError("thresholds must be a non-empty 1-D array of finite numbers")
+        raise UserError("thresholds must be a non-empty 1-D array of finite numbers")
     nq = len(rankings)
     # Candidates after dropping any pre-existing new_individual, as insert_new_individual does.
     # Only the first `top` candidates can change the outcome: an insertion point beyond
@@ -282,6 +286,37 @@ def json_float(x: Any) -> float | None:
     """NaN (an undefined metric) as JSON null rather than the non-standard NaN token."""
     x = float(x)
     return None if math.isnan(x) else x
+
+
+def cell(x: Any, digits: int = 3) -> str:
+    """A metric for a printed table: an undefined one (NaN or None, e.g. precision with nothing predicted new)
+    is a dash, not "nan"."""
+    return "\u2013" if x is None or math.isnan(x) else f"{x:.{digits}f}"
+
+
+def truths_for(
+    images: Sequence[str], truth: pd.DataFrame, source: str = "the truth CSV"
+) -> tuple[list[str], list[str] | None]:
+    """Each predicted photo's individual (and species, when the table has them) from a truth table.
+
+    A photo listed twice, in either, would be scored twice or against two answers, so both must
+    hold one row per photo.
+    """
+    missing = {"image", "individual_id"} - set(truth.columns)
+    if missing:
+        raise UserError(f"{source} lacks column(s) {sorted(missing)}: it needs image and individual_id")
+    for name, column in ((source, truth["image"]), ("the predictions", pd.Series(list(images), dtype=object))):
+        twice = column[column.duplicated()].unique()
+        if len(twice):
+            raise UserError(f"in {name}, {len(twice)} photo(s) appear more than once, e.g. {list(twice[:3])}: "
+                            "keep one row per photo")
+    table = truth.set_index("image")
+    absent = [i for i in images if i not in table.index]
+    if absent:
+        raise UserError(f"{len(absent)} predicted photo(s) have no row in {source}, e.g. {absent[:3]}")
+    rows = table.loc[list(images)]
+    species = rows["species"].tolist() if "species" in rows else None
+    return rows["individual_id"].tolist(), species
 
 
 @dataclass

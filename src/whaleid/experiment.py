@@ -14,7 +14,8 @@ import pandas as pd
 
 from whaleid.catalog import Catalog, open_set_split
 from whaleid.embed import Embedder
-from whaleid.evaluate import json_float, plot_threshold_sweep, write_submission
+from whaleid.evaluate import cell, json_float, plot_threshold_sweep, write_submission
+from whaleid.files import atomic_path
 from whaleid.openset import calibrated_open_set
 from whaleid.train import TrainConfig, train
 
@@ -37,7 +38,8 @@ class OpenSetSplit:
         """fit.csv / val.csv / test.csv, so each part can be re-used with the CLI commands."""
         directory.mkdir(parents=True, exist_ok=True)
         for name, part in vars(self).items():
-            part.to_csv(directory / f"{name}.csv")
+            with atomic_path(directory / f"{name}.csv") as tmp:
+                part.to_csv(tmp)
 
     def sizes(self) -> dict:
         return {name: {"photos": len(part), "individuals": part.n_individuals} for name, part in vars(self).items()}
@@ -76,29 +78,40 @@ def run_open_set(
     metrics["train_seconds"] = trained.seconds
     report["results"]["fine-tuned"] = metrics
 
-    sweep.to_csv(out_dir / "threshold_sweep.csv", index=False)
+    with atomic_path(out_dir / "threshold_sweep.csv") as tmp:
+        sweep.to_csv(tmp, index=False)
     report["files"] = {
         "model": str(trained.checkpoint),
         "threshold_plot": str(plot_threshold_sweep(sweep, out_dir / "threshold_sweep.png", chosen=metrics["threshold"])),
         "submission": str(write_submission(images, predictions, out_dir / "submission.csv")),
     }
     results = {name: {k: json_float(v) for k, v in m.items()} for name, m in report["results"].items()}
-    (out_dir / "report.json").write_text(json.dumps({**report, "results": results}, indent=2, default=str))
-    (out_dir / "report.md").write_text(format_report(report))
+    with atomic_path(out_dir / "report.json") as tmp:
+        tmp.write_text(json.dumps({**report, "results": results}, indent=2, default=str))
+    with atomic_path(out_dir / "report.md") as tmp:
+        tmp.write_text(format_report(report))
     return report
 
 
 def format_report(report: dict) -> str:
-    """Markdown table of the open-set results (the figures in docs/results come from here)."""
-    lines = [
-        "| features | MAP@5 (held-out, val threshold) | top-1 known | top-5 known | new precision | new recall | threshold | CPU training |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
+    """Markdown table of the open-set results (the figures in docs/results come from here).
+
+    Columns are padded so that it also reads as a table on a terminal; an undefined metric
+    (new precision when no photo was called new) shows as a dash.
+    """
+    header = ["features", "MAP@5 (held-out, val threshold)", "top-1 known", "top-5 known", "new precision",
+              "new recall", "threshold", "CPU training"]
+    rows = [header]
     for name, m in report["results"].items():
         seconds = m.get("train_seconds")
-        lines.append(
-            f"| {name} | {m['map5']:.3f} | {m['top1_known']:.3f} | {m['top5_known']:.3f} | "
-            f"{m['new_precision']:.3f} | {m['new_recall']:.3f} | {m['threshold']:.3f} | "
-            f"{'-' if seconds is None else f'{seconds / 60:.1f} min'} |"
-        )
-    return "\n".join(lines) + "\n"
+        rows.append([name, *(cell(m[k]) for k in ("map5", "top1_known", "top5_known", "new_precision", "new_recall",
+                                                  "threshold")),
+                     "\u2013" if seconds is None else f"{seconds / 60:.1f} min"])
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+
+    def line(cells: list[str]) -> str:  # names left, numbers right
+        padded = (c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+        return "| " + " | ".join(padded) + " |"
+
+    rule = "|" + "|".join(":" + "-" * (w + 1) if i == 0 else "-" * (w + 1) + ":" for i, w in enumerate(widths)) + "|"
+    return "\n".join([line(header), rule, *map(line, rows[1:])]) + "\n"

@@ -11,7 +11,6 @@ network, so the folder can be opened from disk, zipped, or copied to a shared dr
 
 from __future__ import annotations
 
-import hashlib
 import html
 import os
 from collections.abc import Iterable, Sequence
@@ -26,7 +25,8 @@ from tqdm.auto import tqdm
 
 from whaleid.catalog import Catalog, summary
 from whaleid.crops import CROP_COLUMNS
-from whaleid.files import atomic_path
+from whaleid.errors import UserError
+from whaleid.files import atomic_path, inside, safe_name
 from whaleid.images import ImageError, open_image
 from whaleid.preprocess import STATUS_OK
 
@@ -88,16 +88,17 @@ def _status_class(status: str) -> str:
     return "error"
 
 
-def _thumb_name(image: str) -> str:
-    # Hashed so that any image name (subfolders, odd characters) makes a safe file name.
-    return hashlib.sha1(image.encode("utf-8")).hexdigest()[:16] + ".jpg"
-
-
 def _mask_path(crop: dict[str, Any] | None, crops_dir: Path | None) -> Path | None:
+    """The mask file the crop table records, relative to ``crops_dir``."""
     value = None if crop is None else crop.get("mask")
     if crops_dir is None or not isinstance(value, str) or not value.strip():
         return None
     return crops_dir / value
+
+
+def _at_least(value: int, least: int, what: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        raise UserError(f"{what} must be a whole number >= {least}, got {value!r}")
 
 
 def annotated_thumbnail(path: str | Path, crop: dict[str, Any] | None, crops_dir: Path | None, size: int) -> tuple[Image.Image, str]:
@@ -110,7 +111,9 @@ def annotated_thumbnail(path: str | Path, crop: dict[str, Any] | None, crops_dir
     photo.thumbnail((size, size))
     note = ""
     mask_path = _mask_path(crop, crops_dir)
-    if mask_path is not None:
+    if mask_path is not None and not inside(mask_path, crops_dir):  # a crop table is a file users can edit
+        note = "mask: not inside the crop folder"
+    elif mask_path is not None:
         try:
             mask = open_image(mask_path).convert("L").resize(photo.size, Image.Resampling.BILINEAR)
         except ImageError as exc:
@@ -139,9 +142,10 @@ def _make_thumb(
         photo, note = annotated_thumbnail(path, crop, crops_dir, size)
     except ImageError as exc:
         return _Thumb(None, 0, 0, exc.reason)
-    # Full-resolution chroma keeps the thin box line its own colour.
-    photo.save(thumbs / _thumb_name(image), format="JPEG", quality=90, subsampling=0)
-    return _Thumb(f"thumbs/{_thumb_name(image)}", photo.width, photo.height, note)
+    name = safe_name(image, ".jpg")
+    with atomic_path(thumbs / name) as tmp:  # full-resolution chroma keeps the thin box line its own colour
+        photo.save(tmp, format="JPEG", quality=90, subsampling=0)
+    return _Thumb(f"thumbs/{name}", photo.width, photo.height, note)
 
 
 def contact_sheet(
@@ -156,6 +160,8 @@ def contact_sheet(
 
     Made for reports: a person checks at a glance whether each box holds the animal.
     """
+    _at_least(columns, 1, "contact sheet columns")
+    _at_least(size, 16, "contact sheet tile size")
     rows = _check_crops(crops).set_index("image", drop=False)
     names = catalog.table["image"].astype(str).tolist()
     crops_dir = Path(crops_dir) if crops_dir is not None else None
@@ -284,10 +290,10 @@ def _charts(stats: dict[str, Any], out_dir: Path) -> None:
 def _check_crops(crops: pd.DataFrame) -> pd.DataFrame:
     missing = [c for c in CROP_COLUMNS if c != "mask" and c not in crops.columns]  # masks are optional
     if missing:
-        raise ValueError(f"crop table lacks column(s) {', '.join(missing)}")
+        raise UserError(f"crop table lacks column(s) {', '.join(missing)}")
     dup = crops["image"][crops["image"].duplicated()].unique()
     if len(dup):
-        raise ValueError(f"crop table has {len(dup)} image(s) more than once, e.g. {dup[0]!r}")
+        raise UserError(f"crop table has {len(dup)} image(s) more than once, e.g. {dup[0]!r}")
     return crops.astype({c: "int64" for c in ("x0", "y0", "x1", "y1", "width", "height")})
 
 
@@ -312,6 +318,11 @@ def build_explorer(
     photos each; None shows all) so that the page stays usable for a full catalog.
     Photos that cannot be read get a text placeholder with the reason, not an error.
     """
+    _at_least(thumb_size, 16, "thumbnail size")
+    _at_least(per_individual, 1, "photos per individual")
+    _at_least(worst, 0, "number of worst crops")
+    if max_individuals is not None:
+        _at_least(max_individuals, 1, "number of individuals")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     table = catalog.table
@@ -361,7 +372,7 @@ def build_explorer(
             lines.append(f"mask area {row['mask_area']:.2%} · score {row['score']:.3f}")
         return _card(image, thumbs[image], lines, css)
 
-    (out_dir / "style.css").write_text(_CSS, encoding="utf-8")
+    _write(out_dir / "style.css", _CSS)
     _charts(stats, out_dir)
 
     # index.html

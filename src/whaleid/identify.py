@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from whaleid.errors import UserError
 from whaleid.evaluate import CUTOFF, NEW_INDIVIDUAL, default_thresholds, threshold_sweep
 from whaleid.files import atomic_path
 from whaleid.index import Index, load_index
@@ -45,6 +46,17 @@ FORMAT = "whaleid.identifier"
 FORMAT_VERSION = 2  # 2: per-species thresholds and gallery species
 #: Key of a per-species threshold dict that covers every species without its own.
 OTHER_SPECIES = "*"
+NO_NEW_TRUTH = ("no validation truth is new_individual, so the sweep cannot reward predicting new; "
+                "the threshold will be at the low end")
+_warned: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    """Warn once per process: training validates every epoch, and Python's own once-only filters
+    forget what they showed whenever any library enters ``warnings.catch_warnings`` (torch often does)."""
+    if message not in _warned:
+        _warned.add(message)
+        warnings.warn(message, stacklevel=3)
 
 
 @dataclass
@@ -67,12 +79,14 @@ class Ranking:
 
 def _check_gallery_ids(gallery_ids: Sequence[str]) -> list[str]:
     ids = list(gallery_ids)
+    if not ids:
+        raise UserError("the gallery is empty: embed a catalog of labelled photos first")
     for i, x in enumerate(ids):
         if not isinstance(x, str) or not x:
-            raise TypeError(f"gallery_ids[{i}] = {x!r}; ids must be non-empty strings")
+            raise UserError(f"gallery photo {i} has individual_id {x!r}: every gallery photo needs a non-empty id")
     if NEW_INDIVIDUAL in ids:
-        raise ValueError(f"{NEW_INDIVIDUAL!r} is reserved for the 'not in the gallery' answer "
-                         "and cannot label gallery photos")
+        raise UserError(f"{NEW_INDIVIDUAL!r} is reserved for the 'not in the gallery' answer "
+                        "and cannot label gallery photos")
     return ids
 
 
@@ -143,10 +157,10 @@ def insert_new_individual(ranking: Ranking, threshold: float, top: int = CUTOFF)
 def _check_species(species: Sequence[str], n: int, name: str) -> list[str]:
     out = list(species)
     if len(out) != n:
-        raise ValueError(f"expected {n} {name} labels (one per photo), got {len(out)}")
+        raise UserError(f"expected {n} {name} labels (one per photo), got {len(out)}")
     for i, x in enumerate(out):
         if not isinstance(x, str) or not x:
-            raise TypeError(f"{name}[{i}] = {x!r}; species must be non-empty strings")
+            raise UserError(f"{name}[{i}] = {x!r}: every photo needs a non-empty species")
     return out
 
 
@@ -155,20 +169,27 @@ def _check_threshold(threshold: Any) -> float | dict[str, float] | None:
         return None
     if isinstance(threshold, Mapping):
         if OTHER_SPECIES not in threshold:
-            raise ValueError(f"a per-species threshold needs a {OTHER_SPECIES!r} entry for the "
-                             "species without their own")
-        out = {}
-        for key, value in threshold.items():
-            if not isinstance(key, str):
-                raise TypeError(f"per-species threshold keys must be species names, got {key!r}")
-            out[key] = float(value)
-        bad = {k: v for k, v in out.items() if not np.isfinite(v)}
-        if bad:
-            raise ValueError(f"thresholds must be finite, got {bad}")
+            raise UserError(f"a per-species threshold needs a {OTHER_SPECIES!r} entry for the "
+                            "species without their own")
+        if not all(isinstance(key, str) for key in threshold):
+            raise UserError(f"per-species threshold keys must be species names, got {list(threshold)}")
+        out = {key: _finite(value) for key, value in threshold.items()}
+        if None in out.values():
+            raise UserError(f"thresholds must be finite numbers, got {dict(threshold)}")
         return out
-    if not np.isfinite(threshold):
-        raise ValueError(f"threshold must be finite, a dict per species, or None, got {threshold!r}")
-    return float(threshold)
+    value = _finite(threshold)
+    if value is None:
+        raise UserError(f"threshold must be a finite number, a dict per species, or None, got {threshold!r}")
+    return value
+
+
+def _finite(value: Any) -> float | None:
+    """``value`` as a finite float, or None when it is not one."""
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None
+    return value if np.isfinite(value) else None
 
 
 def _species_by_individual(ids: list[str], species: list[str]) -> dict[str, str]:
@@ -176,7 +197,7 @@ def _species_by_individual(ids: list[str], species: list[str]) -> dict[str, str]
     out: dict[str, str] = {}
     for ident, name in zip(ids, species):
         if out.setdefault(ident, name) != name:
-            raise ValueError(f"individual {ident!r} is labelled both {out[ident]!r} and {name!r} "
+            raise UserError(f"individual {ident!r} is labelled both {out[ident]!r} and {name!r} "
                              "in gallery_species")
     return out
 
@@ -198,7 +219,7 @@ def apply_threshold(
     if isinstance(threshold, dict):
         if species is None:
             if species_of is None:
-                raise ValueError("a per-species threshold needs the queries' species or each individual's species")
+                raise UserError("a per-species threshold needs the queries' species or each individual's species")
             species = [species_of[r.ids[0]] if len(r) else OTHER_SPECIES for r in rankings]
         thresholds = [threshold.get(s, threshold[OTHER_SPECIES]) for s in species]
     else:
@@ -229,10 +250,10 @@ class Identifier:
     ):
         ids = _check_gallery_ids(gallery_ids)
         if len(ids) != len(index):
-            raise ValueError(f"{len(ids)} gallery ids for an index of {len(index)} vectors")
+            raise UserError(f"{len(ids)} gallery ids for an index of {len(index)} vectors: give one id per vector")
         if isinstance(neighbours, bool) or not isinstance(neighbours, (int, np.integer)) \
                 or neighbours < 1:
-            raise ValueError(f"neighbours must be a positive integer, got {neighbours!r}")
+            raise UserError(f"neighbours must be a positive integer, got {neighbours!r}")
         self.index = index
         self.gallery_ids = ids
         self.threshold = threshold
@@ -279,7 +300,7 @@ class Identifier:
         if species is not None:
             species = _check_species(species, len(queries), "species")
         elif isinstance(self.threshold, dict) and self._species_of is None:
-            raise ValueError("a per-species threshold needs the queries' species: pass species=, "
+            raise UserError("a per-species threshold needs the queries' species: pass species=, "
                              "or give the Identifier gallery_species to infer them")
         return apply_threshold(self.rank(queries, top=top), self.threshold, species, self._species_of, top)
 
@@ -384,6 +405,13 @@ def _best_plateau_midpoint(thresholds: np.ndarray, values: np.ndarray) -> float:
     return float((thresholds[a] + thresholds[b]) / 2)
 
 
+def _sweep_threshold(rankings: Sequence[Ranking], truths: Sequence[str],
+                     thresholds: np.ndarray | Sequence[float] | None = None) -> float:
+    grid = default_thresholds(rankings) if thresholds is None else np.asarray(thresholds, float)
+    sweep = threshold_sweep(rankings, truths, grid)
+    return _best_plateau_midpoint(sweep["threshold"].to_numpy(), sweep["map5"].to_numpy())
+
+
 def calibrate_threshold(
     rankings: Sequence[Ranking],
     truths: Sequence[str] | None,
@@ -400,19 +428,18 @@ def calibrate_threshold(
     share of new animals is known but no labelled open-set split exists.
     """
     if len(rankings) == 0:
-        raise ValueError("cannot calibrate on zero rankings")
+        raise UserError("cannot calibrate a threshold on zero validation photos")
     if method == "sweep":
         if truths is None:
-            raise ValueError("method='sweep' needs truths")
-        grid = default_thresholds(rankings) if thresholds is None else np.asarray(thresholds, float)
-        sweep = threshold_sweep(rankings, truths, grid)
+            raise UserError("calibrating by sweep needs the validation photos' truths")
+        threshold = _sweep_threshold(rankings, truths, thresholds)
         if not any(t == NEW_INDIVIDUAL for t in truths):
-            warnings.warn("no validation truth is new_individual, so the sweep cannot reward "
-                          "predicting new; the threshold will be at the low end", stacklevel=2)
-        return _best_plateau_midpoint(sweep["threshold"].to_numpy(), sweep["map5"].to_numpy())
+            _warn_once(NO_NEW_TRUTH)
+        return threshold
     if method == "rate":
-        if new_rate is None or not 0.0 <= new_rate <= 1.0:
-            raise ValueError(f"method='rate' needs new_rate in [0, 1], got {new_rate!r}")
+        rate = _finite(new_rate)
+        if rate is None or not 0.0 <= rate <= 1.0:
+            raise UserError(f"--new-rate must be the share of queries expected to be new, in [0, 1], got {new_rate!r}")
         top1 = np.sort([r.scores[0] if len(r) else -np.inf for r in rankings])
         n = len(top1)
         m = int(round(new_rate * n))  # queries to send to new_individual (top-1 < threshold)
@@ -425,7 +452,7 @@ def calibrate_threshold(
         if not np.isfinite(lo):
             return float(hi)
         return float((lo + hi) / 2) if hi > lo else float(hi)
-    raise ValueError(f"unknown method {method!r}; use 'sweep' or 'rate'")
+    raise UserError(f"unknown calibration method {method!r}; use 'sweep' or 'rate'")
 
 
 def calibrate_per_species(
@@ -445,21 +472,18 @@ def calibrate_per_species(
     """
     species = _check_species(species, len(rankings), "species")
     if OTHER_SPECIES in species:
-        raise ValueError(f"{OTHER_SPECIES!r} names the fallback threshold, not a species")
+        raise UserError(f"{OTHER_SPECIES!r} names the fallback threshold, not a species")
     if min_queries < 1:
-        raise ValueError(f"min_queries must be >= 1, got {min_queries}")
+        raise UserError(f"min_queries must be >= 1, got {min_queries}")
     out = {OTHER_SPECIES: calibrate_threshold(rankings, truths, "sweep", **sweep_kwargs)}
     rows: dict[str, list[int]] = {}
     for i, name in enumerate(species):
         rows.setdefault(name, []).append(i)
-    with warnings.catch_warnings():
-        # A species whose validation animals all have matches gets a "rarely new"
-        # threshold, which is what its data says; the global call above still warns.
-        warnings.filterwarnings("ignore", message="no validation truth is new_individual")
-        for name, idx in rows.items():
-            if len(idx) >= min_queries:
-                out[name] = calibrate_threshold([rankings[i] for i in idx],
-                                                [truths[i] for i in idx], "sweep", **sweep_kwargs)
+    # A species whose validation animals all have matches gets a "rarely new" threshold,
+    # which is what its data says, so only the global call above warns.
+    for name, idx in rows.items():
+        if len(idx) >= min_queries:
+            out[name] = _sweep_threshold([rankings[i] for i in idx], [truths[i] for i in idx], **sweep_kwargs)
     return out
 
 

@@ -11,6 +11,9 @@ Decisions:
   silently pad a cut-off JPEG with grey, and a half-grey whale trains and matches
   badly without anyone noticing. whaleid keeps the flag ``False``; if some other
   library switched it on, :func:`open_image` switches it back and logs a warning.
+- A zeroed or cut tail is an error too, though the decoders pass it (they stop once
+  they have every pixel and fill what is lost with black or grey): a PNG must pass its
+  chunk checksums, a JPEG must reach its end-of-image marker (:func:`_tail_reason`).
 - Transparent pixels are composited on **black** (:data:`ALPHA_BACKGROUND`): cut-out
   fins and flukes then look like the background-removed crops made by ``preprocess``.
 - 16-bit and 32-bit greyscale photos are scaled to 8 bits (``I;16``: value / 257, so
@@ -20,12 +23,17 @@ Decisions:
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import re
+import stat
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+from whaleid.errors import UserError
 
 __all__ = ["ALPHA_BACKGROUND", "ImageError", "check_image", "open_image"]
 
@@ -37,13 +45,18 @@ ALPHA_BACKGROUND: tuple[int, int, int] = (0, 0, 0)
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
 _ALPHA_MODES = {"RGBA", "RGBa", "LA", "La", "PA"}
+_PNG_END = b"IEND\xaeB`\x82"  # the IEND chunk type and its (constant) checksum
+#: A JPEG marker: FF then a code; in entropy-coded data FF is only followed by 00 (a stuffed
+#: byte) or a restart code D0-D7, and FF FF is fill before a marker.
+_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
 
 
-class ImageError(ValueError):
+class ImageError(UserError):
     """A photo that cannot be read; ``reason`` is short and meant for people.
 
     Typical reasons: ``"missing file"``, ``"empty file"``, ``"not a file"``,
-    ``"not an image"``, ``"truncated JPEG"``, ``"corrupt PNG (...)"``,
+    ``"not a regular file"``, ``"file name too long"``, ``"not an image"``,
+    ``"truncated JPEG"``, ``"truncated PNG (zeroed or cut tail)"``, ``"corrupt PNG (...)"``,
     ``"permission denied"``, ``"image too large (... pixels)"``.
     """
 
@@ -65,21 +78,78 @@ def _guard_truncation_flag() -> None:
         ImageFile.LOAD_TRUNCATED_IMAGES = False
 
 
+def _os_reason(exc: OSError) -> str:
+    """A file-system error (not a decoding one) as a short reason."""
+    if isinstance(exc, FileNotFoundError):
+        return "missing file"
+    if isinstance(exc, PermissionError):
+        return "permission denied"
+    if exc.errno == errno.ENAMETOOLONG:
+        return "file name too long"
+    return f"cannot access file ({exc.strerror or exc})"
+
+
 def _file_reason(path: Path) -> str | None:
     """Reason a path cannot be a photo, judged without opening it (None if it may be)."""
     try:
         st = path.stat()
-    except FileNotFoundError:
-        return "missing file"
-    except PermissionError:
-        return "permission denied"
     except OSError as exc:
-        return f"cannot access file ({exc.strerror or exc})"
-    if path.is_dir():
+        return _os_reason(exc)
+    except ValueError:  # os.stat refuses a NUL byte in the path
+        return "control character in file name"
+    if stat.S_ISDIR(st.st_mode):
         return "not a file"
+    if not stat.S_ISREG(st.st_mode):  # a pipe or device: opening it could block or read forever
+        return "not a regular file"
     if st.st_size == 0:
         return "empty file"
     return None
+
+
+def _tail_reason(path: Path, fmt: str | None) -> str | None:
+    """Why a decoded PNG or JPEG is still incomplete: a tail zeroed or cut off.
+
+    The decoders stop once they have every pixel, so a file whose last part was zeroed
+    (a failed copy or disk) decodes without error, with black or grey rows. A PNG must
+    pass its chunk checksums up to IEND; a JPEG must have an end-of-image marker after
+    its last start-of-scan (entropy-coded data never holds FF D9, and bytes after the
+    marker are allowed).
+    """
+    if fmt == "PNG":
+        try:
+            with Image.open(path) as again:
+                again.verify()
+        except Exception as exc:
+            if _PNG_END in path.read_bytes():
+                return f"corrupt PNG ({_first_line(exc)})"
+            return "truncated PNG (zeroed or cut tail)"
+    elif fmt in ("JPEG", "MPO") and not _jpeg_ends(path.read_bytes()):
+        return f"truncated {fmt} (zeroed or cut tail)"
+    return None
+
+
+def _jpeg_ends(data: bytes) -> bool:
+    """Whether the JPEG's chain of markers reaches its end-of-image marker (FF D9).
+
+    Segments are skipped by their length and scans searched for the next marker, so an
+    EXIF thumbnail's own EOI, or a trailer after the image (a phone's motion-photo video)
+    that may hold any bytes, is never mistaken for the image's end.
+    """
+    pos = 2  # after SOI
+    while match := _MARKER.search(data, pos):
+        at, code = match.start(), data[match.start() + 1]
+        if code == 0xD9:
+            return True
+        if code == 0x01:  # TEM, the one marker outside scans without a length
+            pos = at + 2
+        else:
+            pos = at + 2 + int.from_bytes(data[at + 2 : at + 4], "big")
+    return False
+
+
+def _first_line(exc: BaseException) -> str:
+    msg = str(exc)
+    return msg.splitlines()[0][:80] if msg else type(exc).__name__
 
 
 def _decode_reason(exc: BaseException, fmt: str | None) -> str:
@@ -91,8 +161,7 @@ def _decode_reason(exc: BaseException, fmt: str | None) -> str:
         return "image too large (decompression bomb guard)"
     if "truncated" in msg.lower() or isinstance(exc, EOFError):
         return f"truncated {kind}"
-    msg = msg.splitlines()[0][:80] if msg else type(exc).__name__
-    return f"corrupt {kind} ({msg})"
+    return f"corrupt {kind} ({_first_line(exc)})"
 
 
 def _load(path: Path, *, draft: bool) -> Image.Image:
@@ -105,11 +174,11 @@ def _load(path: Path, *, draft: bool) -> Image.Image:
         im = Image.open(path)
     except UnidentifiedImageError:
         raise ImageError(path, "not an image") from None
-    except PermissionError:
-        raise ImageError(path, "permission denied") from None
-    except Image.DecompressionBombError as exc:
-        raise ImageError(path, _decode_reason(exc, None)) from None
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+    except OSError as exc:
+        if exc.errno is None:  # Pillow's own errors carry no errno
+            raise ImageError(path, _decode_reason(exc, None)) from None
+        raise ImageError(path, _os_reason(exc)) from None
+    except Exception as exc:  # a plugin choking on odd bytes may raise anything; one photo never stops a run
         raise ImageError(path, _decode_reason(exc, None)) from None
     fmt = im.format
     try:
@@ -118,9 +187,13 @@ def _load(path: Path, *, draft: bool) -> Image.Image:
             # truncation and corruption are found, at a fraction of the cost.
             im.draft(im.mode, (1, 1))
         im.load()
+        reason = _tail_reason(path, fmt)
     except Exception as exc:  # Pillow raises OSError, SyntaxError, ValueError, ...
         im.close()
         raise ImageError(path, _decode_reason(exc, fmt)) from None
+    if reason:
+        im.close()
+        raise ImageError(path, reason)
     return im
 
 

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from whaleid.errors import UserError
 from whaleid.files import atomic_path
 
 __all__ = [
@@ -57,18 +58,18 @@ def check_vectors(x: Any, name: str = "vectors", dim: int | None = None) -> np.n
         raise TypeError(f"{name} must be a numpy array, got {type(x).__name__}")
     if x.ndim != 2:
         hint = " (a single vector? use x[None, :])" if x.ndim == 1 else ""
-        raise ValueError(f"{name} must be 2-D (n, dim), got shape {x.shape}{hint}")
+        raise UserError(f"{name} must be 2-D (n, dim), got shape {x.shape}{hint}")
     if x.dtype != np.float32:
         raise TypeError(f"{name} must be float32, got {x.dtype}; convert with .astype(np.float32)")
     if x.shape[1] == 0:
-        raise ValueError(f"{name} has zero columns; embeddings need dim >= 1")
+        raise UserError(f"{name} has zero columns; embeddings need dim >= 1")
     if dim is not None and x.shape[1] != dim:
-        raise ValueError(f"{name} have dim {x.shape[1]} but the index has dim {dim}")
+        raise UserError(f"{name} have dim {x.shape[1]} but the index has dim {dim}")
     finite = np.isfinite(x).all(axis=1)
     if not finite.all():
         bad = np.flatnonzero(~finite)
         rows = ", ".join(map(str, bad[:5])) + (", ..." if bad.size > 5 else "")
-        raise ValueError(f"{name} contain NaN or inf in {bad.size} row(s): {rows}")
+        raise UserError(f"{name} contain NaN or inf in {bad.size} row(s): {rows}")
     return np.ascontiguousarray(x)
 
 
@@ -234,7 +235,7 @@ class ExactIndex(Index):
     ):
         checked = check_vectors(vectors, "gallery vectors")
         if len(checked) == 0:
-            raise ValueError("cannot build an index over an empty gallery")
+            raise UserError("cannot build an index over an empty gallery")
         _warn_if_not_normalised(checked)
         # Own the data, so later edits to the caller's array cannot change search results.
         if copy and np.may_share_memory(checked, vectors):
@@ -318,7 +319,7 @@ class FaissIndex(Index):
         vectors = check_vectors(vectors, "gallery vectors")
         n, d = vectors.shape
         if n == 0:
-            raise ValueError("cannot build an index over an empty gallery")
+            raise UserError("cannot build an index over an empty gallery")
         _warn_if_not_normalised(vectors)
         ip = faiss.METRIC_INNER_PRODUCT
         with _faiss_threads(self.threads):
@@ -393,33 +394,42 @@ def build_index(vectors: np.ndarray, kind: str = "exact", **kw: Any) -> Index:
 
 
 def load_index(path: str | os.PathLike, *, threads: int | None = None) -> Index:
-    """Rebuild an index saved by ``Index.save``; threads are a runtime choice, not saved."""
+    """Rebuild an index saved by ``Index.save``; threads are a runtime choice, not saved.
+
+    A missing, foreign, corrupt or inconsistent file is a UserError naming it: rebuild the
+    index (``whaleid identify ... --save``) rather than search a wrong one.
+    """
     path = Path(path)
+    again = "save the identifier again (`whaleid identify ... --save`)"
     if not path.is_file():
-        raise FileNotFoundError(f"no index file at {path}")
+        raise UserError(f"no index file at {path}: {again}")
     try:
         with np.load(path, allow_pickle=False) as data:
             meta = json.loads(str(data["meta"]))
             arrays = {name: data[name] for name in data.files if name != "meta"}
-    except (ValueError, KeyError, OSError) as exc:
-        raise ValueError(f"{path} is not a whaleid index file: {exc}") from exc
-    if meta.get("format") != FORMAT:
-        raise ValueError(f"{path} is not a whaleid index file (format={meta.get('format')!r})")
+    except (ValueError, KeyError, OSError, EOFError, AttributeError, TypeError) as exc:
+        # AttributeError/TypeError: a plain .npy array or a pickle, not an .npz archive
+        raise UserError(f"{path} is not a whaleid index file ({exc}): {again}") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise UserError(f"{path} is not a whaleid index file: {again}")
     if meta.get("version", 0) > FORMAT_VERSION:
-        raise ValueError(f"{path} was written by a newer whaleid (index format "
-                         f"v{meta['version']}, this one reads v{FORMAT_VERSION})")
-    kind = meta["kind"]
-    if kind == "exact":
-        index: Index = ExactIndex(arrays["vectors"], threads=threads, copy=False)
-    elif kind.startswith("faiss-"):
-        import faiss
+        raise UserError(f"{path} was written by a newer whaleid (index format "
+                        f"v{meta['version']}, this one reads v{FORMAT_VERSION})")
+    kind = meta.get("kind")
+    if kind != "exact" and not (isinstance(kind, str) and kind.startswith("faiss-")):
+        raise UserError(f"{path}: unknown index kind {kind!r}: {again}")
+    try:
+        if kind == "exact":
+            index: Index = ExactIndex(arrays["vectors"], threads=threads, copy=False)
+        else:
+            import faiss
 
-        raw = faiss.deserialize_index(arrays["faiss"])
-        index = FaissIndex(method=kind.split("-", 1)[1], threads=threads, _index=raw,
-                           **meta.get("params", {}))
-    else:
-        raise ValueError(f"{path}: unknown index kind {kind!r}")
-    if len(index) != meta["n"] or index.dim != meta["dim"]:
-        raise ValueError(f"{path} is inconsistent: meta says n={meta['n']}, dim={meta['dim']}, "
-                         f"payload has n={len(index)}, dim={index.dim}")
+            raw = faiss.deserialize_index(arrays["faiss"])
+            index = FaissIndex(method=kind.split("-", 1)[1], threads=threads, _index=raw,
+                               **meta.get("params", {}))
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:  # faiss raises RuntimeError on junk
+        raise UserError(f"{path} is a damaged index ({exc}): {again}") from None
+    if len(index) != meta.get("n") or index.dim != meta.get("dim"):
+        raise UserError(f"{path} is inconsistent: meta says n={meta.get('n')}, dim={meta.get('dim')}, "
+                        f"payload has n={len(index)}, dim={index.dim}: {again}")
     return index

@@ -6,18 +6,22 @@ Inference models output raw embeddings; `whaleid.embed` normalises them once.
 
 from __future__ import annotations
 
+import pickle
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from whaleid.errors import UserError
 from whaleid.files import atomic_path
 from whaleid.pretrained import create_backbone
 
 DEFAULT_BACKBONE = "tf_efficientnet_lite0"
 OUTPUTS = ("neck", "pooled")
+FORMAT = "whaleid.model/1"
 
 
 class GeM(nn.Module):
@@ -112,7 +116,7 @@ def save_checkpoint(
     """
     path = Path(path)
     payload = {
-        "format": "whaleid.model/1",
+        "format": FORMAT,
         "config": asdict(model.config),
         "state_dict": model.state_dict(),
         "labels": list(labels),
@@ -120,18 +124,49 @@ def save_checkpoint(
         "head": head,
     }
     with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+        with open(tmp, "wb") as f:  # through a file object, a full disk raises OSError(ENOSPC)
+            torch.save(payload, f)
     return path
+
+
+def read_saved(path: str | Path, what: str, advice: str) -> Any:
+    """A file this package saved with ``torch.save``, loaded as tensors and plain data only (no code runs).
+
+    Whatever makes it unusable (missing, empty, cut short by a crash or a full disk, another
+    program's file) becomes one UserError naming the file, never EOFError or a pickle error.
+    """
+    path = Path(path)
+    if path.is_dir():
+        reason = "a directory"
+    elif not path.exists():
+        reason = "no such file"
+    elif path.stat().st_size == 0:
+        reason = "empty file"
+    else:
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except PermissionError:
+            reason = "permission denied"
+        except pickle.UnpicklingError:  # holds Python objects that a whaleid file never has
+            reason = "not a whaleid file"
+        except Exception:  # EOFError, OSError, RuntimeError (zip), KeyError...: the bytes are cut short or damaged
+            reason = "truncated or corrupt"
+    raise UserError(f"{path} is not a readable whaleid {what} ({reason}): {advice}")
 
 
 def load_checkpoint(path: str | Path) -> tuple[EmbeddingModel, dict]:
     """Rebuild the model from an inference checkpoint (no pretrained download needed)."""
-    payload = torch.load(Path(path), map_location="cpu", weights_only=False)
-    if payload.get("format") != "whaleid.model/1":
-        raise ValueError(f"{path} is not a whaleid model checkpoint")
-    config = ModelConfig(**payload["config"])
-    config.mean, config.std = tuple(config.mean), tuple(config.std)
-    model = EmbeddingModel(config, pretrained=False)
-    model.load_state_dict(payload["state_dict"], strict=True)
+    advice = "retrain, or point --model at the model.pt that `whaleid train` wrote"
+    payload = read_saved(path, "model", advice)
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise UserError(f"{path} is not a readable whaleid model (not a whaleid checkpoint): {advice}")
+    try:
+        config = ModelConfig(**payload["config"])
+        config.mean, config.std = tuple(config.mean), tuple(config.std)
+        model = EmbeddingModel(config, pretrained=False)
+        model.load_state_dict(payload["state_dict"], strict=True)
+    except (KeyError, TypeError, ValueError, RuntimeError) as error:  # fields or weights that do not fit the model
+        raise UserError(f"{path} is not a readable whaleid model (its weights do not fit its config): "
+                        f"{advice}") from error
     model.eval()
     return model, payload

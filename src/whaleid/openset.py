@@ -14,6 +14,7 @@ import pandas as pd
 
 from whaleid.catalog import NEW_INDIVIDUAL
 from whaleid.embed import Embeddings
+from whaleid.errors import UserError
 from whaleid.evaluate import evaluate, map_at_5, threshold_sweep
 from whaleid.identify import (
     Ranking,
@@ -27,6 +28,10 @@ from whaleid.index import ExactIndex
 def leave_one_out(vectors: np.ndarray, ids: Sequence[str], neighbours: int = 100) -> tuple[list[Ranking], list[str]]:
     """Rankings of each photo against the rest of the set, and the truths they should match."""
     ids = list(ids)
+    if len(ids) != len(vectors):
+        raise UserError(f"{len(ids)} individual ids for {len(vectors)} photos: give one id per photo")
+    if len(ids) < 2:
+        raise UserError(f"leave-one-out scoring needs at least 2 photos (each queries the others), got {len(ids)}")
     k = min(neighbours + 1, len(ids))
     scores, indices = ExactIndex(vectors).search(vectors, k)
     # Drop each query's own photo wherever it landed (ties can move it off rank 1).

@@ -144,8 +144,8 @@ def enlarge_box(box: Box, factor: float, width: int, height: int, square: bool =
     ny0 = int(np.floor(cy - bh / 2.0 + 1e-9))
     nx1 = int(np.ceil(cx + bw / 2.0 - 1e-9))
     ny1 = int(np.ceil(cy + bh / 2.0 - 1e-9))
-    nx0, ny0 = max(0, nx0), max(0, ny0)
-    nx1, ny1 = min(width, nx1), min(height, ny1)
+    nx0, ny0 = min(max(0, nx0), width - 1), min(max(0, ny0), height - 1)
+    nx1, ny1 = max(min(width, nx1), nx0 + 1), max(min(height, ny1), ny0 + 1)  # at least one pixel, inside the image
     return nx0, ny0, nx1, ny1
 
 

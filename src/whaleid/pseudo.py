@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 import pandas as pd
 
 from whaleid.catalog import NEW_INDIVIDUAL, Catalog
+from whaleid.errors import UserError
 from whaleid.identify import Ranking
 
 __all__ = ["PSEUDO_COLUMNS", "pseudo_labels", "with_pseudo_labels"]
@@ -34,7 +35,9 @@ def pseudo_labels(
     maps individual -> species for the label rows.
     """
     if len(images) != len(rankings):
-        raise ValueError(f"{len(images)} images but {len(rankings)} rankings")
+        raise UserError(f"{len(images)} images but {len(rankings)} rankings: give one ranking per photo")
+    if not 0 <= confidence <= 1:  # also refuses NaN, which would label nothing without a word
+        raise UserError(f"the pseudo-label confidence must be a score in [0, 1], got {confidence!r}")
     rows = []
     for image, ranking in zip(images, rankings):
         if not len(ranking):
@@ -48,10 +51,14 @@ def pseudo_labels(
 
 def with_pseudo_labels(catalog: Catalog, unlabelled: Catalog, labels: pd.DataFrame) -> Catalog:
     """The training catalog plus the pseudo-labelled photos, with a fresh label encoding."""
+    missing = set(PSEUDO_COLUMNS[:3]) - set(labels.columns)
+    if missing:
+        raise UserError(f"the pseudo-label table lacks column(s) {sorted(missing)}: use a CSV that "
+                        "`whaleid pseudo-label` wrote")
     chosen = unlabelled.table.drop(columns=["individual_id", "label", "species"]).merge(
         labels[["image", "species", "individual_id"]], on="image"
     )
     table = pd.concat([catalog.table.drop(columns=["label"]), chosen], ignore_index=True)
     if table["image"].duplicated().any():
-        raise ValueError("pseudo-labelled photos are already in the training catalog")
+        raise UserError("pseudo-labelled photos are already in the training catalog: label photos from outside it")
     return Catalog(table, catalog.images_dir, catalog.problems)

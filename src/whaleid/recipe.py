@@ -33,7 +33,9 @@ from whaleid.catalog import (
     read_catalog,
 )
 from whaleid.embed import ENSEMBLES, Embedder, Embeddings, ensemble
+from whaleid.errors import UserError
 from whaleid.evaluate import evaluate, json_float
+from whaleid.files import atomic_path
 from whaleid.identify import (
     Ranking,
     apply_threshold,
@@ -78,25 +80,39 @@ class Recipe:
 
     def __post_init__(self) -> None:
         if self.threshold not in POLICIES:
-            raise ValueError(f"unknown threshold policy {self.threshold!r}; valid: {', '.join(POLICIES)}")
+            raise UserError(f"unknown threshold policy {self.threshold!r}; valid: {', '.join(POLICIES)}")
         if self.ensemble not in ENSEMBLES:
-            raise ValueError(f"unknown ensemble {self.ensemble!r}; valid: {', '.join(ENSEMBLES)}")
-        if self.folds < 1:
-            raise ValueError(f"folds must be >= 1, got {self.folds}")
+            raise UserError(f"unknown ensemble {self.ensemble!r}; valid: {', '.join(ENSEMBLES)}")
+        for name, low in (("folds", 1), ("pseudo_rounds", 0)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise UserError(f"{name} must be an integer >= {low}, got {value!r}")
+        for name in ("blend", "new_rate", "pseudo_confidence"):
+            value = getattr(self, name)
+            if (value is not None or name == "pseudo_confidence") and not (
+                    isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= 1):
+                raise UserError(f"{name} must be a number in [0, 1], got {value!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, values: dict) -> Recipe:
-        known = {f.name for f in fields(cls)}
-        unknown = set(values) - known
-        if unknown:
-            raise ValueError(f"unknown recipe keys: {sorted(unknown)}; valid: {sorted(known)}")
-        values = dict(values)
-        values["data"] = DataConfig(**values.get("data", {}))
+        values = dict(_section(values, "recipe", cls))
+        values["data"] = DataConfig(**_section(values.get("data", {}), "data", DataConfig))
         values["train"] = TrainConfig.from_dict(values.get("train", {}))
         return cls(**values)
+
+
+def _section(values: Any, name: str, kind: type) -> dict:
+    """One level of a recipe: a mapping of known keys."""
+    known = {f.name for f in fields(kind)}
+    if not isinstance(values, dict):
+        raise UserError(f"the {name} section of a recipe must be a mapping of keys, got {values!r}")
+    unknown = set(values) - known
+    if unknown:
+        raise UserError(f"unknown {name} keys: {sorted(map(str, unknown))}; valid: {sorted(known)}")
+    return values
 
 
 def _set(tree: dict, dotted: str, value: Any) -> None:
@@ -108,12 +124,18 @@ def _set(tree: dict, dotted: str, value: Any) -> None:
 
 def load_recipe(path: str | Path | None, overrides: Sequence[str] = ()) -> Recipe:
     """A recipe file (or the defaults) with ``key.sub=value`` overrides, values read as YAML."""
-    tree = (yaml.safe_load(Path(path).read_text()) or {}) if path else {}
+    try:
+        tree = (yaml.safe_load(Path(path).read_text()) or {}) if path else {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
+        raise UserError(f"cannot read the recipe {path}: {' '.join(str(error).split())}") from error
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep:
-            raise ValueError(f"override {item!r} must look like key.sub=value")
-        _set(tree, key.strip(), yaml.safe_load(value))
+            raise UserError(f"override {item!r} must look like key.sub=value")
+        try:
+            _set(tree, key.strip(), yaml.safe_load(value))
+        except (AttributeError, TypeError, yaml.YAMLError) as error:  # a key below a plain value, or unreadable YAML
+            raise UserError(f"cannot apply the override {item!r}: {' '.join(str(error).split())}") from error
     return Recipe.from_dict(tree)
 
 
@@ -146,7 +168,8 @@ class Split:
     def save(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         for name in ("fit", "val", "test"):
-            getattr(self, name).to_csv(directory / f"{name}.csv")
+            with atomic_path(directory / f"{name}.csv") as tmp:
+                getattr(self, name).to_csv(tmp)
 
     def sizes(self) -> dict:
         return {n: {"photos": len(getattr(self, n)), "individuals": getattr(self, n).n_individuals} for n in ("fit", "val", "test")}
@@ -264,7 +287,8 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, progress: bool = True) -> di
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "recipe.yaml").write_text(yaml.safe_dump(recipe.to_dict(), sort_keys=False))
+    with atomic_path(out_dir / "recipe.yaml") as tmp:
+        tmp.write_text(yaml.safe_dump(recipe.to_dict(), sort_keys=False))
     catalog = read_catalog(recipe.data.csv, recipe.data.images, progress=progress)
     split = Split.make(catalog, recipe.data)
     split.save(out_dir / "split")
@@ -281,7 +305,9 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, progress: bool = True) -> di
         if round_ < recipe.pseudo_rounds:
             labels = pseudo_labels(split.test.table["image"].tolist(), scored.rankings, recipe.pseudo_confidence,
                                    species_of, threshold=scored.threshold if isinstance(scored.threshold, float) else None)
-            labels.to_csv(out_dir / f"round{round_}" / "pseudo_labels.csv", index=False)
+            with atomic_path(out_dir / f"round{round_}" / "pseudo_labels.csv") as tmp:
+                labels.to_csv(tmp, index=False)
             training = with_pseudo_labels(split.fit, split.test, labels)
-        (out_dir / "report.json").write_text(json.dumps(report, indent=2, default=str))
+        with atomic_path(out_dir / "report.json") as tmp:
+            tmp.write_text(json.dumps(report, indent=2, default=str))
     return report

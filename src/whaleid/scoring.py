@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from whaleid.errors import UserError
 from whaleid.evaluate import CUTOFF
 from whaleid.identify import Ranking, _check_gallery_ids
 from whaleid.index import _top_k_rows, check_vectors
@@ -35,9 +36,7 @@ def knn_scores(
     queries = check_vectors(queries, "queries", dim=gallery.shape[1])
     ids = _check_gallery_ids(gallery_ids)
     if len(ids) != len(gallery):
-        raise ValueError(f"{len(ids)} gallery ids for {len(gallery)} gallery vectors")
-    if len(gallery) == 0:
-        raise ValueError("cannot score against an empty gallery")
+        raise UserError(f"{len(ids)} gallery ids for {len(gallery)} gallery vectors: give one id per vector")
     if chunk < 1:
         raise ValueError(f"chunk must be >= 1, got {chunk}")
     classes = sorted(set(ids))
@@ -60,7 +59,7 @@ def logit_probabilities(class_cosines: np.ndarray, scale: float) -> np.ndarray:
     if cos.ndim != 2:
         raise ValueError(f"class_cosines must be 2-D (queries, classes), got shape {cos.shape}")
     if not (np.isfinite(scale) and scale > 0):
-        raise ValueError(f"scale must be a positive finite number, got {scale!r}")
+        raise UserError(f"the ArcFace scale must be a positive finite number, got {scale!r}")
     z = cos * float(scale)  # a Python float keeps float32 input float32
     z -= z.max(axis=1, keepdims=True)
     np.exp(z, out=z)
@@ -80,7 +79,7 @@ def align(matrix: np.ndarray, from_ids: Sequence[str], to_ids: Sequence[str], fi
         raise ValueError(f"matrix of shape {matrix.shape} does not have {len(from_ids)} columns")
     source = {c: j for j, c in enumerate(from_ids)}
     if len(source) != len(from_ids):
-        raise ValueError("from_ids has duplicates, so a column cannot be told apart")
+        raise UserError("the class list has duplicates, so a column cannot be told apart")
     out = np.full((len(matrix), len(to_ids)), fill, dtype=np.result_type(matrix, fill))
     pairs = [(k, source[c]) for k, c in enumerate(to_ids) if c in source]
     if pairs:
@@ -92,7 +91,7 @@ def align(matrix: np.ndarray, from_ids: Sequence[str], to_ids: Sequence[str], fi
 def blend(knn: np.ndarray, probs: np.ndarray, weight: float) -> np.ndarray:
     """(1 - weight) * knn + weight * probs: weight 0 is pure kNN, 1 pure head."""
     if not 0.0 <= weight <= 1.0:
-        raise ValueError(f"weight must be in [0, 1], got {weight!r}")
+        raise UserError(f"the blend weight (--blend) must be in [0, 1], got {weight!r}")
     knn, probs = np.asarray(knn), np.asarray(probs)
     if knn.shape != probs.shape:
         raise ValueError(f"knn {knn.shape} and probs {probs.shape} must have the same shape "
@@ -113,9 +112,9 @@ def rank_scores(scores: np.ndarray, ids: Sequence[str], top: int = CUTOFF) -> li
     if top < 1:
         raise ValueError(f"top must be >= 1, got {top}")
     if not ids:
-        raise ValueError("no ids to rank")
+        raise UserError("no individuals to rank")
     if np.isnan(scores).any():
-        raise ValueError("scores contain NaN, which has no rank")
+        raise UserError("scores contain NaN, which has no rank: check the embeddings for NaN")
     values, columns = _top_k_rows(scores, min(top, len(ids)))
     return [Ranking([ids[j] for j in cols], [float(v) for v in vals])
             for vals, cols in zip(values.tolist(), columns.tolist())]

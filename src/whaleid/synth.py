@@ -23,6 +23,8 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from whaleid.errors import UserError
+
 __all__ = [
     "Nick",
     "Marking",
@@ -569,8 +571,6 @@ def _photo_count(rng: np.random.Generator, photos_per_individual: int | tuple[in
     if isinstance(photos_per_individual, (int, np.integer)):
         return int(photos_per_individual)
     lo, hi = (int(x) for x in photos_per_individual)
-    if lo < 1 or hi < lo:
-        raise ValueError(f"photos_per_individual must satisfy 1 <= lo <= hi, got {photos_per_individual}")
     return lo + min(hi - lo, int((hi - lo + 1) * rng.random() ** 1.8))
 
 
@@ -591,8 +591,9 @@ def make_catalog(
     Happywhale, so nothing about identity can leak through them. Lower `variation` gives easier
     photos (steadier pose and light), for runs that must learn in seconds.
     """
-    if isinstance(photos_per_individual, (int, np.integer)) and photos_per_individual < 1:
-        raise ValueError("photos_per_individual must be >= 1")
+    lo, hi = (photos_per_individual,) * 2 if isinstance(photos_per_individual, (int, np.integer)) else photos_per_individual
+    if not 1 <= lo <= hi:
+        raise UserError(f"photos per individual must satisfy 1 <= min <= max, got {lo} and {hi}")
     out_dir = Path(out_dir)
     images_dir = out_dir / "images"
     images_dir.mkdir(parents=True, exist_ok=True)

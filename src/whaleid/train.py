@@ -6,6 +6,7 @@ import json
 import math
 import time
 from dataclasses import asdict, dataclass, field, fields
+from numbers import Integral, Real
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,8 @@ from tqdm.auto import tqdm
 from whaleid.augment import PhotoDataset, collate_skipping, train_transform
 from whaleid.catalog import Catalog, kfold, split_fold
 from whaleid.embed import Embedder, default_workers
+from whaleid.errors import UserError
+from whaleid.evaluate import cell
 from whaleid.files import atomic_path
 from whaleid.losses import ArcFaceLoss, ArcFaceSubCenter, SpeciesHead, dynamic_margins
 from whaleid.model import (
@@ -26,9 +29,54 @@ from whaleid.model import (
     OUTPUTS,
     EmbeddingModel,
     ModelConfig,
+    read_saved,
     save_checkpoint,
 )
 from whaleid.openset import score_open_set
+
+MIN_IMG_SIZE = 32  # the backbones downsample 32 times: a smaller input leaves them less than one feature pixel
+MIXED_PRECISION = ("auto", "no", "fp16", "bf16")
+# The range of each numeric option: (integer?, the rule as said to the user, the test); OPTIONAL ones may be None.
+LIMITS = {
+    "embedding_dim": (True, ">= 0 (0: no neck)", lambda v: v >= 0),
+    "img_size": (True, f">= {MIN_IMG_SIZE}", lambda v: v >= MIN_IMG_SIZE),
+    "epochs": (True, ">= 1", lambda v: v >= 1),
+    "batch_size": (True, ">= 2 (BatchNorm needs two photos per batch)", lambda v: v >= 2),
+    # AdamW moves each weight by about the learning rate per step: past 1, one step wipes out the weights.
+    "lr": (False, "in (0, 1]", lambda v: 0 < v <= 1),
+    "backbone_lr": (False, "in [0, 1] (0: the backbone stays as it is)", lambda v: 0 <= v <= 1),
+    "weight_decay": (False, "a finite number >= 0", lambda v: 0 <= v < math.inf),
+    "warmup_epochs": (False, "a finite number >= 0", lambda v: 0 <= v < math.inf),
+    "grad_accum": (True, ">= 1", lambda v: v >= 1),
+    "clip_grad": (False, "a finite number >= 0 (0: no clipping)", lambda v: 0 <= v < math.inf),
+    "seed": (True, "in [0, 2**31)", lambda v: 0 <= v < 2**31),
+    "subcenters": (True, ">= 1", lambda v: v >= 1),
+    "arcface_scale": (False, "a finite number > 0", lambda v: 0 < v < math.inf),
+    "margin": (False, "in [0, pi/2) radians", lambda v: 0 <= v < math.pi / 2),
+    "margin_a": (False, "a finite number >= 0", lambda v: 0 <= v < math.inf),
+    "margin_lambda": (False, "a finite number >= 0", lambda v: 0 <= v < math.inf),
+    "margin_b": (False, "a finite number >= 0", lambda v: 0 <= v < math.inf),
+    "species_weight": (False, "a finite number >= 0", lambda v: 0 <= v < math.inf),
+    "label_smoothing": (False, "in [0, 1)", lambda v: 0 <= v < 1),
+    "rotation": (False, "in [0, 180] degrees", lambda v: 0 <= v <= 180),
+    "crop_min_scale": (False, "in (0, 1]", lambda v: 0 < v <= 1),
+    "jitter": (False, "in [0, 2] (hue jitter is a quarter of it, at most 0.5)", lambda v: 0 <= v <= 2),
+    "grayscale": (False, "a probability in [0, 1]", lambda v: 0 <= v <= 1),
+    "cutout": (False, "a probability in [0, 1]", lambda v: 0 <= v <= 1),
+    "drop_path": (False, "in [0, 1)", lambda v: 0 <= v < 1),
+    "num_workers": (True, ">= 0", lambda v: v >= 0),
+    "max_steps_per_epoch": (True, ">= 1", lambda v: v >= 1),
+    "unfreeze_late_epoch": (True, ">= 0", lambda v: v >= 0),
+    "unfreeze_all_epoch": (True, ">= 0", lambda v: v >= 0),
+    "layer_decay": (False, "in (0, 1]", lambda v: 0 < v <= 1),
+}
+OPTIONAL = {"num_workers", "max_steps_per_epoch"}
+FLAGS = ("dynamic_margin", "species_head", "hflip", "grad_checkpointing")
+CLI_NAMES = {"max_steps_per_epoch": "--max-steps", "num_workers": "--workers"}  # where the flag is not the field's name
+
+
+def _option(name: str) -> str:
+    return f"{name} ({CLI_NAMES[name]})" if name in CLI_NAMES else name
 
 
 @dataclass
@@ -76,14 +124,38 @@ class TrainConfig:
     grad_checkpointing: bool = False  # recompute activations in backward: large backbones at large sizes
 
     def __post_init__(self) -> None:
+        """Refuse values training cannot use, before any model is built, naming the option."""
         if self.mixed_precision is False:  # YAML reads a bare `no` as false
             self.mixed_precision = "no"
+        for name, (integer, rule, ok) in LIMITS.items():
+            value = getattr(self, name)
+            if value is None and name in OPTIONAL:
+                continue
+            number = isinstance(value, Integral if integer else Real) and not isinstance(value, bool)
+            if not number or not ok(value):
+                rule = ("None or " if name in OPTIONAL else "") + ("an integer " if integer else "") + rule
+                raise UserError(f"{_option(name)} must be {rule}, got {value!r}")
+        for name in FLAGS:
+            if not isinstance(getattr(self, name), bool):
+                raise UserError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        if not isinstance(self.backbone, str) or not self.backbone:
+            raise UserError(f"backbone must be a timm model name, got {self.backbone!r}")
+        if not isinstance(self.pretrained, (bool, str)) or self.pretrained == "":
+            raise UserError(f"pretrained must be true, false or a weights file, got {self.pretrained!r}")
+        if self.mixed_precision not in MIXED_PRECISION:
+            raise UserError(f"mixed_precision must be one of {', '.join(MIXED_PRECISION)}, "
+                            f"got {self.mixed_precision!r}")
         if self.img_size_schedule:
-            self.img_size_schedule = {int(k): int(v) for k, v in self.img_size_schedule.items()}  # YAML/JSON keys
+            try:  # YAML/JSON keys
+                self.img_size_schedule = {int(k): int(v) for k, v in self.img_size_schedule.items()}
+            except (TypeError, ValueError, AttributeError) as error:
+                raise UserError(f"img_size_schedule must map epochs to sizes, "
+                                f"got {self.img_size_schedule!r}") from error
             if 0 not in self.img_size_schedule:
-                raise ValueError("img_size_schedule must say the size of epoch 0")
-        if not 0 < self.layer_decay <= 1:
-            raise ValueError(f"layer_decay must be in (0, 1], got {self.layer_decay}")
+                raise UserError("img_size_schedule must say the size of epoch 0")
+            if min(self.img_size_schedule) < 0 or min(self.img_size_schedule.values()) < MIN_IMG_SIZE:
+                raise UserError(f"img_size_schedule needs epochs >= 0 and sizes >= {MIN_IMG_SIZE}, "
+                                f"got {self.img_size_schedule}")
 
     def size_at(self, epoch: int) -> int:
         """Input size of a 0-based epoch under the progressive-resizing schedule."""
@@ -93,10 +165,12 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> "TrainConfig":
+        if not isinstance(values, dict):
+            raise UserError(f"training options must be a mapping of keys, got {values!r}")
         known = {f.name for f in fields(cls)}
         unknown = set(values) - known
         if unknown:
-            raise ValueError(f"unknown training options: {sorted(unknown)}")
+            raise UserError(f"unknown training options: {sorted(unknown)}; valid: {sorted(known)}")
         return cls(**values)
 
 
@@ -176,6 +250,30 @@ def _best_output(record: dict) -> tuple[float, str]:
     return max(candidates, key=lambda c: c[0])  # ties: the neck, then the earliest epoch
 
 
+def _check_trainable(catalog: Catalog) -> None:
+    """ArcFace learns by telling individuals apart, a batch at a time, and BatchNorm needs two photos per batch."""
+    if len(catalog) < 2:
+        raise UserError(f"the training catalog has {len(catalog)} photo(s): training needs at least 2, "
+                        "of at least 2 individuals")
+    if catalog.n_individuals < 2:
+        raise UserError(f"the training catalog has photos of only {catalog.n_individuals} individual(s): training "
+                        "learns to tell individuals apart, so it needs at least 2")
+
+
+def _diverged(config: TrainConfig, what: str) -> UserError:
+    return UserError(f"training diverged: {what}; lower --lr (now {config.lr:g}) and --backbone-lr "
+                     f"(now {config.backbone_lr:g}) and train again")
+
+
+def epoch_line(record: dict, epochs: int) -> str:
+    """A short line per epoch for the terminal; metrics.jsonl keeps every number."""
+    parts = [f"epoch {record['epoch']}/{epochs}", f"loss {cell(record['loss'])}"]
+    if "val_map5" in record:
+        parts.append(f"val MAP@5 {cell(_best_output(record)[0])}")
+    parts.append(f"{record['images_per_second']:.1f} img/s")
+    return "  ".join(parts)
+
+
 def train(
     catalog: Catalog,
     config: TrainConfig,
@@ -192,6 +290,10 @@ def train(
     the checkpoint so that embedding later prepares photos the same way; ``extra``
     (e.g. the resolved recipe) is stored with it.
     """
+    _check_trainable(catalog)
+    if val_catalog is not None and len(val_catalog) < 2:  # found out here, not after the first epoch
+        raise UserError(f"the validation catalog has {len(val_catalog)} photo(s): leave-one-out validation needs "
+                        "at least 2")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     catalog = catalog.relabel()
@@ -260,15 +362,23 @@ def train(
 
     state_path, metrics_path, history, start_epoch = out_dir / "last.pt", out_dir / "metrics.jsonl", [], 0
     if resume and state_path.exists():
-        state = torch.load(state_path, map_location="cpu", weights_only=False)
-        for module, key in zip(modules, ("model", "criterion", "species_head")):
-            accelerator.unwrap_model(module).load_state_dict(state[key])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        start_epoch, history = state["epoch"], state["history"]
+        state = read_saved(state_path, "training state", "delete it to train from the start, or leave out --resume")
+        try:
+            for module, key in zip(modules, ("model", "criterion", "species_head")):
+                accelerator.unwrap_model(module).load_state_dict(state[key])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            start_epoch, history = state["epoch"], state["history"]
+        except (KeyError, TypeError, ValueError, RuntimeError) as error:  # another catalog, backbone or head
+            raise UserError(f"{state_path} was saved by a run with other individuals or options: train into a new "
+                            "--out, or leave out --resume to start again") from error
+        if accelerator.is_main_process:
+            # A crash between an epoch's metrics line and its last.pt leaves a line that the resumed run repeats.
+            with atomic_path(metrics_path) as tmp:
+                tmp.write_text("".join(json.dumps(h) + "\n" for h in history))
         accelerator.print(f"resuming after epoch {start_epoch} from {state_path}")
-    elif metrics_path.exists():
-        metrics_path.unlink()
+    elif accelerator.is_main_process:
+        metrics_path.unlink(missing_ok=True)
 
     started = time.time() - sum(h["seconds"] for h in history)
     n_species = len(species_names)
@@ -277,11 +387,13 @@ def train(
         dataset.transform = transform(epoch)
         model.train()
         epoch_start, losses, seen = time.time(), [], 0
-        bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not (progress and accelerator.is_main_process))
+        bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False,
+                   bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}{postfix}]",  # img/s, not s/it
+                   disable=not (progress and accelerator.is_main_process))
         for step, batch in enumerate(loader):
             if step >= steps_per_epoch:
                 break
-            if batch is None:
+            if batch is None or len(batch[0]) < 2:  # unreadable photos skipped; BatchNorm needs two
                 continue
             images, target, _ = batch
             with accelerator.accumulate(model):
@@ -290,17 +402,19 @@ def train(
                 loss = criterion(embeddings, ids)
                 if species_head:
                     loss = loss + config.species_weight * species_head(embeddings, target % n_species)
+                value = loss.item()
+                if not math.isfinite(value):
+                    raise _diverged(config, f"the loss became {value} at epoch {epoch + 1} step {step + 1}")
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and config.clip_grad:
                     accelerator.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], config.clip_grad)
                 optimizer.step()
                 scheduler.step() if accelerator.sync_gradients else None
                 optimizer.zero_grad()
-            losses.append(loss.item())
+            losses.append(value)
             seen += len(images)
             bar.update(1)
-            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
-        bar.close()
+            bar.set_postfix_str(f"loss {np.mean(losses[-20:]):.3f}, {seen / (time.time() - epoch_start):.1f} img/s")
         record = {
             "epoch": epoch + 1,
             "loss": float(np.mean(losses)) if losses else float("nan"),
@@ -311,12 +425,14 @@ def train(
             "images_per_second": seen * accelerator.num_processes / max(time.time() - epoch_start, 1e-9),
         }
         unwrapped = accelerator.unwrap_model(model)
+        if not all(torch.isfinite(t).all() for t in unwrapped.state_dict().values() if t.is_floating_point()):
+            raise _diverged(config, f"the weights became NaN or infinite in epoch {epoch + 1}")
         if val_catalog is not None and accelerator.is_main_process:
+            bar.set_postfix_str(f"loss {record['loss']:.3f}, validating")
             record.update({f"val_{k}": v for k, v in validate(unwrapped, val_catalog, config.batch_size, workers).items()})
+        bar.close()
         history.append(record)
         if accelerator.is_main_process:
-            with metrics_path.open("a") as f:
-                f.write(json.dumps(record) + "\n")
             # With validation, model.pt is the epoch and output that generalised best to unseen individuals.
             best = max(history, key=lambda h: _best_output(h)[0])
             if best is record:
@@ -336,9 +452,11 @@ def train(
                 "history": history,
             }
             with atomic_path(state_path) as tmp:
-                torch.save(state, tmp)
-            summary = ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items())
-            accelerator.print(summary)
+                with open(tmp, "wb") as f:
+                    torch.save(state, f)
+            with metrics_path.open("a") as f:  # after last.pt, so a listed epoch is always one to resume from
+                f.write(json.dumps(record) + "\n")
+            accelerator.print(epoch_line(record, config.epochs))
         accelerator.wait_for_everyone()
     return TrainResult(out_dir / "model.pt", history, time.time() - started)
 
@@ -357,10 +475,14 @@ def train_folds(
 
     ``out_dir/folds.csv`` records which fold each photo was held out in.
     """
+    if isinstance(folds, bool) or not isinstance(folds, Integral) or folds < 2:
+        raise UserError(f"--folds must be an integer >= 2 (one model per fold), got {folds!r}; "
+                        "for one model, leave it out")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     assignment = kfold(catalog, folds, config.seed)
-    catalog.table[["image", "individual_id"]].assign(fold=assignment).to_csv(out_dir / "folds.csv", index=False)
+    with atomic_path(out_dir / "folds.csv") as tmp:
+        catalog.table[["image", "individual_id"]].assign(fold=assignment).to_csv(tmp, index=False)
     results = []
     for fold in range(folds):
         fit, held = split_fold(catalog, assignment, fold)
@@ -374,7 +496,11 @@ def checkpoints(run_dir: str | Path) -> list[Path]:
     run_dir = Path(run_dir)
     if run_dir.is_file():
         return [run_dir]
-    found = sorted(run_dir.glob("fold*/model.pt"), key=lambda p: int(p.parent.name[4:])) or sorted(run_dir.glob("model.pt"))
+    if not run_dir.exists():
+        raise UserError(f"{run_dir} does not exist: point --model at a model.pt or at the folder `whaleid train` wrote")
+    folds = [p for p in run_dir.glob("fold*/model.pt") if p.parent.name[4:].isdigit()]
+    found = sorted(folds, key=lambda p: int(p.parent.name[4:])) or sorted(run_dir.glob("model.pt"))
     if not found:
-        raise FileNotFoundError(f"no model.pt in {run_dir} nor in its fold*/ folders")
+        raise UserError(f"no model.pt in {run_dir} nor in its fold*/ folders: point --model at a model.pt "
+                        "or at the folder `whaleid train` wrote")
     return found

@@ -26,8 +26,10 @@ browser:
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) ; } || \
 		echo "chromium not installed: browser tests will be skipped"
 
+# Random test order (pytest-randomly); the seed is printed so a failing order can be replayed.
 test: $(STAMP) browser
-	$(BIN)/python -m pytest -q -m "not slow"
+	@seed=$$(od -An -N2 -tu2 /dev/urandom | tr -d ' '); echo "test order: -p randomly --randomly-seed=$$seed"; \
+		$(BIN)/python -m pytest -q -m "not slow" -p randomly --randomly-seed=$$seed
 
 test-all: $(STAMP) browser
 	$(BIN)/python -m pytest -q -m "slow or not slow"

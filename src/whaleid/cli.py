@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from whaleid.errors import UserError
-from whaleid.files import DISK_FULL, atomic_path
+from whaleid.files import atomic_path, is_disk_full
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False)
 console = Console()
@@ -56,7 +56,7 @@ def _user_errors(command: Callable) -> Callable:
                 raise
             if isinstance(error, UserError):
                 raise _fail(_one_line(error), 2) from None
-            if isinstance(error, OSError) and error.errno in DISK_FULL:
+            if is_disk_full(error):  # a write outside atomic_path; the errno may sit deep in the chain
                 raise _fail(f"disk full ({_one_line(error)}): free some space and re-run", 2) from None
             if isinstance(error, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)):
                 raise _fail(_one_line(error), 2) from None

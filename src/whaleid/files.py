@@ -28,7 +28,7 @@ import pandas as pd
 
 from whaleid.errors import UserError
 
-__all__ = ["DISK_FULL", "atomic_path", "disk_full_as_user_error", "inside", "read_user_csv", "safe_name"]
+__all__ = ["DISK_FULL", "atomic_path", "disk_full_as_user_error", "inside", "is_disk_full", "read_user_csv", "safe_name"]
 
 #: errno values that mean "no room left": the device, the user's quota, or the file size limit.
 DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
@@ -74,7 +74,7 @@ def read_user_csv(path: str | os.PathLike, what: str, **kwargs) -> pd.DataFrame:
         raise UserError(f"cannot read {what} {path}: {error.strerror or error}") from None
 
 
-def _disk_full(error: BaseException) -> bool:
+def is_disk_full(error: BaseException) -> bool:
     """An errno of :data:`DISK_FULL` anywhere in the chain (libraries often wrap the OSError)."""
     chain: list[BaseException] = []
     while error is not None and error not in chain:
@@ -91,7 +91,7 @@ def disk_full_as_user_error(path: str | os.PathLike) -> Iterator[None]:
     except UserError:
         raise
     except BaseException as error:
-        if _disk_full(error):
+        if is_disk_full(error):
             raise UserError(f"disk full while writing {path}: free space and re-run") from error
         raise
 

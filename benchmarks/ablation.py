@@ -21,12 +21,12 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from whaleid.catalog import NEW_INDIVIDUAL, read_catalog
-from whaleid.embed import Embedder, Embeddings
-from whaleid.evaluate import json_float
-from whaleid.openset import known_accuracy
-from whaleid.pseudo import pseudo_labels, with_pseudo_labels
-from whaleid.recipe import (
+from whaleid.data.catalog import NEW_INDIVIDUAL, read_catalog
+from whaleid.model.embed import Embedder, Embeddings
+from whaleid.search.metrics import json_float
+from whaleid.search.openset import known_accuracy
+from whaleid.experiments.pseudo import pseudo_labels, with_pseudo_labels
+from whaleid.experiments.recipe import (
     Split,
     combine,
     embed_split,

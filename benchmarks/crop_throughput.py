@@ -21,10 +21,10 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from whaleid.cache import CacheSettings, build_cache
-from whaleid.catalog import Catalog, read_catalog
-from whaleid.crops import CropSettings, locate
-from whaleid.images import open_image
+from whaleid.preprocess.cache import CacheSettings, build_cache
+from whaleid.data.catalog import Catalog, read_catalog
+from whaleid.preprocess.crops import CropSettings, locate
+from whaleid.data.images import open_image
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

@@ -17,12 +17,12 @@ import numpy as np
 import timm
 import torch
 
-from whaleid.augment import eval_transform
-from whaleid.catalog import read_catalog
-from whaleid.embed import Embedder
-from whaleid.images import open_image
-from whaleid.model import EmbeddingModel, ModelConfig
-from whaleid.synth import make_catalog
+from whaleid.model.augment import eval_transform
+from whaleid.data.catalog import read_catalog
+from whaleid.model.embed import Embedder
+from whaleid.data.images import open_image
+from whaleid.model.network import EmbeddingModel, ModelConfig
+from whaleid.data.synth import make_catalog
 
 
 def bare_timm(backbone: str, paths: list[str], size: int, batch: int) -> float:

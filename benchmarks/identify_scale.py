@@ -30,9 +30,9 @@ from pathlib import Path
 
 import numpy as np
 
-from whaleid.evaluate import NEW_INDIVIDUAL, map_at_5
-from whaleid.identify import calibrate_threshold, insert_new_individual, top_individuals
-from whaleid.index import build_index
+from whaleid.search.metrics import NEW_INDIVIDUAL, map_at_5
+from whaleid.search.identify import calibrate_threshold, insert_new_individual, top_individuals
+from whaleid.search.index import build_index
 
 HAPPYWHALE = {"gallery": 51_033, "queries": 27_956, "individuals": 15_587, "dim": 512}
 KINDS = ("exact", "faiss-flat", "faiss-hnsw", "faiss-ivf")

@@ -35,7 +35,7 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def synth_csv(tmp_path_factory) -> Path:
     """A small synthetic fin catalog shared by the pipeline tests."""
-    from whaleid.synth import make_catalog
+    from whaleid.data.synth import make_catalog
 
     return make_catalog(tmp_path_factory.mktemp("synth"), n_individuals=16, photos_per_individual=(4, 6), size=128, seed=0)
 

@@ -5,7 +5,7 @@ import random
 import torch
 from conftest import BROKEN
 
-from whaleid.augment import PhotoDataset, collate_skipping
+from whaleid.model.augment import PhotoDataset, collate_skipping
 
 
 def test_choices_are_drawn_by_weight(fixtures):
@@ -26,8 +26,8 @@ def test_unreadable_photo_is_skipped_in_the_batch(fixtures):
 
 
 def test_grey_views_have_equal_channels_and_colour_views_do_not(fixtures):
-    from whaleid.augment import train_transform
-    from whaleid.images import open_image
+    from whaleid.model.augment import train_transform
+    from whaleid.data.images import open_image
 
     photo = open_image(fixtures / "images" / "rgb.jpg")
     grey = train_transform(16, (0.5,) * 3, (0.5,) * 3, jitter=0.0, cutout=0.0, grayscale=1.0)(photo)

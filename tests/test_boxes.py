@@ -1,4 +1,4 @@
-"""Tests for whaleid.boxes: hand-computed, tiny files in tmp_path."""
+"""Tests for whaleid.preprocess.boxes: hand-computed, tiny files in tmp_path."""
 from __future__ import annotations
 
 import logging
@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from whaleid.boxes import (
+from whaleid.preprocess.boxes import (
     _yolo_to_pixels,
     read_boxes,
     read_pixel_boxes,
@@ -18,7 +18,7 @@ from whaleid.boxes import (
     validate_boxes,
 )
 from whaleid.errors import UserError
-from whaleid.preprocess import enlarge_box
+from whaleid.preprocess.saliency import enlarge_box
 
 
 def test_pixel_csv_string_column(tmp_path):
@@ -46,7 +46,7 @@ def test_pixel_csv_separate_columns_and_source(tmp_path):
 def test_pixel_csv_empty_boxes_skipped_and_reported(tmp_path, caplog):
     p = tmp_path / "body.csv"
     p.write_text('image,box\na.jpg,1 2 3 4\nb.jpg,\nc.jpg,"  "\nd.jpg,5 6 7 8\n')
-    with caplog.at_level(logging.WARNING, logger="whaleid.boxes"):
+    with caplog.at_level(logging.WARNING, logger="whaleid.preprocess.boxes"):
         df = read_pixel_boxes(p)
     assert df["image"].tolist() == ["a.jpg", "d.jpg"]
     assert df.attrs["skipped"]["image"].tolist() == ["b.jpg", "c.jpg"]
@@ -285,7 +285,7 @@ def test_yolo_boxes_are_inside_with_area_or_rejected(w, h, cx, cy, bw, bh):
 @settings(max_examples=300, deadline=None)
 @given(SIDES, SIDES, st.data(), st.floats(1e-6, 50), st.booleans())
 def test_enlarged_boxes_stay_inside_with_area(w, h, data, factor, square):
-    """The crop settings allow any enlarge > 0; a box of a salient region stays a box (whaleid.preprocess)."""
+    """The crop settings allow any enlarge > 0; a box of a salient region stays a box (whaleid.preprocess.saliency)."""
     x0 = data.draw(st.integers(0, w - 1))
     y0 = data.draw(st.integers(0, h - 1))
     x1 = data.draw(st.integers(x0 + 1, w))

@@ -16,13 +16,13 @@ from filelock import FileLock
 from PIL import Image
 from test_files import tmpfs
 
-import whaleid.cache as cache_module
-import whaleid.crops as crops
-from whaleid.cache import Cache, CacheSettings, build_cache, cache_key
-from whaleid.catalog import read_catalog
-from whaleid.crops import CropSettings, read_crop_table
+import whaleid.preprocess.cache as cache_module
+import whaleid.preprocess.crops as crops
+from whaleid.preprocess.cache import Cache, CacheSettings, build_cache, cache_key
+from whaleid.data.catalog import read_catalog
+from whaleid.preprocess.crops import CropSettings, read_crop_table
 from whaleid.errors import UserError
-from whaleid.images import check_image
+from whaleid.data.images import check_image
 
 GOOD = ["rgb.jpg", "gray.jpg", "rotated.jpg", "cmyk.jpg", "palette.png", "alpha.png"]
 

@@ -17,7 +17,7 @@ from conftest import BROKEN
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from whaleid.catalog import (
+from whaleid.data.catalog import (
     NEW_INDIVIDUAL,
     SPECIES_FIXES,
     UNKNOWN_SPECIES,
@@ -69,7 +69,7 @@ COUNTS.update({f"s{i}": 1 for i in range(11)})
 def test_broken_and_missing_photos_are_skipped_with_reasons(tmp_path, fixtures, caplog):
     """One bad photo must never stop a long job: it is listed with its reason and skipped."""
     csv = fixture_csv(tmp_path, VALID + list(BROKEN))
-    with caplog.at_level(logging.WARNING, logger="whaleid.catalog"):
+    with caplog.at_level(logging.WARNING, logger="whaleid.data.catalog"):
         cat = read_catalog(csv, fixtures / "images")
     assert sorted(cat.table["image"]) == sorted(VALID)
     assert dict(zip(cat.problems["image"], cat.problems["reason"])) == BROKEN

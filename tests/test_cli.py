@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from whaleid.cli import app
+from whaleid.app.cli import app
 
 runner = CliRunner()
 
@@ -47,7 +47,7 @@ def test_every_command_chains(synth_csv, tmp_path):
     assert len(pred) == len(pd.read_csv(synth_csv))
     assert all(len(p.split()) == 5 for p in pd.read_csv(tmp_path / "sub.csv")["predictions"])
     # the saved Identifier carries its model: photos in, the same answers out
-    from whaleid.identify import Identifier
+    from whaleid.search.identify import Identifier
 
     identifier = Identifier.load(tmp_path / "identifier")
     photos = pd.read_csv(synth_csv)["image"].head(4)
@@ -111,7 +111,7 @@ def test_crops_cache_explorer_and_a_model_trained_on_crops(synth_csv, tmp_path, 
     journal = pd.read_csv(caches[0] / "journal.csv")
     assert set(pd.read_csv(tmp_path / "split" / "new.csv")["image"]) <= set(journal["image"])  # queries were cropped too
 
-    from whaleid.identify import Identifier
+    from whaleid.search.identify import Identifier
 
     identifier = Identifier.load(tmp_path / "identifier")
     photo = str(images / pd.read_csv(synth_csv)["image"].iloc[0])
@@ -132,7 +132,7 @@ def test_recipe_folds_ensemble_blend_per_species_and_pseudo_labels(synth_csv, tm
     # flags override the recipe, --set overrides one key, --folds trains one model per fold
     run("train", known, "--images", images, "--out", tmp_path / "folds", "--config", recipe, "--set", "train.max_steps_per_epoch=2",
         "--epochs", 1, "--folds", 2)
-    from whaleid.model import load_checkpoint
+    from whaleid.model.network import load_checkpoint
 
     _, payload = load_checkpoint(tmp_path / "folds" / "fold1" / "model.pt")
     saved = payload["extra"]["recipe"]

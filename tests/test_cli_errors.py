@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from whaleid.cli import app
-from whaleid.embed import Embeddings
+from whaleid.app.cli import app
+from whaleid.model.embed import Embeddings
 
 runner = CliRunner()
 TINY = ["--backbone", "test_efficientnet", "--no-pretrained", "--img-size", "32", "--embedding-dim", "8", "--workers", "0"]
@@ -133,12 +133,12 @@ def test_bad_invocation_is_one_clear_line(world, case):
 
 def test_unexpected_errors_are_one_line_unless_debug(tmp_path, monkeypatch):
     """A bug (not a user error) still ends in one line with a hint; --debug shows the traceback."""
-    import whaleid.catalog
+    import whaleid.data.catalog
 
     def broken(*args, **kwargs):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(whaleid.catalog, "read_catalog", broken)
+    monkeypatch.setattr(whaleid.data.catalog, "read_catalog", broken)
     result = invoke("summary", tmp_path / "x.csv")
     assert result.exit_code == 1 and "unexpected RuntimeError: boom" in result.output
     assert "--debug" in result.output
@@ -149,7 +149,7 @@ def test_unexpected_errors_are_one_line_unless_debug(tmp_path, monkeypatch):
 def test_real_process_prints_no_traceback(world):
     """Outside the test runner too: stderr has the one line, nothing else."""
     env = {k: v for k, v in os.environ.items() if k != "WHALEID_DEBUG"}
-    done = subprocess.run([sys.executable, "-m", "whaleid.cli", "embed", str(world["four"]), "--model",
+    done = subprocess.run([sys.executable, "-m", "whaleid.app.cli", "embed", str(world["four"]), "--model",
                            str(world["root"] / "empty.pt"), "--out", str(world["root"] / "e2")],
                           capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 2, done.stderr
@@ -168,10 +168,10 @@ def _snapshot(folder):
 
 def test_no_command_writes_outside_its_output_folder(tmp_path, monkeypatch):
     """Absolute, `../`, 244-byte and extension-only-different names: crop, cache and explore keep to their folders."""
-    import whaleid.crops
+    import whaleid.preprocess.crops
     from conftest import centre_blob_masks
 
-    monkeypatch.setattr(whaleid.crops, "saliency_masks", centre_blob_masks)
+    monkeypatch.setattr(whaleid.preprocess.crops, "saliency_masks", centre_blob_masks)
     victims = tmp_path / "victims"
     photos(victims, ["w.png", "x.jpg"])
     work = tmp_path / "deep" / "er" / "work"

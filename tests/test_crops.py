@@ -10,9 +10,9 @@ import pytest
 from conftest import BROKEN, centre_blob_masks
 from PIL import Image
 
-import whaleid.crops as crops
-from whaleid.catalog import read_catalog
-from whaleid.crops import (
+import whaleid.preprocess.crops as crops
+from whaleid.data.catalog import read_catalog
+from whaleid.preprocess.crops import (
     CROP_COLUMNS,
     CropSettings,
     crop_catalog,
@@ -22,7 +22,7 @@ from whaleid.crops import (
 )
 from whaleid.errors import UserError
 from whaleid.files import safe_name
-from whaleid.preprocess import STATUS_NO_REGION, STATUS_OK
+from whaleid.preprocess.saliency import STATUS_NO_REGION, STATUS_OK
 
 
 def fixture_catalog(tmp_path, fixtures, check=False):

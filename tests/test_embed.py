@@ -8,11 +8,11 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from whaleid.catalog import read_catalog
-from whaleid.embed import Embedder, Embeddings, fingerprint
+from whaleid.data.catalog import read_catalog
+from whaleid.model.embed import Embedder, Embeddings, fingerprint
 from whaleid.errors import UserError
-from whaleid.images import open_image
-from whaleid.model import EmbeddingModel, ModelConfig
+from whaleid.data.images import open_image
+from whaleid.model.network import EmbeddingModel, ModelConfig
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +34,7 @@ def test_vectors_are_unit_length_and_deterministic(embedder, synth_csv):
 def test_flip_tta_makes_the_embedding_mirror_invariant(embedder, synth_csv, tmp_path):
     from PIL import ImageOps
 
-    from whaleid.images import open_image
+    from whaleid.data.images import open_image
 
     src = read_catalog(synth_csv).table["path"].iloc[0]
     mirrored = tmp_path / "mirrored.png"
@@ -75,7 +75,7 @@ def test_embeddings_round_trip(tmp_path):
 
 
 def test_two_identical_members_ensemble_to_one(embedder, synth_csv):
-    from whaleid.embed import ensemble
+    from whaleid.model.embed import ensemble
 
     catalog = read_catalog(synth_csv).subset(np.arange(6))
     one = embedder.embed_catalog(catalog, progress=False)
@@ -87,7 +87,7 @@ def test_two_identical_members_ensemble_to_one(embedder, synth_csv):
 
 
 def test_ensemble_concat_is_the_mean_cosine_and_aligns_classes():
-    from whaleid.embed import ensemble
+    from whaleid.model.embed import ensemble
 
     table = pd.DataFrame({"image": ["a", "b"], "individual_id": ["x", "y"]})
     unit = lambda v: np.asarray(v, np.float32) / np.linalg.norm(v, axis=1, keepdims=True)  # noqa: E731
@@ -121,8 +121,8 @@ def test_head_gives_cosines_to_each_class_centre(embedder, synth_csv):
 
 
 def test_fold_checkpoints_load_as_an_ensemble(embedder, synth_csv, fixtures, tmp_path):
-    from whaleid.embed import Ensemble
-    from whaleid.model import save_checkpoint
+    from whaleid.model.embed import Ensemble
+    from whaleid.model.network import save_checkpoint
 
     paths = [save_checkpoint(embedder.model, tmp_path / f"fold{i}" / "model.pt", ["a", "b"]) for i in range(2)]
     both = Embedder.from_checkpoint(paths, num_workers=0)
@@ -226,7 +226,7 @@ def test_embeddings_record_dim_and_a_fingerprint_of_the_model(embedder, synth_cs
 
 
 def test_a_copied_checkpoint_is_the_same_model(embedder, synth_csv, tmp_path):
-    from whaleid.model import save_checkpoint
+    from whaleid.model.network import save_checkpoint
 
     first = save_checkpoint(embedder.model, tmp_path / "a" / "model.pt", ["a", "b"])
     copy = tmp_path / "b" / "model.pt"

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from whaleid.errors import UserError
-from whaleid.evaluate import (
+from whaleid.search.metrics import (
     NEW_INDIVIDUAL,
     average_precision_at_5,
     cell,
@@ -19,7 +19,7 @@ from whaleid.evaluate import (
     truths_for,
     write_submission,
 )
-from whaleid.identify import Ranking, insert_new_individual
+from whaleid.search.identify import Ranking, insert_new_individual
 
 NEW = NEW_INDIVIDUAL
 

@@ -14,10 +14,10 @@ import pytest
 from conftest import BROKEN
 from PIL import Image
 
-from whaleid.catalog import read_catalog
+from whaleid.data.catalog import read_catalog
 from whaleid.errors import UserError
-from whaleid.explore import BOX_COLOUR, MASK_COLOUR, annotated_thumbnail, build_explorer, contact_sheet
-from whaleid.preprocess import STATUS_NO_REGION, STATUS_OK, STATUS_TINY_REGION
+from whaleid.app.explore import BOX_COLOUR, MASK_COLOUR, annotated_thumbnail, build_explorer, contact_sheet
+from whaleid.preprocess.saliency import STATUS_NO_REGION, STATUS_OK, STATUS_TINY_REGION
 
 SEA = (30, 80, 120)
 W, H = 120, 80  # every readable photo; thumbnails at THUMB=60 are 60x40 (scale 1/2)

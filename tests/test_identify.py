@@ -4,10 +4,10 @@ import warnings
 import numpy as np
 import pytest
 
-import whaleid.identify as identify_module
+import whaleid.search.identify as identify_module
 from whaleid.errors import UserError
-from whaleid.evaluate import NEW_INDIVIDUAL, average_precision_at_5, map_at_5
-from whaleid.identify import (
+from whaleid.search.metrics import NEW_INDIVIDUAL, average_precision_at_5, map_at_5
+from whaleid.search.identify import (
     Identifier,
     Ranking,
     calibrate_per_species,
@@ -15,7 +15,7 @@ from whaleid.identify import (
     insert_new_individual,
     top_individuals,
 )
-from whaleid.index import build_index
+from whaleid.search.index import build_index
 
 NEW = NEW_INDIVIDUAL
 

@@ -9,7 +9,7 @@ import pytest
 from conftest import BROKEN
 from PIL import Image, ImageFile
 
-from whaleid.images import ImageError, check_image, open_image
+from whaleid.data.images import ImageError, check_image, open_image
 
 
 @pytest.fixture

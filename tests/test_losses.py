@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from whaleid.losses import ArcFaceLoss, ArcFaceSubCenter, SpeciesHead, dynamic_margins
+from whaleid.model.losses import ArcFaceLoss, ArcFaceSubCenter, SpeciesHead, dynamic_margins
 
 
 def test_dynamic_margins_match_the_winners_formula():

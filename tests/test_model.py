@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from whaleid.errors import UserError
-from whaleid.model import (
+from whaleid.model.network import (
     EmbeddingModel,
     GeM,
     ModelConfig,

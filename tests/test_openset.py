@@ -1,11 +1,11 @@
 import numpy as np
 import pytest
 
-from whaleid.catalog import NEW_INDIVIDUAL
+from whaleid.data.catalog import NEW_INDIVIDUAL
 from whaleid.errors import UserError
-from whaleid.experiment import format_report
-from whaleid.identify import Ranking
-from whaleid.openset import ceiling_map5, known_accuracy, leave_one_out, score_rankings
+from whaleid.experiments.demo import format_report
+from whaleid.search.identify import Ranking
+from whaleid.search.openset import ceiling_map5, known_accuracy, leave_one_out, score_rankings
 
 
 def unit(*rows):

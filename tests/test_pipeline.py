@@ -3,12 +3,12 @@
 import json
 from pathlib import Path
 
-from whaleid.catalog import holdout_photos, read_catalog
-from whaleid.embed import Embedder
-from whaleid.evaluate import evaluate
-from whaleid.identify import Identifier
-from whaleid.index import build_index
-from whaleid.synth import make_catalog
+from whaleid.data.catalog import holdout_photos, read_catalog
+from whaleid.model.embed import Embedder
+from whaleid.search.metrics import evaluate
+from whaleid.search.identify import Identifier
+from whaleid.search.index import build_index
+from whaleid.data.synth import make_catalog
 from whaleid.train import TrainConfig, train
 
 INDIVIDUALS = 24

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from whaleid.images import open_image
-from whaleid.preprocess import (
+from whaleid.data.images import open_image
+from whaleid.preprocess.saliency import (
     STATUS_NO_REGION,
     STATUS_OK,
     STATUS_TINY_REGION,
@@ -204,7 +204,7 @@ def test_real_clahe_runs_and_keeps_shape(real):
 
 # --- remove_background: hand-computed on tiny synthetic images ---------------------------
 
-from whaleid.preprocess import remove_background  # noqa: E402
+from whaleid.preprocess.saliency import remove_background  # noqa: E402
 
 _COLOUR = (200, 100, 50)
 

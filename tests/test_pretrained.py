@@ -21,8 +21,8 @@ import torch.nn.functional as F
 from PIL import Image
 from timm.data import create_transform
 
-from whaleid import pretrained as P
-from whaleid.pretrained import (
+from whaleid.model import pretrained as P
+from whaleid.model.pretrained import (
     LITE_MEAN,
     LITE_STD,
     OFFLINE_WEIGHTS,

@@ -3,10 +3,10 @@
 import pandas as pd
 import pytest
 
-from whaleid.catalog import NEW_INDIVIDUAL, Catalog
+from whaleid.data.catalog import NEW_INDIVIDUAL, Catalog
 from whaleid.errors import UserError
-from whaleid.identify import Ranking
-from whaleid.pseudo import pseudo_labels, with_pseudo_labels
+from whaleid.search.identify import Ranking
+from whaleid.experiments.pseudo import pseudo_labels, with_pseudo_labels
 
 RANKINGS = [
     Ranking(["a", "b"], [0.91, 0.40]),  # confident: kept

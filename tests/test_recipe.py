@@ -5,10 +5,10 @@ import json
 import pytest
 import yaml
 
-from whaleid.catalog import NEW_INDIVIDUAL, read_catalog
+from whaleid.data.catalog import NEW_INDIVIDUAL, read_catalog
 from whaleid.errors import UserError
-from whaleid.model import load_checkpoint
-from whaleid.recipe import DataConfig, Recipe, Split, load_recipe, run_recipe
+from whaleid.model.network import load_checkpoint
+from whaleid.experiments.recipe import DataConfig, Recipe, Split, load_recipe, run_recipe
 
 TINY = {"backbone": "test_efficientnet", "pretrained": False, "embedding_dim": 16, "img_size": 48, "batch_size": 8,
         "num_workers": 0, "epochs": 1, "max_steps_per_epoch": 3}

@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 
 from whaleid.errors import UserError
-from whaleid.identify import top_individuals
-from whaleid.index import build_index
-from whaleid.scoring import align, blend, knn_scores, logit_probabilities, rank_scores
+from whaleid.search.identify import top_individuals
+from whaleid.search.index import build_index
+from whaleid.search.scoring import align, blend, knn_scores, logit_probabilities, rank_scores
 
 
 def unit(x):

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from whaleid.errors import UserError
-from whaleid.synth import (
+from whaleid.data.synth import (
     WIDTH_FRAC,
     FinIdentity,
     _photo_count,

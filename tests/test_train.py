@@ -7,9 +7,9 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from whaleid.catalog import read_catalog
+from whaleid.data.catalog import read_catalog
 from whaleid.errors import UserError
-from whaleid.model import load_checkpoint
+from whaleid.model.network import load_checkpoint
 from whaleid.train import LIMITS, TrainConfig, epoch_line, train, warmup_cosine
 
 TINY = dict(backbone="test_efficientnet", pretrained=False, embedding_dim=16, img_size=48, batch_size=8, num_workers=0)
@@ -45,7 +45,7 @@ def test_checkpoint_every_epoch_and_resume_is_exact(synth_csv, tmp_path):
 
 
 def test_validation_picks_the_best_epoch_and_output(synth_csv, tmp_path):
-    from whaleid.catalog import open_set_split
+    from whaleid.data.catalog import open_set_split
 
     known, val = open_set_split(read_catalog(synth_csv), 0.3, seed=0)
     result = train(known, TrainConfig(epochs=2, **TINY), tmp_path, val_catalog=val, progress=False)
@@ -56,7 +56,7 @@ def test_validation_picks_the_best_epoch_and_output(synth_csv, tmp_path):
 
 
 def test_training_draws_each_photo_from_its_crop_alternatives(synth_csv, tmp_path, monkeypatch):
-    import whaleid.augment as augment
+    import whaleid.model.augment as augment
 
     catalog = read_catalog(synth_csv)
     paths = catalog.paths
@@ -84,7 +84,7 @@ def test_progressive_resizing_changes_the_input_size_at_the_stated_epochs(synth_
 def _initial_model():
     from accelerate.utils import set_seed
 
-    from whaleid.model import EmbeddingModel, ModelConfig
+    from whaleid.model.network import EmbeddingModel, ModelConfig
 
     set_seed(0)  # train() seeds the same way before building its model
     return EmbeddingModel(ModelConfig(backbone="test_efficientnet", embedding_dim=16, img_size=48), pretrained=False)
@@ -128,7 +128,7 @@ def test_two_process_cpu_ddp_trains_and_writes_the_same_checkpoint_format(synth_
             "--batch-size", "8", "--embedding-dim", "16", "--workers", "0"]
     ddp = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-         "--master_port", str(port), "-m", "whaleid.cli", *args, "--out", str(tmp_path / "ddp")],
+         "--master_port", str(port), "-m", "whaleid.app.cli", *args, "--out", str(tmp_path / "ddp")],
         capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     assert ddp.returncode == 0, ddp.stderr[-3000:]
@@ -198,7 +198,7 @@ def test_every_integer_option_is_accepted_exactly_in_its_range(name, value):
 
 
 def test_every_recipe_shipped_is_a_valid_config():
-    from whaleid.recipe import load_recipe
+    from whaleid.experiments.recipe import load_recipe
 
     for path in sorted((Path(__file__).parents[1] / "configs").glob("*.yaml")):
         load_recipe(path)

@@ -17,14 +17,14 @@ from timm.optim import param_groups_layer_decay
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from whaleid.augment import PhotoDataset, collate_skipping, train_transform
-from whaleid.catalog import Catalog, kfold, split_fold
-from whaleid.embed import Embedder, default_workers
+from whaleid.model.augment import PhotoDataset, collate_skipping, train_transform
+from whaleid.data.catalog import Catalog, kfold, split_fold
+from whaleid.model.embed import Embedder, default_workers
 from whaleid.errors import UserError
-from whaleid.evaluate import cell
+from whaleid.search.metrics import cell
 from whaleid.files import atomic_path
-from whaleid.losses import ArcFaceLoss, ArcFaceSubCenter, SpeciesHead, dynamic_margins
-from whaleid.model import (
+from whaleid.model.losses import ArcFaceLoss, ArcFaceSubCenter, SpeciesHead, dynamic_margins
+from whaleid.model.network import (
     DEFAULT_BACKBONE,
     OUTPUTS,
     EmbeddingModel,
@@ -32,7 +32,7 @@ from whaleid.model import (
     read_saved,
     save_checkpoint,
 )
-from whaleid.openset import score_open_set
+from whaleid.search.openset import score_open_set
 
 MIN_IMG_SIZE = 32  # the backbones downsample 32 times: a smaller input leaves them less than one feature pixel
 MIXED_PRECISION = ("auto", "no", "fp16", "bf16")
@@ -286,7 +286,7 @@ def train(
 ) -> TrainResult:
     """Train an embedding model on `catalog`; writes `model.pt`, `last.pt` and `metrics.jsonl` in `out_dir`.
 
-    ``preprocess`` (how the photos were cropped, see :mod:`whaleid.cache`) is stored in
+    ``preprocess`` (how the photos were cropped, see :mod:`whaleid.preprocess.cache`) is stored in
     the checkpoint so that embedding later prepares photos the same way; ``extra``
     (e.g. the resolved recipe) is stored with it.
     """

@@ -298,7 +298,7 @@ def read_boxes(path: str | Path, photos: Mapping[str, str | Path]) -> pd.DataFra
     """Any box file a user hands the CLI, as a validated box table for these photos.
 
     A folder, or a CSV with ``cx`` columns, is read as YOLO (sizes from the photos'
-    headers, upright as :func:`whaleid.images.open_image` shows them); any other CSV as
+    headers, upright as :func:`whaleid.data.images.open_image` shows them); any other CSV as
     pixel boxes. ``photos`` maps image name -> path. Pixel boxes of other photos are
     dropped (YOLO ones must all be in ``photos``); the rest are clipped to their photo.
     """

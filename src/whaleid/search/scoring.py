@@ -15,9 +15,9 @@ from collections.abc import Sequence
 import numpy as np
 
 from whaleid.errors import UserError
-from whaleid.evaluate import CUTOFF
-from whaleid.identify import Ranking, _check_gallery_ids
-from whaleid.index import _top_k_rows, check_vectors
+from whaleid.search.metrics import CUTOFF
+from whaleid.search.identify import Ranking, _check_gallery_ids
+from whaleid.search.index import _top_k_rows, check_vectors
 
 __all__ = ["knn_scores", "logit_probabilities", "align", "blend", "rank_scores"]
 

@@ -25,26 +25,26 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from whaleid.catalog import (
+from whaleid.data.catalog import (
     NEW_INDIVIDUAL,
     Catalog,
     holdout_photos,
     open_set_split,
     read_catalog,
 )
-from whaleid.embed import ENSEMBLES, Embedder, Embeddings, ensemble
+from whaleid.model.embed import ENSEMBLES, Embedder, Embeddings, ensemble
 from whaleid.errors import UserError
-from whaleid.evaluate import evaluate, json_float
+from whaleid.search.metrics import evaluate, json_float
 from whaleid.files import atomic_path
-from whaleid.identify import (
+from whaleid.search.identify import (
     Ranking,
     apply_threshold,
     calibrate_per_species,
     calibrate_threshold,
 )
-from whaleid.openset import ceiling_map5, known_accuracy
-from whaleid.pseudo import pseudo_labels, with_pseudo_labels
-from whaleid.scoring import align, blend, knn_scores, logit_probabilities, rank_scores
+from whaleid.search.openset import ceiling_map5, known_accuracy
+from whaleid.experiments.pseudo import pseudo_labels, with_pseudo_labels
+from whaleid.search.scoring import align, blend, knn_scores, logit_probabilities, rank_scores
 from whaleid.train import TrainConfig, checkpoints, train, train_folds
 
 __all__ = ["POLICIES", "DataConfig", "Recipe", "Split", "Scored", "load_recipe", "run_recipe", "score", "embed_split"]

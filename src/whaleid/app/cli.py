@@ -82,7 +82,7 @@ ImagesOpt = typer.Option(None, "--images", help="Photo folder (default: images/ 
 
 
 def _catalog(csv: Path, images: Optional[Path], require_labels: bool = True, check: bool = True):
-    from whaleid.catalog import read_catalog
+    from whaleid.data.catalog import read_catalog
 
     catalog = read_catalog(csv, images, require_labels=require_labels, check_images=check, progress=True)
     if len(catalog.problems):
@@ -103,7 +103,7 @@ def _save_json(value: dict, path: Path) -> None:
 
 
 def _metrics_table(title: str, rows: dict[str, dict]) -> Table:
-    from whaleid.evaluate import cell
+    from whaleid.search.metrics import cell
 
     table = Table(title=title)
     columns = list(next(iter(rows.values())).keys())
@@ -133,7 +133,7 @@ def _parse_probs(text: Optional[str]) -> Optional[dict[str, float]]:
 
 def _preprocess(crop: Optional[str], background: Optional[str], box_probs: Optional[str], img_size: int, recorded: Optional[dict]) -> Optional[dict]:
     """What to do to photos before the model: the options given, else what the model recorded, else nothing."""
-    from whaleid.cache import CacheSettings
+    from whaleid.preprocess.cache import CacheSettings
 
     if crop is None and background is None:
         return recorded
@@ -145,7 +145,7 @@ def _preprocess(crop: Optional[str], background: Optional[str], box_probs: Optio
 
 def _box_table(catalog, boxes: Optional[list[Path]]) -> pd.DataFrame:
     """The user's box files as one table for this catalog's photos (needed by `--crop boxes`)."""
-    from whaleid.boxes import read_boxes
+    from whaleid.preprocess.boxes import read_boxes
 
     if not boxes:
         raise typer.BadParameter("--crop boxes needs --boxes FILE")
@@ -157,7 +157,7 @@ def _prepared(catalog, preprocess: Optional[dict], boxes: Optional[list[Path]], 
     """The catalog with paths into the crop cache (built or reused) when preprocessing is asked for."""
     if preprocess is None:
         return catalog
-    from whaleid.cache import CacheSettings, cached_catalog
+    from whaleid.preprocess.cache import CacheSettings, cached_catalog
 
     settings = CacheSettings.from_dict(preprocess["cache"])
     table = _box_table(catalog, boxes) if settings.crop == "boxes" else None
@@ -173,8 +173,8 @@ def _prepared(catalog, preprocess: Optional[dict], boxes: Optional[list[Path]], 
 @command()
 def summary(csv: Path, images: Optional[Path] = ImagesOpt, check: bool = typer.Option(True, help="Decode every photo.")):
     """Photos, individuals, species and photos-per-individual of a catalog."""
-    from whaleid.catalog import format_summary
-    from whaleid.catalog import summary as summarise
+    from whaleid.data.catalog import format_summary
+    from whaleid.data.catalog import summary as summarise
 
     console.print(format_summary(summarise(_catalog(csv, images, check=check))))
 
@@ -190,8 +190,8 @@ def split(
     seed: int = 0,
 ):
     """Open-set split (known.csv / new.csv) and optional k-fold assignment."""
-    from whaleid.catalog import kfold, open_set_split
-    from whaleid.catalog import min_photos as keep_min
+    from whaleid.data.catalog import kfold, open_set_split
+    from whaleid.data.catalog import min_photos as keep_min
 
     if folds == 1:
         raise typer.BadParameter("--folds must be 0 (no folds) or at least 2", param_hint="--folds")
@@ -252,7 +252,7 @@ def train(
     cache_root: Path = CacheRootOpt,
 ):
     """Fine-tune an embedding model with a sub-center ArcFace head (flags override --config)."""
-    from whaleid.pseudo import with_pseudo_labels
+    from whaleid.experiments.pseudo import with_pseudo_labels
     from whaleid.train import train as run_training
     from whaleid.train import train_folds
 
@@ -290,7 +290,7 @@ def train(
 
 
 def _recipe(config: Optional[Path], overrides: Optional[list[str]]):
-    from whaleid.recipe import load_recipe
+    from whaleid.experiments.recipe import load_recipe
 
     try:
         return load_recipe(config, overrides or [])
@@ -307,7 +307,7 @@ def _train_flags(flags: dict) -> dict:
 
 
 def _embedder(model: Optional[Path], zero_shot: Optional[str], img_size: int, tta: bool, batch_size: int, ensemble: str = "concat"):
-    from whaleid.embed import Embedder
+    from whaleid.model.embed import Embedder
     from whaleid.train import checkpoints
 
     if (model is None) == (zero_shot is None):
@@ -361,17 +361,17 @@ def identify(
     cache_root: Path = CacheRootOpt,
 ):
     """Top-5 individuals (or new_individual) for each query photo."""
-    from whaleid.embed import Embedder, Embeddings
-    from whaleid.identify import (
+    from whaleid.model.embed import Embedder, Embeddings
+    from whaleid.search.identify import (
         Identifier,
         apply_threshold,
         calibrate_per_species,
         calibrate_threshold,
     )
-    from whaleid.index import build_index
-    from whaleid.openset import leave_one_out
-    from whaleid.recipe import rankings as blended_rankings
-    from whaleid.recipe import truths
+    from whaleid.search.index import build_index
+    from whaleid.search.openset import leave_one_out
+    from whaleid.experiments.recipe import rankings as blended_rankings
+    from whaleid.experiments.recipe import truths
 
     if per_species and calibrate is None:
         raise typer.BadParameter("--per-species needs --calibrate VAL_EMBEDDINGS")
@@ -416,7 +416,7 @@ def identify(
     if save:
         identifier.save(save)
     if submission:
-        from whaleid.evaluate import write_submission
+        from whaleid.search.metrics import write_submission
 
         write_submission(table["image"].tolist(), [a.ids for a in answers], submission)
     shown = {k: round(v, 4) for k, v in threshold.items()} if isinstance(threshold, dict) else threshold if threshold is None else round(threshold, 4)
@@ -438,8 +438,8 @@ def pseudo_label(
     cache_root: Path = CacheRootOpt,
 ):
     """Confident predictions on unlabelled photos, as labels for the next training round (`train --pseudo`)."""
-    from whaleid.pseudo import pseudo_labels
-    from whaleid.recipe import rankings
+    from whaleid.experiments.pseudo import pseudo_labels
+    from whaleid.experiments.recipe import rankings
 
     embedder = _embedder(model, None, 0, tta, 32)
     g = embedder.embed_catalog(_prepared(_catalog(train_csv, images), embedder.preprocess, None, cache_root))
@@ -457,7 +457,7 @@ def run(
     set_: Optional[list[str]] = SetOpt,
 ):
     """A whole recipe: Happywhale-style split, (k-fold) training, scoring, pseudo-label rounds."""
-    from whaleid.recipe import run_recipe
+    from whaleid.experiments.recipe import run_recipe
 
     report = run_recipe(_recipe(recipe_file, set_), out)
     metrics = [k for k, v in report["rounds"][0].items() if not isinstance(v, dict)]
@@ -474,11 +474,11 @@ def evaluate(
     out: Optional[Path] = typer.Option(None, help="Folder for report.json, per_species.csv, threshold_sweep.csv/.png."),
 ):
     """MAP@5, top-1, top-5, per-species table and a threshold sweep."""
-    from whaleid.catalog import NEW_INDIVIDUAL, read_catalog, read_table
-    from whaleid.embed import Embeddings
-    from whaleid.evaluate import evaluate as score
-    from whaleid.evaluate import plot_threshold_sweep, threshold_sweep, truths_for
-    from whaleid.identify import Ranking
+    from whaleid.data.catalog import NEW_INDIVIDUAL, read_catalog, read_table
+    from whaleid.model.embed import Embeddings
+    from whaleid.search.metrics import evaluate as score
+    from whaleid.search.metrics import plot_threshold_sweep, threshold_sweep, truths_for
+    from whaleid.search.identify import Ranking
 
     preds = read_table(predictions, ["image", "predictions"]).fillna("")
     truths, species = truths_for(preds["image"].tolist(), read_catalog(truth, check_images=False).table, str(truth))
@@ -508,8 +508,8 @@ def openset(
     out: Optional[Path] = typer.Option(None, help="Write the metrics here as JSON."),
 ):
     """The demo's open-set score for any embeddings: threshold from val, metrics on test."""
-    from whaleid.embed import Embeddings
-    from whaleid.openset import calibrated_open_set
+    from whaleid.model.embed import Embeddings
+    from whaleid.search.openset import calibrated_open_set
 
     v, t = Embeddings.load(val), Embeddings.load(test)
     v.require_labels("the validation embeddings")
@@ -536,7 +536,7 @@ def crop(
     workers: int = typer.Option(2, min=1),
 ):
     """Find the animal in every photo: a crop table with box, mask area, score and status."""
-    from whaleid.crops import CropSettings, crop_catalog, write_crop_table
+    from whaleid.preprocess.crops import CropSettings, crop_catalog, write_crop_table
 
     settings = CropSettings(threshold, enlarge, square, min_area, region, clahe)
     catalog = _catalog(csv, images, require_labels=False, check=False)
@@ -563,8 +563,8 @@ def cache(
     workers: int = typer.Option(2, min=1),
 ):
     """Write cropped, resized photos once; re-running skips finished photos."""
-    from whaleid.cache import CacheSettings, build_cache
-    from whaleid.crops import CropSettings
+    from whaleid.preprocess.cache import CacheSettings, build_cache
+    from whaleid.preprocess.crops import CropSettings
 
     saliency = CropSettings.from_json(crop_settings) if crop_settings else CropSettings()
     try:
@@ -593,8 +593,8 @@ def explore(
     sheet_size: int = typer.Option(120, min=16, help="Tile size of --sheet in pixels."),
 ):
     """A static HTML report of a catalog: counts, contact sheets, crop failures, worst crops."""
-    from whaleid.crops import read_crop_table
-    from whaleid.explore import build_explorer, contact_sheet
+    from whaleid.preprocess.crops import read_crop_table
+    from whaleid.app.explore import build_explorer, contact_sheet
 
     if sheet and not crops:
         raise typer.BadParameter("--sheet needs --crops")
@@ -618,7 +618,7 @@ def synth(
     seed: int = 0,
 ):
     """Synthetic catalog of dorsal-fin photos, identity carried by trailing-edge nicks."""
-    from whaleid.synth import make_catalog
+    from whaleid.data.synth import make_catalog
 
     csv = make_catalog(out, individuals, (min_photos, max_photos), size, seed, progress=True)
     console.print(f"synthetic catalog -> {csv}")
@@ -643,8 +643,8 @@ def demo(
     resume: bool = False,
 ):
     """Zero-shot vs fine-tuned MAP@5 on held-out individuals, end to end on CPU."""
-    from whaleid.experiment import format_report, run_open_set
-    from whaleid.synth import make_catalog
+    from whaleid.experiments.demo import format_report, run_open_set
+    from whaleid.data.synth import make_catalog
 
     if data is None:
         csv = out / "catalog" / "train.csv"

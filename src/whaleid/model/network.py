@@ -1,7 +1,7 @@
 """Embedding model: a timm backbone, GeM pooling and a linear + BatchNorm neck.
 
-The ArcFace head is not part of this model: it belongs to training (`whaleid.losses`).
-Inference models output raw embeddings; `whaleid.embed` normalises them once.
+The ArcFace head is not part of this model: it belongs to training (`whaleid.model.losses`).
+Inference models output raw embeddings; `whaleid.model.embed` normalises them once.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from torch import nn
 
 from whaleid.errors import UserError
 from whaleid.files import atomic_path
-from whaleid.pretrained import create_backbone
+from whaleid.model.pretrained import create_backbone
 
 DEFAULT_BACKBONE = "tf_efficientnet_lite0"
 OUTPUTS = ("neck", "pooled")

@@ -15,7 +15,7 @@ a second one waits, then reuses what the first made.
 
 Sources are the crops kept per photo: ``saliency`` (box from the saliency mask),
 ``full`` (the whole photo), or one per external box source (e.g. ``body``, ``fin``)
-plus ``full``; training can sample among them (:func:`whaleid.boxes.source_weights`).
+plus ``full``; training can sample among them (:func:`whaleid.preprocess.boxes.source_weights`).
 """
 
 from __future__ import annotations
@@ -36,9 +36,9 @@ import pandas as pd
 from filelock import FileLock, Timeout
 from PIL import Image
 
-from whaleid.boxes import FULL, SOURCE_PATTERN, source_weights
-from whaleid.catalog import Catalog
-from whaleid.crops import (
+from whaleid.preprocess.boxes import FULL, SOURCE_PATTERN, source_weights
+from whaleid.data.catalog import Catalog
+from whaleid.preprocess.crops import (
     CROP_COLUMNS,
     CropSettings,
     Located,
@@ -51,8 +51,8 @@ from whaleid.crops import (
 )
 from whaleid.errors import UserError
 from whaleid.files import atomic_path, disk_full_as_user_error, safe_name
-from whaleid.images import check_image
-from whaleid.preprocess import BACKGROUND_MODES, remove_background
+from whaleid.data.images import check_image
+from whaleid.preprocess.saliency import BACKGROUND_MODES, remove_background
 
 __all__ = ["CACHE_FORMAT", "CROP_MODES", "DEFAULT_ROOT", "SALIENCY", "Cache", "CacheSettings", "build_cache", "cache_key", "cached_catalog"]
 
@@ -179,7 +179,7 @@ class Cache:
         return _read_journal(self.dir / "journal.csv")
 
     def crop_table(self, source: str | None = None) -> pd.DataFrame:
-        """One row per photo, as :mod:`whaleid.crops` writes it: the row of ``source``, or of the first source the photo has."""
+        """One row per photo, as :mod:`whaleid.preprocess.crops` writes it: the row of ``source``, or of the first source the photo has."""
         journal = self.journal()
         errors = journal["status"].str.startswith("error")
         order = [source] if source else self.sources
@@ -342,7 +342,7 @@ def build_cache(
 ) -> Cache:
     """Fill (or finish) the cache of ``catalog`` under ``root``; photos already cached are skipped.
 
-    ``boxes`` (from :mod:`whaleid.boxes`) is required with ``crop="boxes"``. Sizes
+    ``boxes`` (from :mod:`whaleid.preprocess.boxes`) is required with ``crop="boxes"``. Sizes
     cached by earlier runs are kept and written for new photos too. The returned
     cache's ``stats`` say how many photos were new, reused and failed.
     """

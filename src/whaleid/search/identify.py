@@ -22,9 +22,9 @@ from typing import Any
 import numpy as np
 
 from whaleid.errors import UserError
-from whaleid.evaluate import CUTOFF, NEW_INDIVIDUAL, default_thresholds, threshold_sweep
+from whaleid.search.metrics import CUTOFF, NEW_INDIVIDUAL, default_thresholds, threshold_sweep
 from whaleid.files import atomic_path
-from whaleid.index import Index, load_index
+from whaleid.search.index import Index, load_index
 
 __all__ = [
     "NEW_INDIVIDUAL",
@@ -306,7 +306,7 @@ class Identifier:
 
     def identify_photos(self, paths: Sequence[str], top: int = CUTOFF, **embed_options: Any) -> tuple[list[Ranking], np.ndarray]:
         """Rankings for photo files, embedded by the model that made the gallery; and which photos opened."""
-        from whaleid.embed import Embedder
+        from whaleid.model.embed import Embedder
 
         source = self.metadata.get("source", {})
         embedder = Embedder.from_source(source, self.metadata.get("model", {}).get("img_size", 224), **embed_options)
@@ -491,8 +491,8 @@ def _prepared_files(paths: list[str], preprocess: dict) -> tuple[list[str], np.n
     """Cached crops of loose photo files, and which photos could be prepared."""
     import pandas as pd
 
-    from whaleid.cache import CacheSettings, cached_catalog
-    from whaleid.catalog import Catalog
+    from whaleid.preprocess.cache import CacheSettings, cached_catalog
+    from whaleid.data.catalog import Catalog
 
     settings = CacheSettings.from_dict(preprocess["cache"])
     if settings.crop == "boxes":

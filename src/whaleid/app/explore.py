@@ -23,12 +23,12 @@ import pandas as pd
 from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
-from whaleid.catalog import Catalog, summary
-from whaleid.crops import CROP_COLUMNS
+from whaleid.data.catalog import Catalog, summary
+from whaleid.preprocess.crops import CROP_COLUMNS
 from whaleid.errors import UserError
 from whaleid.files import atomic_path, inside, safe_name
-from whaleid.images import ImageError, open_image
-from whaleid.preprocess import STATUS_OK
+from whaleid.data.images import ImageError, open_image
+from whaleid.preprocess.saliency import STATUS_OK
 
 __all__ = ["BOX_COLOUR", "MASK_COLOUR", "annotated_thumbnail", "build_explorer", "contact_sheet"]
 
@@ -311,7 +311,7 @@ def build_explorer(
 ) -> Path:
     """Write the explorer pages for ``catalog`` into ``out_dir`` and return ``index.html``.
 
-    ``crops`` (one row per photo, see :data:`whaleid.crops.CROP_COLUMNS`) adds crop boxes to the
+    ``crops`` (one row per photo, see :data:`whaleid.preprocess.crops.CROP_COLUMNS`) adds crop boxes to the
     thumbnails, crop status counts, the failures and the worst crops; its ``mask``
     paths are read relative to ``crops_dir`` and masks are not drawn without it.
     Contact sheets are capped (``max_individuals`` largest individuals, ``per_individual``

@@ -12,17 +12,17 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from whaleid.catalog import NEW_INDIVIDUAL
-from whaleid.embed import Embeddings
+from whaleid.data.catalog import NEW_INDIVIDUAL
+from whaleid.model.embed import Embeddings
 from whaleid.errors import UserError
-from whaleid.evaluate import evaluate, map_at_5, threshold_sweep
-from whaleid.identify import (
+from whaleid.search.metrics import evaluate, map_at_5, threshold_sweep
+from whaleid.search.identify import (
     Ranking,
     calibrate_threshold,
     insert_new_individual,
     top_individuals,
 )
-from whaleid.index import ExactIndex
+from whaleid.search.index import ExactIndex
 
 
 def leave_one_out(vectors: np.ndarray, ids: Sequence[str], neighbours: int = 100) -> tuple[list[Ranking], list[str]]:

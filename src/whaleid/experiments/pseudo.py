@@ -11,9 +11,9 @@ from collections.abc import Mapping, Sequence
 
 import pandas as pd
 
-from whaleid.catalog import NEW_INDIVIDUAL, Catalog
+from whaleid.data.catalog import NEW_INDIVIDUAL, Catalog
 from whaleid.errors import UserError
-from whaleid.identify import Ranking
+from whaleid.search.identify import Ranking
 
 __all__ = ["PSEUDO_COLUMNS", "pseudo_labels", "with_pseudo_labels"]
 

@@ -21,12 +21,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from whaleid.catalog import NEW_INDIVIDUAL  # one spelling for the whole package
+from whaleid.data.catalog import NEW_INDIVIDUAL  # one spelling for the whole package
 from whaleid.errors import UserError
 from whaleid.files import atomic_path
 
 if TYPE_CHECKING:
-    from whaleid.identify import Ranking
+    from whaleid.search.identify import Ranking
 
 __all__ = [
     "NEW_INDIVIDUAL",

@@ -1,7 +1,7 @@
 """The open-set experiment behind `whaleid demo`: zero-shot vs fine-tuned on unseen individuals.
 
 Individuals are split three ways: fit (training), val (choosing the new_individual
-threshold) and test (held out entirely, scored with `whaleid.openset.leave_one_out`).
+threshold) and test (held out entirely, scored with `whaleid.search.openset.leave_one_out`).
 """
 
 from __future__ import annotations
@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from whaleid.catalog import Catalog, open_set_split
-from whaleid.embed import Embedder
-from whaleid.evaluate import cell, json_float, plot_threshold_sweep, write_submission
+from whaleid.data.catalog import Catalog, open_set_split
+from whaleid.model.embed import Embedder
+from whaleid.search.metrics import cell, json_float, plot_threshold_sweep, write_submission
 from whaleid.files import atomic_path
-from whaleid.openset import calibrated_open_set
+from whaleid.search.openset import calibrated_open_set
 from whaleid.train import TrainConfig, train
 
 

@@ -39,7 +39,7 @@ __all__ = [
     "KINDS",
 ]
 
-FORMAT = "whaleid.index"
+FORMAT = "whaleid.search.index"
 FORMAT_VERSION = 1
 #: accepted ``kind`` values for ``build_index``; "faiss" is an alias of "faiss-flat".
 KINDS = ("exact", "faiss", "faiss-flat", "faiss-hnsw", "faiss-ivf")

@@ -24,11 +24,11 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from whaleid.augment import PhotoDataset, collate_skipping, eval_transform
-from whaleid.catalog import Catalog
+from whaleid.model.augment import PhotoDataset, collate_skipping, eval_transform
+from whaleid.data.catalog import Catalog
 from whaleid.errors import UserError
 from whaleid.files import atomic_path
-from whaleid.model import DEFAULT_BACKBONE, EmbeddingModel, ModelConfig, load_checkpoint
+from whaleid.model.network import DEFAULT_BACKBONE, EmbeddingModel, ModelConfig, load_checkpoint
 
 
 def default_workers() -> int:
@@ -238,7 +238,7 @@ class Embedder:
 
     A model saved with its ArcFace head also gives each photo's cosine to every training
     individual's class centre (``Embeddings.class_cosines``), for the kNN/logit blend in
-    :mod:`whaleid.scoring`.
+    :mod:`whaleid.search.scoring`.
     """
 
     def __init__(
@@ -264,7 +264,7 @@ class Embedder:
         self.transform = eval_transform(self.config.img_size, self.config.mean, self.config.std)
         self.source: dict = {}  # where the weights came from, so a query path can rebuild this embedder
         self.weights: str | None = None  # which weights: checkpoint file hash or zero-shot backbone (fingerprint)
-        self.preprocess: dict | None = None  # how photos were cropped for the model (whaleid.cache), recorded with the vectors
+        self.preprocess: dict | None = None  # how photos were cropped for the model (whaleid.preprocess.cache), recorded with the vectors
 
     @classmethod
     def from_checkpoint(cls, path: str | Path | Sequence[str | Path], ensemble: str = "concat", **kwargs) -> "Embedder | Ensemble":

@@ -43,7 +43,7 @@ import pandas as pd
 
 from whaleid.errors import UserError
 from whaleid.files import atomic_path
-from whaleid.images import check_image
+from whaleid.data.images import check_image
 
 __all__ = [
     "MISSING_MARKERS",
@@ -446,7 +446,7 @@ def read_catalog(
     threads, with a progress bar if ``progress``), ``"exists"`` only checks that each
     file is there and non-empty, ``False`` touches no photo at all (``images_dir``
     need not exist: for CSV-only work such as species counts and split logic; bad
-    photos then surface later as :class:`~whaleid.images.ImageError`).
+    photos then surface later as :class:`~whaleid.data.images.ImageError`).
 
     ``clean`` applies :func:`clean_species` with ``species_fixes`` (which *replaces*
     :data:`SPECIES_FIXES` when given; pass ``{**SPECIES_FIXES, ...}`` to extend it).

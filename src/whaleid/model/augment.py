@@ -9,7 +9,7 @@ import torch
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
-from whaleid.images import ImageError, open_image
+from whaleid.data.images import ImageError, open_image
 
 
 def eval_transform(size: int, mean: Sequence[float], std: Sequence[float]) -> Callable:

@@ -22,11 +22,11 @@ import pandas as pd
 from PIL import Image
 from tqdm import tqdm
 
-from whaleid.catalog import Catalog
+from whaleid.data.catalog import Catalog
 from whaleid.errors import UserError
 from whaleid.files import atomic_path, read_user_csv, safe_name
-from whaleid.images import ImageError, open_image
-from whaleid.preprocess import REGIONS, STATUS_OK, Crop, crop_box, saliency_masks
+from whaleid.data.images import ImageError, open_image
+from whaleid.preprocess.saliency import REGIONS, STATUS_OK, Crop, crop_box, saliency_masks
 
 __all__ = [
     "CROP_COLUMNS",
@@ -52,7 +52,7 @@ MASK_SIDE = 256
 
 @dataclass(frozen=True)
 class CropSettings:
-    """How saliency becomes a box (see :func:`whaleid.preprocess.crop_box`).
+    """How saliency becomes a box (see :func:`whaleid.preprocess.saliency.crop_box`).
 
     Checked when made: a negative ``enlarge`` gave inverted boxes and ``0`` empty ones,
     both marked ok.

@@ -1,0 +1,1 @@
+"""Photo catalogs: reading and checking them, splitting them, synthetic ones for tests and the demo."""

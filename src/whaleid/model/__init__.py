@@ -1,0 +1,1 @@
+"""The embedding network, its pretrained backbones, losses, augmentation, checkpoints and batched embedding."""

@@ -1,0 +1,1 @@
+"""From embeddings to answers: ranking, indexes, scoring, thresholds, metrics and the Identifier."""

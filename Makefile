@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-all install browser clean
+.PHONY: demo test test-all lint install browser clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,8 +26,14 @@ browser:
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) ; } || \
 		echo "chromium not installed: browser tests will be skipped"
 
+# House rules: lint, format, and the import layering of docs/architecture.md.
+lint: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/lint-imports
+
 # Random test order (pytest-randomly); the seed is printed so a failing order can be replayed.
-test: $(STAMP) browser
+test: $(STAMP) browser lint
 	@seed=$$(od -An -N2 -tu2 /dev/urandom | tr -d ' '); echo "test order: -p randomly --randomly-seed=$$seed"; \
 		$(BIN)/python -m pytest -q -m "not slow" -p randomly --randomly-seed=$$seed
 

@@ -21,10 +21,10 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from whaleid.preprocess.cache import CacheSettings, build_cache
 from whaleid.data.catalog import Catalog, read_catalog
-from whaleid.preprocess.crops import CropSettings, locate
 from whaleid.data.images import open_image
+from whaleid.preprocess.cache import CacheSettings, build_cache
+from whaleid.preprocess.crops import CropSettings, locate
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -34,7 +34,9 @@ def upscaled(catalog: Catalog, width: int, out: Path) -> Catalog:
     (out / "images").mkdir(parents=True, exist_ok=True)
     for name, path in zip(catalog.table["image"], catalog.paths):
         im = open_image(path)
-        im.resize((width, round(im.height * width / im.width)), Image.Resampling.BICUBIC).save(out / "images" / name, quality=92)
+        im.resize((width, round(im.height * width / im.width)), Image.Resampling.BICUBIC).save(
+            out / "images" / name, quality=92
+        )
     catalog.table[["image", "species", "individual_id"]].to_csv(out / "train.csv", index=False)
     return read_catalog(out / "train.csv", check_images=False, progress=False)
 
@@ -69,7 +71,11 @@ def main() -> None:
     sample = sample.subset(np.arange(min(args.n, len(sample))))
     fins = read_catalog(args.data / "dorsal-fins" / "train.csv", check_images=False, progress=False)
     scratch = Path(tempfile.mkdtemp(prefix="whaleid-bench-photos-"))
-    sets = {"happywhale-sample": sample, "dorsal-fins": fins, f"sample at {args.camera_width} px": upscaled(sample, args.camera_width, scratch)}
+    sets = {
+        "happywhale-sample": sample,
+        "dorsal-fins": fins,
+        f"sample at {args.camera_width} px": upscaled(sample, args.camera_width, scratch),
+    }
     masks_and_boxes(fins, 8, args.workers)  # load the ONNX session once, outside the timings
 
     rows = []
@@ -79,7 +85,9 @@ def main() -> None:
         row["masks+boxes, batch 1"] = masks_and_boxes(catalog, 1, args.workers)
         row["masks+boxes, batch 8"] = masks_and_boxes(catalog, 8, args.workers)
         row["cache 256 px"] = cache_build(catalog, CacheSettings(sizes=(256,)), args.workers)
-        row["cache 256 px + blur background"] = cache_build(catalog, CacheSettings(sizes=(256,), background="blur"), args.workers)
+        row["cache 256 px + blur background"] = cache_build(
+            catalog, CacheSettings(sizes=(256,), background="blur"), args.workers
+        )
         rows.append(row)
     shutil.rmtree(scratch)
     table = pd.DataFrame(rows)

@@ -17,12 +17,12 @@ import numpy as np
 import timm
 import torch
 
-from whaleid.model.augment import eval_transform
 from whaleid.data.catalog import read_catalog
-from whaleid.model.embed import Embedder
 from whaleid.data.images import open_image
-from whaleid.model.network import EmbeddingModel, ModelConfig
 from whaleid.data.synth import make_catalog
+from whaleid.model.augment import eval_transform
+from whaleid.model.embed import Embedder
+from whaleid.model.network import EmbeddingModel, ModelConfig
 
 
 def bare_timm(backbone: str, paths: list[str], size: int, batch: int) -> float:
@@ -37,7 +37,11 @@ def bare_timm(backbone: str, paths: list[str], size: int, batch: int) -> float:
 
 
 def whaleid_embed(backbone: str, paths: list[str], size: int, batch: int, workers: int | None) -> float:
-    embedder = Embedder(EmbeddingModel(ModelConfig(backbone=backbone, img_size=size), pretrained=False), batch_size=batch, num_workers=workers)
+    embedder = Embedder(
+        EmbeddingModel(ModelConfig(backbone=backbone, img_size=size), pretrained=False),
+        batch_size=batch,
+        num_workers=workers,
+    )
     start = time.perf_counter()
     embedder.embed_paths(paths, progress=False)
     return len(paths) / (time.perf_counter() - start)
@@ -65,7 +69,9 @@ def main() -> None:
         runs["whaleid embed"].append(whaleid_embed(args.backbone, paths, args.size, args.batch, args.workers))
     result = {name: float(np.median(v)) for name, v in runs.items()}
     result["ratio"] = result["whaleid embed"] / result["bare timm"]
-    print(f"{len(paths)} photos, {args.backbone} @ {args.size}px, batch {args.batch}, {torch.get_num_threads()} torch threads")
+    print(
+        f"{len(paths)} photos, {args.backbone} @ {args.size}px, batch {args.batch}, {torch.get_num_threads()} torch threads"
+    )
     for name in runs:
         print(f"  {name:14s} {result[name]:7.1f} photos/s  (runs: {', '.join(f'{v:.1f}' for v in runs[name])})")
     print(f"  ratio          {result['ratio']:.2f}")

@@ -5,7 +5,7 @@
 #
 #   bash benchmarks/gpu_smoke.sh            # STEPS=300 by default
 #   STEPS=100 GPUS=1 bash benchmarks/gpu_smoke.sh
-#   EXTRA="--set train.backbone=test_efficientnet --set train.img_size=64" ...   # extra `train` options
+#   EXTRA="--set train.model.backbone=test_efficientnet --set train.model.img_size=64" ...   # extra `train` options
 #
 # The B7 weights come from the timm hub, which a lent GPU machine cannot reach, so the
 # backbone starts from random weights (--no-pretrained): the speed is the same. Saliency
@@ -20,8 +20,8 @@ PY=${PY:-.venv/bin/python}
 EPOCHS=3
 
 nvidia-smi --query-gpu=name,memory.total --format=csv
-"$PY" -m whaleid.app.cli synth --out "$OUT/synth" --individuals 300 --min-photos 4 --max-photos 6 --size "${SIZE:-768}"
-"$PY" -m torch.distributed.run --nproc_per_node "$GPUS" -m whaleid.app.cli train "$OUT/synth/train.csv" \
+"$PY" -m whaleid synth --out "$OUT/synth" --individuals 300 --min-photos 4 --max-photos 6 --size "${SIZE:-768}"
+"$PY" -m torch.distributed.run --nproc_per_node "$GPUS" -m whaleid train "$OUT/synth/train.csv" \
     --config configs/happywhale-gpu.yaml --no-pretrained --folds 1 --set preprocess=null --out "$OUT/model" \
     --set train.epochs=$EPOCHS --set "train.img_size_schedule={0: 768}" \
     --max-steps $(( STEPS / EPOCHS / GPUS + 1 )) ${EXTRA:-}

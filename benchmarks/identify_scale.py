@@ -30,9 +30,10 @@ from pathlib import Path
 
 import numpy as np
 
-from whaleid.search.metrics import NEW_INDIVIDUAL, map_at_5
-from whaleid.search.identify import calibrate_threshold, insert_new_individual, top_individuals
 from whaleid.search.index import build_index
+from whaleid.search.metrics import map_at_5
+from whaleid.search.ranking import NEW_INDIVIDUAL, insert_new_individual, top_individuals
+from whaleid.search.threshold import calibrate_threshold
 
 HAPPYWHALE = {"gallery": 51_033, "queries": 27_956, "individuals": 15_587, "dim": 512}
 KINDS = ("exact", "faiss-flat", "faiss-hnsw", "faiss-ivf")
@@ -84,8 +85,9 @@ def unit(x: np.ndarray) -> np.ndarray:
     return x
 
 
-def synthesise(n_gallery: int, n_queries: int, dim: int, new_frac: float, noise: float,
-               seed: int) -> tuple[np.ndarray, list[str], np.ndarray, list[str]]:
+def synthesise(
+    n_gallery: int, n_queries: int, dim: int, new_frac: float, noise: float, seed: int
+) -> tuple[np.ndarray, list[str], np.ndarray, list[str]]:
     """Gallery/query vectors with Happywhale's shape: long-tailed photos per individual."""
     rng = np.random.default_rng(seed)
     n_ind = max(1, round(n_gallery * HAPPYWHALE["individuals"] / HAPPYWHALE["gallery"]))
@@ -102,8 +104,7 @@ def synthesise(n_gallery: int, n_queries: int, dim: int, new_frac: float, noise:
         out = np.empty((len(who), dim), np.float32)
         for s in range(0, len(who), 8192):  # chunks keep the noise transient small
             w = who[s : s + 8192]
-            out[s : s + len(w)] = centres[w] + scale * rng.standard_normal((len(w), dim),
-                                                                            dtype=np.float32)
+            out[s : s + len(w)] = centres[w] + scale * rng.standard_normal((len(w), dim), dtype=np.float32)
         return unit(out)
 
     gallery = photos(owner)
@@ -117,8 +118,9 @@ def synthesise(n_gallery: int, n_queries: int, dim: int, new_frac: float, noise:
     return gallery, gallery_ids, queries, truths
 
 
-def run_kind(kind: str, gallery, gallery_ids, queries, truths, k: int, threads: int | None,
-             exact_idx: np.ndarray | None) -> tuple[dict, np.ndarray]:
+def run_kind(
+    kind: str, gallery, gallery_ids, queries, truths, k: int, threads: int | None, exact_idx: np.ndarray | None
+) -> tuple[dict, np.ndarray]:
     row: dict = {"kind": kind}
     with PeakRSS() as mem:
         t0 = time.perf_counter()
@@ -133,36 +135,53 @@ def run_kind(kind: str, gallery, gallery_ids, queries, truths, k: int, threads: 
     t4 = time.perf_counter()
     answers = [insert_new_individual(r, threshold).ids for r in rankings]
     t5 = time.perf_counter()
-    row.update(build_s=t1 - t0, search_s=t2 - t1, top5_s=(t3 - t2) + (t5 - t4),
-               peak_mib=mem.mib)
+    row.update(build_s=t1 - t0, search_s=t2 - t1, top5_s=(t3 - t2) + (t5 - t4), peak_mib=mem.mib)
     row["total_s"] = row["build_s"] + row["search_s"] + row["top5_s"]
     row["queries_per_s"] = len(queries) / (row["search_s"] + row["top5_s"])
-    row["recall_at_k"] = (1.0 if exact_idx is None else float(np.mean(
-        [len(np.intersect1d(a, b)) / k for a, b in zip(idx, exact_idx)])))
+    row["recall_at_k"] = (
+        1.0 if exact_idx is None else float(np.mean([len(np.intersect1d(a, b)) / k for a, b in zip(idx, exact_idx)]))
+    )
     row["threshold"] = threshold
     row["map5"] = map_at_5(answers, truths)
     row["params"] = getattr(index, "params", {})
     return row, idx
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--gallery", type=int, default=HAPPYWHALE["gallery"])
     p.add_argument("--queries", type=int, default=HAPPYWHALE["queries"])
     p.add_argument("--dim", type=int, default=HAPPYWHALE["dim"])
-    p.add_argument("--threads", type=int, default=None,
-                   help="BLAS/OpenMP threads (default: library default, usually all cores)")
+    p.add_argument(
+        "--threads", type=int, default=None, help="BLAS/OpenMP threads (default: library default, usually all cores)"
+    )
     p.add_argument("--k", type=int, default=100, help="neighbours searched per query")
-    p.add_argument("--kinds", default=",".join(KINDS),
-                   help=f"comma-separated index kinds (default: {','.join(KINDS)})")
-    p.add_argument("--new-frac", type=float, default=0.2,
-                   help="share of queries from individuals not in the gallery")
-    p.add_argument("--noise", type=float, default=2.2,
-                   help="per-photo noise norm around its individual's centre")
+    p.add_argument("--kinds", default=",".join(KINDS), help=f"comma-separated index kinds (default: {','.join(KINDS)})")
+    p.add_argument("--new-frac", type=float, default=0.2, help="share of queries from individuals not in the gallery")
+    p.add_argument("--noise", type=float, default=2.2, help="per-photo noise norm around its individual's centre")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, default=None, help="also write results here")
-    args = p.parse_args(argv)
+    return p
+
+
+def _print_table(rows: list[dict]) -> None:
+    header = (
+        f"{'kind':<11} {'build s':>8} {'search s':>9} {'top5 s':>7} {'total s':>8} "
+        f"{'q/s':>8} {'peak MiB':>9} {'recall@k':>9} {'MAP@5':>6}"
+    )
+    print("\n" + header + "\n" + "-" * len(header))
+    for r in rows:
+        print(
+            f"{r['kind']:<11} {r['build_s']:>8.2f} {r['search_s']:>9.2f} {r['top5_s']:>7.2f} "
+            f"{r['total_s']:>8.2f} {r['queries_per_s']:>8.0f} {r['peak_mib']:>9.0f} "
+            f"{r['recall_at_k']:>9.4f} {r['map5']:>6.3f}"
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
     kinds = [x.strip() for x in args.kinds.split(",") if x.strip()]
     if kinds and "exact" in kinds:
         kinds.remove("exact")
@@ -170,44 +189,50 @@ def main(argv: list[str] | None = None) -> int:
 
     t = time.perf_counter()
     gallery, gallery_ids, queries, truths = synthesise(
-        args.gallery, args.queries, args.dim, args.new_frac, args.noise, args.seed)
+        args.gallery, args.queries, args.dim, args.new_frac, args.noise, args.seed
+    )
     gen_s = time.perf_counter() - t
-    print(f"gallery {gallery.shape[0]:,} x {gallery.shape[1]} ({len(set(gallery_ids)):,} "
-          f"individuals), queries {len(queries):,} ({truths.count(NEW_INDIVIDUAL):,} new), "
-          f"k={args.k}, threads={args.threads or 'default'}; synthesised in {gen_s:.1f}s",
-          flush=True)
+    print(
+        f"gallery {gallery.shape[0]:,} x {gallery.shape[1]} ({len(set(gallery_ids)):,} "
+        f"individuals), queries {len(queries):,} ({truths.count(NEW_INDIVIDUAL):,} new), "
+        f"k={args.k}, threads={args.threads or 'default'}; synthesised in {gen_s:.1f}s",
+        flush=True,
+    )
 
     rows, exact_idx = [], None
     for kind in kinds:
-        row, idx = run_kind(kind, gallery, gallery_ids, queries, truths, args.k, args.threads,
-                            exact_idx)
+        row, idx = run_kind(kind, gallery, gallery_ids, queries, truths, args.k, args.threads, exact_idx)
         if kind == "exact":
             exact_idx = idx
         rows.append(row)
         print(f"  {kind}: done in {row['total_s']:.1f}s", flush=True)
 
-    header = (f"{'kind':<11} {'build s':>8} {'search s':>9} {'top5 s':>7} {'total s':>8} "
-              f"{'q/s':>8} {'peak MiB':>9} {'recall@k':>9} {'MAP@5':>6}")
-    print("\n" + header + "\n" + "-" * len(header))
-    for r in rows:
-        print(f"{r['kind']:<11} {r['build_s']:>8.2f} {r['search_s']:>9.2f} {r['top5_s']:>7.2f} "
-              f"{r['total_s']:>8.2f} {r['queries_per_s']:>8.0f} {r['peak_mib']:>9.0f} "
-              f"{r['recall_at_k']:>9.4f} {r['map5']:>6.3f}")
+    _print_table(rows)
     max_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     max_rss_mib = max_rss / 2**20 if sys.platform == "darwin" else max_rss / 2**10
-    print(f"process max RSS {max_rss_mib:.0f} MiB; peak MiB = sampled RSS growth during "
-          "build+search+top5 (missing short spikes)")
+    print(
+        f"process max RSS {max_rss_mib:.0f} MiB; peak MiB = sampled RSS growth during "
+        "build+search+top5 (missing short spikes)"
+    )
 
     if args.json:
         import faiss
 
-        out = {"config": vars(args) | {"json": str(args.json)},
-               "n_individuals": len(set(gallery_ids)),
-               "n_new_queries": truths.count(NEW_INDIVIDUAL),
-               "synthesise_s": gen_s, "max_rss_mib": max_rss_mib, "results": rows,
-               "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                           "python": platform.python_version(), "numpy": np.__version__,
-                           "faiss": faiss.__version__}}
+        out = {
+            "config": vars(args) | {"json": str(args.json)},
+            "n_individuals": len(set(gallery_ids)),
+            "n_new_queries": truths.count(NEW_INDIVIDUAL),
+            "synthesise_s": gen_s,
+            "max_rss_mib": max_rss_mib,
+            "results": rows,
+            "machine": {
+                "cpus": os.cpu_count(),
+                "platform": platform.platform(),
+                "python": platform.python_version(),
+                "numpy": np.__version__,
+                "faiss": faiss.__version__,
+            },
+        }
         args.json.parent.mkdir(parents=True, exist_ok=True)
         tmp = args.json.with_name(args.json.name + ".tmp")
         tmp.write_text(json.dumps(out, indent=2) + "\n")

@@ -1,6 +1,6 @@
 """Spread over seeds of the learned quality that tests/test_pipeline.py bounds: its bound must sit far outside it.
 
-    .venv/bin/python benchmarks/learned_spread.py --seeds 0,1,2,3,4 [--variation 0.25] [--epochs 10]
+.venv/bin/python benchmarks/learned_spread.py --seeds 0,1,2,3,4 [--variation 0.25] [--epochs 10]
 """
 
 import argparse
@@ -22,5 +22,7 @@ for seed in [int(s) for s in args.seeds.split(",")]:
     start = time.time()
     with tempfile.TemporaryDirectory() as folder:
         map5, ratio = fine_tune_and_score(Path(folder), seed, args.variation, args.epochs)
-    print(f"seed {seed}  variation {args.variation}  MAP@5 {map5:.3f}  loss last/first {ratio:.3f}  ({time.time() - start:.0f} s)",
-          flush=True)
+    print(
+        f"seed {seed}  variation {args.variation}  MAP@5 {map5:.3f}  loss last/first {ratio:.3f}  ({time.time() - start:.0f} s)",
+        flush=True,
+    )

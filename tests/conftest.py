@@ -37,7 +37,9 @@ def synth_csv(tmp_path_factory) -> Path:
     """A small synthetic fin catalog shared by the pipeline tests."""
     from whaleid.data.synth import make_catalog
 
-    return make_catalog(tmp_path_factory.mktemp("synth"), n_individuals=16, photos_per_individual=(4, 6), size=128, seed=0)
+    return make_catalog(
+        tmp_path_factory.mktemp("synth"), n_individuals=16, photos_per_individual=(4, 6), size=128, seed=0
+    )
 
 
 def centre_blob_masks(images, batch_size=8, clahe=False):

@@ -3,14 +3,16 @@
 import random
 
 import torch
-from conftest import BROKEN
 
+from conftest import BROKEN
 from whaleid.model.augment import PhotoDataset, collate_skipping
 
 
 def test_choices_are_drawn_by_weight(fixtures):
     rgb, gray = str(fixtures / "images" / "rgb.jpg"), str(fixtures / "images" / "gray.jpg")  # 32x24 and 16x16
-    dataset = PhotoDataset([rgb, rgb], transform=lambda im: im.size, targets=[3, 4], choices=[((rgb, 0.8), (gray, 0.2)), ()])
+    dataset = PhotoDataset(
+        [rgb, rgb], transform=lambda im: im.size, targets=[3, 4], choices=[((rgb, 0.8), (gray, 0.2)), ()]
+    )
     random.seed(0)
     sizes = [dataset[0][0] for _ in range(2000)]
     assert abs(sizes.count((16, 16)) / 2000 - 0.2) < 0.03
@@ -26,8 +28,8 @@ def test_unreadable_photo_is_skipped_in_the_batch(fixtures):
 
 
 def test_grey_views_have_equal_channels_and_colour_views_do_not(fixtures):
-    from whaleid.model.augment import train_transform
     from whaleid.data.images import open_image
+    from whaleid.model.augment import train_transform
 
     photo = open_image(fixtures / "images" / "rgb.jpg")
     grey = train_transform(16, (0.5,) * 3, (0.5,) * 3, jitter=0.0, cutout=0.0, grayscale=1.0)(photo)

@@ -1,4 +1,5 @@
 """Tests for whaleid.preprocess.boxes: hand-computed, tiny files in tmp_path."""
+
 from __future__ import annotations
 
 import logging
@@ -9,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from whaleid.errors import UserError
 from whaleid.preprocess.boxes import (
     _yolo_to_pixels,
     read_boxes,
@@ -17,7 +19,6 @@ from whaleid.preprocess.boxes import (
     source_weights,
     validate_boxes,
 )
-from whaleid.errors import UserError
 from whaleid.preprocess.saliency import enlarge_box
 
 
@@ -111,15 +112,15 @@ def _df(rows):
 
 
 def test_validate_clips_and_counts():
-    df = _df([
-        ["a.jpg", -5, 10, 250, 90, "body"],   # clipped in x
-        ["a.jpg", 10, 10, 20, 20, "fin"],     # inside
-        ["b.jpg", 0, 0, 60, 41, "body"],      # clipped in x and y
-    ])
+    df = _df(
+        [
+            ["a.jpg", -5, 10, 250, 90, "body"],  # clipped in x
+            ["a.jpg", 10, 10, 20, 20, "fin"],  # inside
+            ["b.jpg", 0, 0, 60, 41, "body"],  # clipped in x and y
+        ]
+    )
     out = validate_boxes(df, {"a.jpg": (200, 100), "b.jpg": (50, 40)})
-    assert out[["x0", "y0", "x1", "y1"]].values.tolist() == [
-        [0, 10, 200, 90], [10, 10, 20, 20], [0, 0, 50, 40]
-    ]
+    assert out[["x0", "y0", "x1", "y1"]].values.tolist() == [[0, 10, 200, 90], [10, 10, 20, 20], [0, 0, 50, 40]]
     assert out.attrs["n_clipped"] == 2
     assert df.loc[0, "x0"] == -5  # input untouched
 
@@ -176,7 +177,9 @@ def test_read_boxes_yolo_uses_upright_sizes(tmp_path, fixtures):
     (tmp_path / "yolo").mkdir()
     (tmp_path / "yolo" / "rotated.txt").write_text("0 0.5 0.5 0.5 0.5\n")  # upright 20x40 -> 5..15, 10..30
     boxes = read_boxes(tmp_path / "yolo", photos)
-    assert boxes[["image", "x0", "y0", "x1", "y1", "source"]].values.tolist() == [["rotated.jpg", 5, 10, 15, 30, "yolo"]]
+    assert boxes[["image", "x0", "y0", "x1", "y1", "source"]].values.tolist() == [
+        ["rotated.jpg", 5, 10, 15, 30, "yolo"]
+    ]
 
 
 @pytest.mark.parametrize(

@@ -11,18 +11,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import BROKEN, centre_blob_masks
 from filelock import FileLock
 from PIL import Image
-from test_files import tmpfs
 
 import whaleid.preprocess.cache as cache_module
 import whaleid.preprocess.crops as crops
-from whaleid.preprocess.cache import Cache, CacheSettings, build_cache, cache_key
+from conftest import BROKEN, centre_blob_masks
+from test_files import tmpfs
 from whaleid.data.catalog import read_catalog
-from whaleid.preprocess.crops import CropSettings, read_crop_table
-from whaleid.errors import UserError
 from whaleid.data.images import check_image
+from whaleid.errors import UserError
+from whaleid.preprocess.cache import Cache, CacheSettings, build_cache, cache_key
+from whaleid.preprocess.crops import CropSettings, read_crop_table
 
 GOOD = ["rgb.jpg", "gray.jpg", "rotated.jpg", "cmyk.jpg", "palette.png", "alpha.png"]
 
@@ -35,7 +35,9 @@ def photos(tmp_path, fixtures, monkeypatch):
     shutil.copytree(fixtures / "images", images)
     names = GOOD + [n for n in BROKEN]
     csv = tmp_path / "train.csv"
-    pd.DataFrame({"image": names, "species": "x", "individual_id": [f"id{i % 3}" for i in range(len(names))]}).to_csv(csv, index=False)
+    pd.DataFrame({"image": names, "species": "x", "individual_id": [f"id{i % 3}" for i in range(len(names))]}).to_csv(
+        csv, index=False
+    )
     return read_catalog(csv, images, check_images=False, progress=False)
 
 
@@ -50,14 +52,21 @@ def cached(cache, size, source, image):
 
 
 def test_saliency_crops_are_cut_and_resized_exactly(photos, tmp_path):
-    cache = build_cache(photos, tmp_path / "cache", CacheSettings(sizes=(32, 64), saliency=CropSettings(enlarge=1.0)), progress=False)
+    cache = build_cache(
+        photos, tmp_path / "cache", CacheSettings(sizes=(32, 64), saliency=CropSettings(enlarge=1.0)), progress=False
+    )
     w, h = Image.open(photos.images_dir / "rgb.jpg").size
     box_w, box_h = 3 * w // 4 - w // 4, 3 * h // 4 - h // 4
     for size in (32, 64):
         crop = Image.open(cached(cache, size, "saliency", "rgb.jpg"))
         assert max(crop.size) == min(size, max(box_w, box_h))
         assert crop.size[0] / crop.size[1] == pytest.approx(box_w / box_h, rel=0.1)
-    assert cache.stats == {"photos": len(GOOD) + len(BROKEN), "new": len(GOOD) + len(BROKEN), "reused": 0, "errors": len(BROKEN)}
+    assert cache.stats == {
+        "photos": len(GOOD) + len(BROKEN),
+        "new": len(GOOD) + len(BROKEN),
+        "reused": 0,
+        "errors": len(BROKEN),
+    }
     table = read_crop_table(cache.dir / "crops.csv")
     assert sorted(pd.read_csv(cache.dir / "failures.csv")["image"]) == sorted(BROKEN)
     assert set(table.loc[table["status"] == "ok", "image"]) == set(GOOD)
@@ -79,7 +88,9 @@ def test_second_run_is_idempotent(photos, tmp_path):
 def test_changed_settings_never_reuse_a_cache(photos, tmp_path):
     a = build_cache(photos, tmp_path / "cache", CacheSettings(sizes=(48,)), progress=False)
     b = build_cache(photos, tmp_path / "cache", CacheSettings(sizes=(48,), background="black"), progress=False)
-    c = build_cache(photos, tmp_path / "cache", CacheSettings(sizes=(48,), saliency=CropSettings(threshold=0.3)), progress=False)
+    c = build_cache(
+        photos, tmp_path / "cache", CacheSettings(sizes=(48,), saliency=CropSettings(threshold=0.3)), progress=False
+    )
     assert len({a.dir, b.dir, c.dir}) == 3
     assert b.stats["reused"] == 0 and c.stats["reused"] == 0
     assert cache_key(CacheSettings(sizes=(48,)), photos.images_dir) == a.dir.name
@@ -141,7 +152,9 @@ def test_catalog_points_at_cached_files_and_errors_join_problems(photos, tmp_pat
     assert len(cached) == len(GOOD)
     assert all(p.startswith(str(cache.dir / "96" / "saliency")) for p in cached.paths)
     assert set(cached.problems["image"]) == set(BROKEN)
-    assert cached.table["label"].tolist() == photos.table.set_index("image").loc[cached.table["image"], "label"].tolist()
+    assert (
+        cached.table["label"].tolist() == photos.table.set_index("image").loc[cached.table["image"], "label"].tolist()
+    )
     assert cache.size_for(20) == 32 and cache.size_for(200) == 96
     with pytest.raises(FileNotFoundError):
         Cache(tmp_path)
@@ -149,13 +162,19 @@ def test_catalog_points_at_cached_files_and_errors_join_problems(photos, tmp_pat
 
 def test_box_sources_and_sampling_weights(photos, tmp_path):
     boxes = pd.DataFrame(
-        [["rgb.jpg", 0, 0, 10, 20, "fin"], ["rgb.jpg", 0, 0, 30, 30, "body"], ["rgb.jpg", 0, 0, 4, 4, "fin"],
-         ["gray.jpg", 5, 5, 25, 15, "body"]],
+        [
+            ["rgb.jpg", 0, 0, 10, 20, "fin"],
+            ["rgb.jpg", 0, 0, 30, 30, "body"],
+            ["rgb.jpg", 0, 0, 4, 4, "fin"],
+            ["gray.jpg", 5, 5, 25, 15, "body"],
+        ],
         columns=["image", "x0", "y0", "x1", "y1", "source"],
     )
     with pytest.raises(ValueError, match="boxes"):
         build_cache(photos, tmp_path / "cache", CacheSettings(crop="boxes"), progress=False)
-    cache = build_cache(photos, tmp_path / "cache", CacheSettings(sizes=(64,), crop="boxes"), boxes=boxes, progress=False)
+    cache = build_cache(
+        photos, tmp_path / "cache", CacheSettings(sizes=(64,), crop="boxes"), boxes=boxes, progress=False
+    )
     assert cache.sources == ["body", "fin", "full"]
     assert Image.open(cached(cache, 64, "fin", "rgb.jpg")).size == (10, 20)  # the larger fin box; never upscaled
     assert Image.open(cached(cache, 64, "body", "gray.jpg")).size == (20, 10)
@@ -181,8 +200,9 @@ def test_real_saliency_cache_on_dorsal_fins(shared_data, tmp_path, monkeypatch):
 
 def snapshot(folder, skip):
     """Every file under ``folder`` (but ``skip``) with its bytes and mtime."""
-    return {p: (p.read_bytes(), p.stat().st_mtime_ns)
-            for p in folder.rglob("*") if p.is_file() and skip not in p.parents}
+    return {
+        p: (p.read_bytes(), p.stat().st_mtime_ns) for p in folder.rglob("*") if p.is_file() and skip not in p.parents
+    }
 
 
 @pytest.fixture
@@ -216,9 +236,13 @@ def test_hostile_image_names_write_nothing_outside_the_output_folder(hostile, tm
     table = crops.crop_catalog(catalog, masks_dir=out / "crops", progress=False)
     crops.write_crop_table(table, out / "crops")
     boxes = pd.DataFrame({"image": catalog.table["image"], "x0": 0, "y0": 0, "x1": 8, "y1": 8, "source": "fin"})
-    caches = [build_cache(catalog, out / "cache", settings, boxes=box_table, progress=False)
-              for settings, box_table in [(CacheSettings(sizes=(32, 64)), None),
-                                          (CacheSettings(sizes=(32,), crop="boxes"), boxes)]]
+    caches = [
+        build_cache(catalog, out / "cache", settings, boxes=box_table, progress=False)
+        for settings, box_table in [
+            (CacheSettings(sizes=(32, 64)), None),
+            (CacheSettings(sizes=(32,), crop="boxes"), boxes),
+        ]
+    ]
     assert snapshot(tmp_path, out) == before  # the victim's photos untouched, nothing new beside them
     for cache in caches:
         assert cache.stats == {"photos": 5, "new": 5, "reused": 0, "errors": 0}
@@ -273,8 +297,10 @@ def test_a_damaged_cached_file_is_redone(photos, tmp_path):
 def test_concurrent_runs_both_report_every_photo(photos, tmp_path):
     settings = CacheSettings(sizes=(48,))
     with ThreadPoolExecutor(2) as pool:
-        runs = [pool.submit(build_cache, photos, tmp_path / "cache", settings, batch_size=2, progress=False)
-                for _ in range(2)]
+        runs = [
+            pool.submit(build_cache, photos, tmp_path / "cache", settings, batch_size=2, progress=False)
+            for _ in range(2)
+        ]
         stats = [r.result().stats for r in runs]
     total = len(GOOD) + len(BROKEN)
     assert all(s["photos"] == total and s["errors"] == len(BROKEN) for s in stats)
@@ -346,8 +372,9 @@ def test_journal_rows_pointing_outside_the_cache_are_dropped(photos, tmp_path):
 
 
 def test_bad_box_sources_never_become_folders(photos, tmp_path):
-    boxes = pd.DataFrame([["rgb.jpg", 0, 0, 10, 10, "../../escape"]],
-                         columns=["image", "x0", "y0", "x1", "y1", "source"])
+    boxes = pd.DataFrame(
+        [["rgb.jpg", 0, 0, 10, 10, "../../escape"]], columns=["image", "x0", "y0", "x1", "y1", "source"]
+    )
     with pytest.raises(UserError, match="box source '../../escape'"):
         build_cache(photos, tmp_path / "cache", CacheSettings(crop="boxes"), boxes=boxes, progress=False)
     assert not (tmp_path / "escape").exists()

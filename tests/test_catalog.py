@@ -13,12 +13,11 @@ import time
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import BROKEN
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from conftest import BROKEN
 from whaleid.data.catalog import (
-    NEW_INDIVIDUAL,
     SPECIES_FIXES,
     UNKNOWN_SPECIES,
     Catalog,
@@ -118,8 +117,10 @@ def test_missing_images_dir_is_an_error_unless_images_are_not_checked(tmp_path):
         ("img,id\na.jpg,x", r"missing required column\(s\) image, species, individual_id; found columns: img, id"),
         ("image,species,individual_id", "header but no rows"),
         ("", "no header and no rows"),
-        ("image,species,individual_id\na.jpg,x,1\nb.jpg,x,2\na.jpg,x,3\nc.jpg,x,1\nc.jpg,x,4",
-         r"2 duplicate image name\(s\): a\.jpg \(lines 2, 4\); c\.jpg \(lines 5, 6\)"),
+        (
+            "image,species,individual_id\na.jpg,x,1\nb.jpg,x,2\na.jpg,x,3\nc.jpg,x,1\nc.jpg,x,4",
+            r"2 duplicate image name\(s\): a\.jpg \(lines 2, 4\); c\.jpg \(lines 5, 6\)",
+        ),
         ("image,species,individual_id\na.jpg,x,1\n,x,2", r"empty image name on line\(s\) 3"),
         ("image,species,individual_id\na.jpg,x,1\nb.jpg,x,", r"empty individual_id on line\(s\) 3"),
         ('image,species,individual_id\na.jpg,x,1\n"b.jpg,x,2', "cannot parse"),
@@ -171,8 +172,10 @@ def test_partly_labelled_catalog(tmp_path):
         # one field too many on the first row: pandas took column 1 as the index and shifted the rest
         (["a.jpg,beluga,w1,extra", "b.jpg,beluga,w2"], r"line 2 has 4 fields, the header has 3"),
         (["a.jpg,beluga,w1", "b.jpg,beluga"], r"line 3 has 2 fields, the header has 3"),
-        (["a.jpg,x,1", "b,x,2,3", "c,x", "d,x,4,5,6", "e,x,5,", "f,x"],
-         r"line 3 has 4 fields, line 4 has 2 fields, line 5 has 5 fields and 2 more lines, the header has 3"),
+        (
+            ["a.jpg,x,1", "b,x,2,3", "c,x", "d,x,4,5,6", "e,x,5,", "f,x"],
+            r"line 3 has 4 fields, line 4 has 2 fields, line 5 has 5 fields and 2 more lines, the header has 3",
+        ),
     ],
 )
 def test_rows_with_another_field_count_name_their_lines(tmp_path, rows, pattern):
@@ -314,13 +317,15 @@ def test_any_table_written_by_the_csv_module_reads_back_or_says_why(tmp_path, ro
     assert set(cat.problems["reason"]) <= {"control character in file name", "file name too long"}
 
 
-
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(data=st.one_of(
-    st.binary(max_size=200),
-    st.lists(st.text(st.sampled_from('ab,"\r\n \x00é'), max_size=12), max_size=6).map(
-        lambda lines: ("image,species,individual_id\n" + "\n".join(lines)).encode()),
-))
+@given(
+    data=st.one_of(
+        st.binary(max_size=200),
+        st.lists(st.text(st.sampled_from('ab,"\r\n \x00é'), max_size=12), max_size=6).map(
+            lambda lines: ("image,species,individual_id\n" + "\n".join(lines)).encode()
+        ),
+    )
+)
 def test_any_bytes_give_a_catalog_or_a_catalog_error(tmp_path, data):
     csv = tmp_path / "t.csv"
     csv.write_bytes(data)
@@ -335,14 +340,30 @@ def test_any_bytes_give_a_catalog_or_a_catalog_error(tmp_path, data):
 
 def test_species_cleanup_on_real_spellings():
     raw = pd.Series(
-        ["bottlenose_dolpin", "kiler_whale", "beluga", "globis", "pilot_whale",
-         " Humpback Whale ", "short-finned pilot whale", "long_finned_pilot_whale", None, "  "],
+        [
+            "bottlenose_dolpin",
+            "kiler_whale",
+            "beluga",
+            "globis",
+            "pilot_whale",
+            " Humpback Whale ",
+            "short-finned pilot whale",
+            "long_finned_pilot_whale",
+            None,
+            "  ",
+        ],
         name="species",
     )
     out = clean_species(raw)
     assert out.tolist()[:8] == [
-        "bottlenose_dolphin", "killer_whale", "beluga_whale", "short_finned_pilot_whale",
-        "short_finned_pilot_whale", "humpback_whale", "short_finned_pilot_whale", "long_finned_pilot_whale",
+        "bottlenose_dolphin",
+        "killer_whale",
+        "beluga_whale",
+        "short_finned_pilot_whale",
+        "short_finned_pilot_whale",
+        "humpback_whale",
+        "short_finned_pilot_whale",
+        "long_finned_pilot_whale",
     ]
     assert out.iloc[8:].isna().all()
     assert out.name == "species"
@@ -360,7 +381,9 @@ def test_custom_fixes_replace_the_defaults(tmp_path):
 
 
 def test_labels_are_sorted_codes_and_round_trip(tmp_path):
-    csv = write_csv(tmp_path / "t.csv", "image,species,individual_id\na.jpg,x,zed\nb.jpg,x,007\nc.jpg,x,zed\nd.jpg,x,abc")
+    csv = write_csv(
+        tmp_path / "t.csv", "image,species,individual_id\na.jpg,x,zed\nb.jpg,x,007\nc.jpg,x,zed\nd.jpg,x,abc"
+    )
     cat = read_catalog(csv, check_images=False)
     assert cat.labels == ["007", "abc", "zed"]  # ids stay strings: "007" is not 7
     assert cat.table["label"].tolist() == [2, 0, 2, 1]
@@ -384,10 +407,6 @@ def test_subset_keeps_labels_relabel_makes_them_contiguous():
     assert cat.subset([5, 0]).table["image"].tolist() == ["c_1.jpg", "a_0.jpg"]
     with pytest.raises(ValueError):
         cat.subset(np.ones(3, dtype=bool))
-
-
-def test_new_individual_constant():
-    assert NEW_INDIVIDUAL == "new_individual"
 
 
 # --------------------------------------------------------------------------- splits
@@ -509,7 +528,7 @@ def test_min_photos_above_every_count_is_an_error():
 
 def test_to_csv_is_atomic_and_round_trips(tmp_path, monkeypatch):
     cat = make_catalog({"a": 2, "b": 1})
-    cat.table.loc[0, "image"] = " spaced, and \"quoted\".jpg"
+    cat.table.loc[0, "image"] = ' spaced, and "quoted".jpg'
     out = tmp_path / "known.csv"
     cat.to_csv(out)
     again = read_catalog(out, check_images=False, clean=False)

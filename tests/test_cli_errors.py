@@ -11,11 +11,21 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from whaleid.app.cli import app
+from whaleid.__main__ import app
 from whaleid.model.embed import Embeddings
 
 runner = CliRunner()
-TINY = ["--backbone", "test_efficientnet", "--no-pretrained", "--img-size", "32", "--embedding-dim", "8", "--workers", "0"]
+TINY = [
+    "--backbone",
+    "test_efficientnet",
+    "--no-pretrained",
+    "--img-size",
+    "32",
+    "--embedding-dim",
+    "8",
+    "--workers",
+    "0",
+]
 
 
 def invoke(*args):
@@ -39,8 +49,13 @@ def vectors(folder, n=6, dim=8, ids=None, nan=False, model="m1"):
     v /= np.linalg.norm(v, axis=1, keepdims=True)
     if nan:
         v[0] = np.nan
-    table = pd.DataFrame({"image": [f"p{i}.jpg" for i in range(n)], "species": "x",
-                          "individual_id": ids if ids is not None else [f"id{i % 3}" for i in range(n)]})
+    table = pd.DataFrame(
+        {
+            "image": [f"p{i}.jpg" for i in range(n)],
+            "species": "x",
+            "individual_id": ids if ids is not None else [f"id{i % 3}" for i in range(n)],
+        }
+    )
     meta = {"model": {"img_size": 32}, "source": {"zero_shot": model}}
     return Embeddings(v, table, meta=meta).save(folder)
 
@@ -86,36 +101,113 @@ BAD = {
     "train batch 1": lambda w: ["train", w["four"], "--out", w["root"] / "t", "--batch-size", 1, *TINY],
     "train lr nan": lambda w: ["train", w["four"], "--out", w["root"] / "t", "--lr", "nan", *TINY],
     "train max-steps 0": lambda w: ["train", w["four"], "--out", w["root"] / "t", "--max-steps", 0, *TINY],
-    "train grad-accum 0": lambda w: ["train", w["four"], "--out", w["root"] / "t", "--grad-accum", 0, *TINY],
+    "train grad-accum 0": lambda w: [
+        "train",
+        w["four"],
+        "--out",
+        w["root"] / "t",
+        "--set",
+        "train.grad_accum=0",
+        *TINY,
+    ],
     "train folds 1": lambda w: ["train", w["four"], "--out", w["root"] / "t", "--folds", 1, *TINY],
     "train one photo": lambda w: ["train", w["one_photo"], "--out", w["root"] / "t", *TINY],
     "train one individual": lambda w: ["train", w["one_individual"], "--out", w["root"] / "t", *TINY],
-    "embed empty model file": lambda w: ["embed", w["four"], "--model", w["root"] / "empty.pt", "--out", w["root"] / "e"],
+    "embed empty model file": lambda w: [
+        "embed",
+        w["four"],
+        "--model",
+        w["root"] / "empty.pt",
+        "--out",
+        w["root"] / "e",
+    ],
     "embed junk model file": lambda w: ["embed", w["four"], "--model", w["root"] / "junk.pt", "--out", w["root"] / "e"],
-    "embed model folder without model": lambda w: ["embed", w["four"], "--model", w["root"] / "empty_dir", "--out", w["root"] / "e"],
+    "embed model folder without model": lambda w: [
+        "embed",
+        w["four"],
+        "--model",
+        w["root"] / "empty_dir",
+        "--out",
+        w["root"] / "e",
+    ],
     "identify missing gallery": lambda w: ["identify", w["root"] / "nope", w["gallery"], "--out", w["root"] / "p.csv"],
-    "identify empty gallery": lambda w: ["identify", w["root"] / "empty_dir", w["gallery"], "--out", w["root"] / "p.csv"],
+    "identify empty gallery": lambda w: [
+        "identify",
+        w["root"] / "empty_dir",
+        w["gallery"],
+        "--out",
+        w["root"] / "p.csv",
+    ],
     "identify NaN gallery": lambda w: ["identify", w["nan_gallery"], w["gallery"], "--out", w["root"] / "p.csv"],
     "identify unlabelled gallery": lambda w: ["identify", w["unlabelled"], w["gallery"], "--out", w["root"] / "p.csv"],
-    "identify queries of another model": lambda w: ["identify", w["gallery"], w["other_model"], "--out", w["root"] / "p.csv"],
+    "identify queries of another model": lambda w: [
+        "identify",
+        w["gallery"],
+        w["other_model"],
+        "--out",
+        w["root"] / "p.csv",
+    ],
     "identify calibration of another model": lambda w: [
-        "identify", w["gallery"], w["gallery"], "--calibrate", w["other_model"], "--out", w["root"] / "p.csv"],
-    "identify new-rate 2": lambda w: ["identify", w["gallery"], w["gallery"], "--new-rate", 2, "--out", w["root"] / "p.csv"],
+        "identify",
+        w["gallery"],
+        w["gallery"],
+        "--calibrate",
+        w["other_model"],
+        "--out",
+        w["root"] / "p.csv",
+    ],
+    "identify new-rate 2": lambda w: [
+        "identify",
+        w["gallery"],
+        w["gallery"],
+        "--new-rate",
+        2,
+        "--out",
+        w["root"] / "p.csv",
+    ],
     "evaluate missing predictions": lambda w: ["evaluate", w["root"] / "nope.csv", "--truth", w["root"] / "truth.csv"],
     "evaluate predictions without column": lambda w: [
-        "evaluate", w["root"] / "preds_nocol.csv", "--truth", w["root"] / "truth.csv"],
-    "evaluate duplicated truth": lambda w: ["evaluate", w["root"] / "preds.csv", "--truth", w["root"] / "truth_dup.csv"],
+        "evaluate",
+        w["root"] / "preds_nocol.csv",
+        "--truth",
+        w["root"] / "truth.csv",
+    ],
+    "evaluate duplicated truth": lambda w: [
+        "evaluate",
+        w["root"] / "preds.csv",
+        "--truth",
+        w["root"] / "truth_dup.csv",
+    ],
     "crop enlarge -1": lambda w: ["crop", w["four"], "--out", w["root"] / "c", "--enlarge", -1],
     "crop enlarge 0": lambda w: ["crop", w["four"], "--out", w["root"] / "c", "--enlarge", 0],
     "cache malformed crop settings": lambda w: [
-        "cache", w["four"], "--cache-root", w["root"] / "k", "--crop-settings", w["root"] / "bad.json"],
+        "cache",
+        w["four"],
+        "--cache-root",
+        w["root"] / "k",
+        "--crop-settings",
+        w["root"] / "bad.json",
+    ],
     "cache unknown crop setting": lambda w: [
-        "cache", w["four"], "--cache-root", w["root"] / "k", "--crop-settings", w["root"] / "unknown_key.json"],
+        "cache",
+        w["four"],
+        "--cache-root",
+        w["root"] / "k",
+        "--crop-settings",
+        w["root"] / "unknown_key.json",
+    ],
     "cache sizes not numbers": lambda w: ["cache", w["four"], "--cache-root", w["root"] / "k", "--sizes", "big"],
     "cache malformed boxes": lambda w: [
-        "cache", w["four"], "--cache-root", w["root"] / "k", "--crop", "boxes", "--boxes", w["root"] / "boxes.csv"],
-    "explore sheet columns 0": lambda w: [
-        "explore", w["four"], "--out", w["root"] / "x", "--sheet-columns", 0],
+        "cache",
+        w["four"],
+        "--cache-root",
+        w["root"] / "k",
+        "--crop",
+        "boxes",
+        "--boxes",
+        w["root"] / "boxes.csv",
+    ],
+    "explore sheet columns 0": lambda w: ["explore", w["four"], "--out", w["root"] / "x", "--sheet-columns", 0],
     "synth min above max": lambda w: ["synth", "--out", w["root"] / "y", "--min-photos", 5, "--max-photos", 2],
 }
 
@@ -149,9 +241,23 @@ def test_unexpected_errors_are_one_line_unless_debug(tmp_path, monkeypatch):
 def test_real_process_prints_no_traceback(world):
     """Outside the test runner too: stderr has the one line, nothing else."""
     env = {k: v for k, v in os.environ.items() if k != "WHALEID_DEBUG"}
-    done = subprocess.run([sys.executable, "-m", "whaleid.app.cli", "embed", str(world["four"]), "--model",
-                           str(world["root"] / "empty.pt"), "--out", str(world["root"] / "e2")],
-                          capture_output=True, text=True, env=env, timeout=120)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "whaleid",
+            "embed",
+            str(world["four"]),
+            "--model",
+            str(world["root"] / "empty.pt"),
+            "--out",
+            str(world["root"] / "e2"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert done.returncode == 2, done.stderr
     assert "Traceback" not in done.stderr and "Aborted" not in done.stderr + done.stdout
     assert done.stderr.strip().startswith("error:") and len(done.stderr.strip().splitlines()) == 1, done.stderr
@@ -176,15 +282,24 @@ def test_no_command_writes_outside_its_output_folder(tmp_path, monkeypatch):
     photos(victims, ["w.png", "x.jpg"])
     work = tmp_path / "deep" / "er" / "work"
     photos(work, ["a.jpg", "b.jpg", "b.png", "n" * 240 + ".jpg"])
-    names = ["a.jpg", "b.jpg", "b.png", "n" * 240 + ".jpg", str(victims / "images" / "w.png"),
-             "../" * 40 + str(victims / "images" / "x.jpg").lstrip("/")]
+    names = [
+        "a.jpg",
+        "b.jpg",
+        "b.png",
+        "n" * 240 + ".jpg",
+        str(victims / "images" / "w.png"),
+        "../" * 40 + str(victims / "images" / "x.jpg").lstrip("/"),
+    ]
     pd.DataFrame({"image": names, "species": "x", "individual_id": [f"i{i}" for i in range(len(names))]}).to_csv(
-        work / "hostile.csv", index=False)
+        work / "hostile.csv", index=False
+    )
     before = _snapshot(victims)
     outside = _snapshot(tmp_path / "deep")
-    for args in (["crop", work / "hostile.csv", "--out", work / "crops"],
-                 ["cache", work / "hostile.csv", "--cache-root", work / "cache", "--sizes", "32,48"],
-                 ["explore", work / "hostile.csv", "--out", work / "explore", "--crops", work / "crops" / "crops.csv"]):
+    for args in (
+        ["crop", work / "hostile.csv", "--out", work / "crops"],
+        ["cache", work / "hostile.csv", "--cache-root", work / "cache", "--sizes", "32,48"],
+        ["explore", work / "hostile.csv", "--out", work / "explore", "--crops", work / "crops" / "crops.csv"],
+    ):
         result = invoke(*args)
         assert result.exit_code == 0, (args, result.output, result.exception)
     assert _snapshot(victims) == before

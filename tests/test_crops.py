@@ -7,11 +7,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import BROKEN, centre_blob_masks
 from PIL import Image
 
 import whaleid.preprocess.crops as crops
+from conftest import BROKEN, centre_blob_masks
 from whaleid.data.catalog import read_catalog
+from whaleid.errors import UserError
+from whaleid.files import safe_name
 from whaleid.preprocess.crops import (
     CROP_COLUMNS,
     CropSettings,
@@ -20,15 +22,15 @@ from whaleid.preprocess.crops import (
     read_crop_table,
     write_crop_table,
 )
-from whaleid.errors import UserError
-from whaleid.files import safe_name
 from whaleid.preprocess.saliency import STATUS_NO_REGION, STATUS_OK
 
 
 def fixture_catalog(tmp_path, fixtures, check=False):
     names = ["rgb.jpg", "gray.jpg", "rotated.jpg", *BROKEN]
     csv = tmp_path / "photos.csv"
-    pd.DataFrame({"image": names, "species": "x", "individual_id": [f"id{i % 3}" for i in range(len(names))]}).to_csv(csv, index=False)
+    pd.DataFrame({"image": names, "species": "x", "individual_id": [f"id{i % 3}" for i in range(len(names))]}).to_csv(
+        csv, index=False
+    )
     return read_catalog(csv, fixtures / "images", check_images=check, progress=False)
 
 
@@ -54,7 +56,9 @@ def test_every_listed_photo_gets_a_row_and_broken_ones_are_errors(tmp_path, fixt
 
 
 def test_no_region_is_a_fallback_to_the_full_photo(tmp_path, fixtures, monkeypatch):
-    monkeypatch.setattr(crops, "saliency_masks", lambda images, **_: [np.zeros(im.size[::-1], np.float32) for im in images])
+    monkeypatch.setattr(
+        crops, "saliency_masks", lambda images, **_: [np.zeros(im.size[::-1], np.float32) for im in images]
+    )
     table = crop_catalog(fixture_catalog(tmp_path, fixtures, check=True), progress=False)
     row = table.set_index("image").loc["gray.jpg"]
     assert row.status == STATUS_NO_REGION
@@ -131,7 +135,7 @@ def test_crop_settings_from_json(tmp_path):
     cases = {
         "bad.json": ("{threshold: 0.3", "not a JSON file"),
         "list.json": ("[0.3]", "crop settings must be a JSON object"),
-        "unknown.json": ('{"treshold": 0.3}', "unknown crop setting.*treshold"),
+        "unknown.json": ('{"treshold": 0.3}', "unknown crop keys.*treshold"),
         "range.json": ('{"enlarge": -1}', "crop setting enlarge must be > 0"),
         "binary.json": (b"\xff\xfe\x00junk", "not a JSON file"),
     }

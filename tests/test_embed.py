@@ -9,16 +9,20 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from whaleid.data.catalog import read_catalog
-from whaleid.model.embed import Embedder, Embeddings, fingerprint
-from whaleid.errors import UserError
 from whaleid.data.images import open_image
+from whaleid.errors import UserError
+from whaleid.model.embed import Embedder, Embeddings, fingerprint
 from whaleid.model.network import EmbeddingModel, ModelConfig
 
 
 @pytest.fixture(scope="module")
 def embedder():
     torch.manual_seed(0)
-    return Embedder(EmbeddingModel(ModelConfig(backbone="test_efficientnet", embedding_dim=16, img_size=64), pretrained=False), batch_size=4, num_workers=0)
+    return Embedder(
+        EmbeddingModel(ModelConfig(backbone="test_efficientnet", embedding_dim=16, img_size=64), pretrained=False),
+        batch_size=4,
+        num_workers=0,
+    )
 
 
 def test_vectors_are_unit_length_and_deterministic(embedder, synth_csv):
@@ -91,10 +95,19 @@ def test_ensemble_concat_is_the_mean_cosine_and_aligns_classes():
 
     table = pd.DataFrame({"image": ["a", "b"], "individual_id": ["x", "y"]})
     unit = lambda v: np.asarray(v, np.float32) / np.linalg.norm(v, axis=1, keepdims=True)  # noqa: E731
-    a = Embeddings(unit([[1, 0], [0, 1]]), table, meta={"classes": ["p", "q"]}, class_cosines=np.array([[0.5, 0.1], [0.2, 0.3]], np.float32))
+    a = Embeddings(
+        unit([[1, 0], [0, 1]]),
+        table,
+        meta={"classes": ["p", "q"]},
+        class_cosines=np.array([[0.5, 0.1], [0.2, 0.3]], np.float32),
+    )
     # member b lists the photos in the other order and knows classes q and r
-    b = Embeddings(unit([[1, 1], [1, 0]]), table.iloc[::-1].reset_index(drop=True), meta={"classes": ["q", "r"]},
-                   class_cosines=np.array([[0.9, 0.7], [0.4, 0.6]], np.float32))
+    b = Embeddings(
+        unit([[1, 1], [1, 0]]),
+        table.iloc[::-1].reset_index(drop=True),
+        meta={"classes": ["q", "r"]},
+        class_cosines=np.array([[0.9, 0.7], [0.4, 0.6]], np.float32),
+    )
     both = ensemble([a, b], "concat")
     cos_ab = both.vectors[0] @ both.vectors[1]
     assert cos_ab == pytest.approx((0.0 + np.sqrt(0.5)) / 2)  # a: a.b = 0; b: (1,0).(1,1)/sqrt2
@@ -109,7 +122,9 @@ def test_head_gives_cosines_to_each_class_centre(embedder, synth_csv):
     torch.manual_seed(1)
     dim = embedder.model.embedding_dim
     weight = torch.randn(3 * 2, dim)  # 3 classes x 2 sub-centres
-    with_head = Embedder(embedder.model, num_workers=0, head={"weight": weight, "k": 2, "scale": 20.0}, classes=["a", "b", "c"])
+    with_head = Embedder(
+        embedder.model, num_workers=0, head={"weight": weight, "k": 2, "scale": 20.0}, classes=["a", "b", "c"]
+    )
     catalog = read_catalog(synth_csv).subset(np.arange(4))
     out = with_head.embed_catalog(catalog, progress=False)
     assert out.meta["classes"] == ["a", "b", "c"] and out.meta["arcface_scale"] == 20.0
@@ -121,19 +136,23 @@ def test_head_gives_cosines_to_each_class_centre(embedder, synth_csv):
 
 
 def test_fold_checkpoints_load_as_an_ensemble(embedder, synth_csv, fixtures, tmp_path):
+    from whaleid.model.checkpoint import save_checkpoint
     from whaleid.model.embed import Ensemble
-    from whaleid.model.network import save_checkpoint
 
-    paths = [save_checkpoint(embedder.model, tmp_path / f"fold{i}" / "model.pt", ["a", "b"]) for i in range(2)]
+    paths = [save_checkpoint(embedder.model, tmp_path / f"fold{i}" / "model", ["a", "b"]) for i in range(2)]
     both = Embedder.from_checkpoint(paths, num_workers=0)
     assert isinstance(both, Ensemble) and both.source["checkpoints"] == [str(p.resolve()) for p in paths]
     again = Embedder.from_source(both.source, num_workers=0)  # how a query CSV is embedded like its gallery
     assert isinstance(again, Ensemble) and len(again.members) == 2
     photos = read_catalog(synth_csv).paths[:3]
-    vectors, ok = both.embed_paths([photos[0], str(fixtures / "images" / "truncated.jpg"), photos[1], photos[2]], progress=False)
+    vectors, ok = both.embed_paths(
+        [photos[0], str(fixtures / "images" / "truncated.jpg"), photos[1], photos[2]], progress=False
+    )
     assert ok.tolist() == [True, False, True, True]
     single, _ = embedder.embed_paths([photos[0], photos[1], photos[2]], progress=False)
-    np.testing.assert_allclose(vectors @ vectors.T, single @ single.T, atol=1e-5)  # identical members: one model's cosines
+    np.testing.assert_allclose(
+        vectors @ vectors.T, single @ single.T, atol=1e-5
+    )  # identical members: one model's cosines
 
 
 # --------------------------------------------------------------------------- the folder on disk
@@ -186,16 +205,22 @@ def _pickle(path):
         (lambda d: np.savez(open(d / "vectors.npy", "wb"), x=np.ones(3)), "vectors.npy is not a .npy array"),
         (lambda d: np.save(d / "vectors.npy", np.ones(3, np.float32)), r"shape \(3,\), not vectors"),
         (lambda d: np.save(d / "vectors.npy", np.array([["a"] * 4] * 3)), "not vectors"),
-        (lambda d: np.save(d / "vectors.npy", np.array([[np.nan] * 4, [1] * 4, [np.inf] * 4], np.float32)),
-         "NaN or inf in 2 of 3 vectors"),
-        (lambda d: np.save(d / "vectors.npy", np.eye(4, dtype=np.float32)),
-         "photos.csv lists 3 photos but vectors.npy holds 4 vectors"),
+        (
+            lambda d: np.save(d / "vectors.npy", np.array([[np.nan] * 4, [1] * 4, [np.inf] * 4], np.float32)),
+            "NaN or inf in 2 of 3 vectors",
+        ),
+        (
+            lambda d: np.save(d / "vectors.npy", np.eye(4, dtype=np.float32)),
+            "photos.csv lists 3 photos but vectors.npy holds 4 vectors",
+        ),
         (lambda d: (d / "photos.csv").write_text('image\n"a\n'), "photos.csv is not a readable CSV"),
         (lambda d: (d / "photos.csv").write_text("name\na\nb\nc\n"), "photos.csv has no image column"),
         (lambda d: (d / "embeddings.json").write_text("{"), "embeddings.json is not readable JSON"),
         (lambda d: (d / "embeddings.json").write_text("[1]"), "embeddings.json is not a JSON object"),
-        (lambda d: np.save(d / "class_cosines.npy", np.ones((2, 5), np.float32)),
-         "does not fit 3 photos and 0 classes"),
+        (
+            lambda d: np.save(d / "class_cosines.npy", np.ones((2, 5), np.float32)),
+            "does not fit 3 photos and 0 classes",
+        ),
     ],
 )
 def test_damaged_folders_are_user_errors(tmp_path, damage, pattern):
@@ -226,12 +251,13 @@ def test_embeddings_record_dim_and_a_fingerprint_of_the_model(embedder, synth_cs
 
 
 def test_a_copied_checkpoint_is_the_same_model(embedder, synth_csv, tmp_path):
-    from whaleid.model.network import save_checkpoint
+    from whaleid.model.checkpoint import checkpoint_files, save_checkpoint
 
-    first = save_checkpoint(embedder.model, tmp_path / "a" / "model.pt", ["a", "b"])
-    copy = tmp_path / "b" / "model.pt"
-    copy.parent.mkdir()
-    shutil.copy(first, copy)
+    first = save_checkpoint(embedder.model, tmp_path / "a" / "model", ["a", "b"])
+    (tmp_path / "b").mkdir()
+    for path in checkpoint_files(first):
+        shutil.copy(path, tmp_path / "b" / path.name)
+    copy = tmp_path / "b" / "model.json"
     catalog = read_catalog(synth_csv).subset(np.arange(2))
     a = Embedder.from_checkpoint(first, num_workers=0).embed_catalog(catalog, progress=False)
     b = Embedder.from_checkpoint(copy, num_workers=0).embed_catalog(catalog, progress=False)
@@ -240,8 +266,13 @@ def test_a_copied_checkpoint_is_the_same_model(embedder, synth_csv, tmp_path):
 
 
 def meta_of(backbone="efficientnet", weights="abc", dim=512, tta=False) -> dict:
-    meta = {"model": {"backbone": backbone, "img_size": 224}, "weights": weights, "tta_flip": tta,
-            "preprocess": None, "source": {"checkpoint": f"/runs/{weights}.pt"}}
+    meta = {
+        "model": {"backbone": backbone, "img_size": 224},
+        "weights": weights,
+        "tta_flip": tta,
+        "preprocess": None,
+        "source": {"checkpoint": f"/runs/{weights}.pt"},
+    }
     return {**meta, "fingerprint": fingerprint(meta), "dim": dim}
 
 

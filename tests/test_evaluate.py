@@ -7,7 +7,6 @@ import pytest
 
 from whaleid.errors import UserError
 from whaleid.search.metrics import (
-    NEW_INDIVIDUAL,
     average_precision_at_5,
     cell,
     evaluate,
@@ -19,7 +18,7 @@ from whaleid.search.metrics import (
     truths_for,
     write_submission,
 )
-from whaleid.search.identify import Ranking, insert_new_individual
+from whaleid.search.ranking import NEW_INDIVIDUAL, Ranking, insert_new_individual
 
 NEW = NEW_INDIVIDUAL
 
@@ -109,13 +108,15 @@ def _loop_sweep(rankings, truths, thresholds):
         preds = [insert_new_individual(r, t).ids for r in rankings]
         first_new = np.array([p[0] == NEW for p in preds])
         true_new = np.array([x == NEW for x in truths])
-        rows.append({
-            "map5": map_at_5(preds, truths),
-            "top1": top_k_accuracy(preds, truths, 1),
-            "new_rate": first_new.mean(),
-            "new_precision": (first_new & true_new).sum() / first_new.sum() if first_new.any() else np.nan,
-            "new_recall": (first_new & true_new).sum() / true_new.sum(),
-        })
+        rows.append(
+            {
+                "map5": map_at_5(preds, truths),
+                "top1": top_k_accuracy(preds, truths, 1),
+                "new_rate": first_new.mean(),
+                "new_precision": (first_new & true_new).sum() / first_new.sum() if first_new.any() else np.nan,
+                "new_recall": (first_new & true_new).sum() / true_new.sum(),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -127,8 +128,11 @@ def _random_rankings(rng, n=200, individuals=30):
         scores = sorted(rng.uniform(0, 1, size=length).round(2), reverse=True)
         rankings.append(Ranking(ids, [float(s) for s in scores]))
         u = rng.uniform()
-        truths.append(NEW if u < 0.3 else (ids[int(rng.integers(len(ids)))] if ids and u < 0.8
-                                           else f"id{int(rng.integers(individuals))}"))
+        truths.append(
+            NEW
+            if u < 0.3
+            else (ids[int(rng.integers(len(ids)))] if ids and u < 0.8 else f"id{int(rng.integers(individuals))}")
+        )
     return rankings, truths
 
 
@@ -146,8 +150,7 @@ def test_threshold_sweep_columns_and_monotonic_rate():
     rng = np.random.default_rng(1)
     rankings, truths = _random_rankings(rng, n=80)
     sweep = threshold_sweep(rankings, truths)
-    assert list(sweep.columns) == ["threshold", "map5", "top1", "new_precision", "new_recall",
-                                   "new_rate"]
+    assert list(sweep.columns) == ["threshold", "map5", "top1", "new_precision", "new_recall", "new_rate"]
     assert len(sweep) > 10
     assert (np.diff(sweep["threshold"]) > 0).all()
     assert (np.diff(sweep["new_rate"]) >= 0).all()
@@ -247,8 +250,9 @@ def test_scoring_mismatched_lengths_is_a_user_error():
 
 
 def test_truths_for_matches_each_predicted_photo_once():
-    truth = pd.DataFrame({"image": ["x.jpg", "y.jpg", "z.jpg"], "species": ["s1", "s2", "s1"],
-                          "individual_id": ["a", "b", "c"]})
+    truth = pd.DataFrame(
+        {"image": ["x.jpg", "y.jpg", "z.jpg"], "species": ["s1", "s2", "s1"], "individual_id": ["a", "b", "c"]}
+    )
     assert truths_for(["z.jpg", "x.jpg"], truth) == (["c", "a"], ["s1", "s1"])
     assert truths_for(["y.jpg"], truth.drop(columns="species")) == (["b"], None)
     with pytest.raises(UserError, match=r"in the truth CSV, 1 photo\(s\) appear more than once, e.g. \['x.jpg'\]"):

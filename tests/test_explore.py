@@ -11,12 +11,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import BROKEN
 from PIL import Image
 
+from conftest import BROKEN
+from whaleid.app.explore import BOX_COLOUR, MASK_COLOUR, annotated_thumbnail, build_explorer, contact_sheet
 from whaleid.data.catalog import read_catalog
 from whaleid.errors import UserError
-from whaleid.app.explore import BOX_COLOUR, MASK_COLOUR, annotated_thumbnail, build_explorer, contact_sheet
 from whaleid.preprocess.saliency import STATUS_NO_REGION, STATUS_OK, STATUS_TINY_REGION
 
 SEA = (30, 80, 120)
@@ -40,15 +40,18 @@ def _crops() -> pd.DataFrame:
         return (image, *box, *size, area, score, status, mask)
 
     columns = ["image", "x0", "y0", "x1", "y1", "width", "height", "mask_area", "score", "status", "mask"]
-    return pd.DataFrame(columns=columns, data=[
-        row("a1.jpg", STATUS_OK, BOX, 0.50, 0.90, "masks/a1.png"),
-        row("a2.jpg", STATUS_OK, (10, 10, 50, 50), 0.05, 0.70),
-        row("a3.jpg", STATUS_OK, (0, 0, 60, 40), 0.30, 0.20, np.nan),
-        row("c1.jpg", STATUS_OK, (5, 5, 100, 70), 0.20, 0.60),
-        row("b1.jpg", STATUS_NO_REGION),
-        row("b2.jpg", STATUS_TINY_REGION, area=0.001, score=0.1),
-        row(ODD_IMAGE, "error: model failed", (-1, -1, -1, -1)),
-    ])
+    return pd.DataFrame(
+        columns=columns,
+        data=[
+            row("a1.jpg", STATUS_OK, BOX, 0.50, 0.90, "masks/a1.png"),
+            row("a2.jpg", STATUS_OK, (10, 10, 50, 50), 0.05, 0.70),
+            row("a3.jpg", STATUS_OK, (0, 0, 60, 40), 0.30, 0.20, np.nan),
+            row("c1.jpg", STATUS_OK, (5, 5, 100, 70), 0.20, 0.60),
+            row("b1.jpg", STATUS_NO_REGION),
+            row("b2.jpg", STATUS_TINY_REGION, area=0.001, score=0.1),
+            row(ODD_IMAGE, "error: model failed", (-1, -1, -1, -1)),
+        ],
+    )
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +74,7 @@ def data(tmp_path_factory) -> tuple:
     catalog = read_catalog(root / "train.csv", check_images=True, progress=False)
     # a1.jpg's mask: the right half of the photo is salient (stored downscaled, smaller than the thumbnail).
     mask = np.zeros((H // 4, W // 4), dtype=np.uint8)
-    mask[:, W // 8:] = 255
+    mask[:, W // 8 :] = 255
     (root / "crops" / "masks").mkdir(parents=True)
     Image.fromarray(mask, "L").save(root / "crops" / "masks" / "a1.png")
     return catalog, _crops(), root / "crops"
@@ -108,8 +111,15 @@ def test_pages_charts_and_summary_are_written(site, data):
     for chart in ["species.png", "photos_per_individual.png"]:
         assert (site / chart).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     index = _read(site, "index.html")
-    for section in ['id="summary"', 'id="species"', 'id="photos-per-individual"', 'src="species.png"',
-                    'href="individuals.html"', 'href="failures.html"', 'href="worst.html"']:
+    for section in [
+        'id="summary"',
+        'id="species"',
+        'id="photos-per-individual"',
+        'src="species.png"',
+        'href="individuals.html"',
+        'href="failures.html"',
+        'href="worst.html"',
+    ]:
         assert section in index
     numbers = dict(re.findall(r'<th scope="row">([^<]*)</th><td class="n">([^<]*)</td>', index))
     assert numbers["photos"] == str(len(catalog)) == "7"
@@ -133,8 +143,9 @@ def test_one_contact_sheet_per_individual_largest_first(site):
 
 def test_contact_sheets_are_capped(data, tmp_path):
     catalog, crops, crops_dir = data
-    build_explorer(catalog, tmp_path, crops, crops_dir, thumb_size=THUMB, per_individual=2,
-                   max_individuals=2, progress=False)
+    build_explorer(
+        catalog, tmp_path, crops, crops_dir, thumb_size=THUMB, per_individual=2, max_individuals=2, progress=False
+    )
     page = _read(tmp_path, "individuals.html")
     assert _sections(page, "individual") == ["fin_a", "fin_b"]
     assert "a1.jpg" in page and "a2.jpg" in page and "a3.jpg" not in page
@@ -159,8 +170,9 @@ def test_worst_crops_sorted_by_mask_area_and_score(data, tmp_path):
     catalog, crops, crops_dir = data
     build_explorer(catalog, tmp_path, crops, crops_dir, thumb_size=THUMB, worst=2, progress=False)
     page = _read(tmp_path, "worst.html")
-    smallest, lowest = (re.search(rf'<section id="{s}">(.*?)</section>', page, re.DOTALL).group(1)
-                        for s in ("smallest", "lowest-score"))
+    smallest, lowest = (
+        re.search(rf'<section id="{s}">(.*?)</section>', page, re.DOTALL).group(1) for s in ("smallest", "lowest-score")
+    )
     names = re.compile(r"<figcaption><b>([^<]*)</b>")
     assert names.findall(smallest) == ["a2.jpg", "c1.jpg"]  # mask areas 0.05, 0.20 (b2 is not ok)
     assert names.findall(lowest) == ["a3.jpg", "c1.jpg"]  # scores 0.20, 0.60
@@ -229,7 +241,8 @@ def test_pages_render_in_chromium(site, tmp_path):
                 found = page.evaluate("ids => ids.filter(id => document.getElementById(id) !== null)", ids)
                 assert found == ids, name
                 images = page.evaluate(
-                    "Array.from(document.images).map(i => [i.getAttribute('src'), i.complete && i.naturalWidth > 0])")
+                    "Array.from(document.images).map(i => [i.getAttribute('src'), i.complete && i.naturalWidth > 0])"
+                )
                 assert images and all(ok for _, ok in images), (name, images)
                 assert page.evaluate("getComputedStyle(document.body).margin") == "0px", "style.css not applied"
                 shot = tmp_path / f"{name}.png"
@@ -243,7 +256,9 @@ def test_pages_render_in_chromium(site, tmp_path):
 def test_contact_sheet_tiles_every_photo_and_frames_failures(data, tmp_path):
     catalog, crops, crops_dir = data
     size = 64  # thumbnails 60x40 pasted at (2, 2) of each tile
-    sheet = np.asarray(Image.open(contact_sheet(catalog, crops, tmp_path / "sheet.png", crops_dir, columns=3, size=size)))
+    sheet = np.asarray(
+        Image.open(contact_sheet(catalog, crops, tmp_path / "sheet.png", crops_dir, columns=3, size=size))
+    )
     names = catalog.table["image"].tolist()
     assert sheet.shape == (-(-len(names) // 3) * size, 3 * size, 3)
     for k, name in enumerate(names):
@@ -255,12 +270,15 @@ def test_contact_sheet_tiles_every_photo_and_frames_failures(data, tmp_path):
     assert tuple(sheet[y + 20, x + 15]) == BOX_COLOUR  # left edge of BOX at half scale
 
 
-@pytest.mark.parametrize("options, wrong", [
-    ({"thumb_size": 0}, "thumbnail size"),
-    ({"per_individual": 0}, "photos per individual"),
-    ({"worst": -1}, "worst crops"),
-    ({"max_individuals": 0}, "number of individuals"),
-])
+@pytest.mark.parametrize(
+    "options, wrong",
+    [
+        ({"thumb_size": 0}, "thumbnail size"),
+        ({"per_individual": 0}, "photos per individual"),
+        ({"worst": -1}, "worst crops"),
+        ({"max_individuals": 0}, "number of individuals"),
+    ],
+)
 def test_explorer_options_are_checked(data, tmp_path, options, wrong):
     with pytest.raises(UserError, match=wrong):
         build_explorer(data[0], tmp_path, progress=False, **options)

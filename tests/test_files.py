@@ -142,8 +142,9 @@ def test_stale_temp_files_of_dead_writers_are_removed_live_ones_kept(tmp_path):
         "with atomic_path(sys.argv[1]) as tmp:\n    print(tmp, flush=True)\n    time.sleep(60)\n"
     )
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
-    killed = subprocess.Popen([sys.executable, "-c", writer, str(folder / "a.csv")],
-                              stdout=subprocess.PIPE, text=True, env=env)
+    killed = subprocess.Popen(
+        [sys.executable, "-c", writer, str(folder / "a.csv")], stdout=subprocess.PIPE, text=True, env=env
+    )
     dead_tmp = Path(killed.stdout.readline().strip())
     os.kill(killed.pid, signal.SIGKILL)  # kill -9: no clean-up code runs
     killed.wait()

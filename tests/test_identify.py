@@ -4,18 +4,13 @@ import warnings
 import numpy as np
 import pytest
 
-import whaleid.search.identify as identify_module
+import whaleid.search.threshold as threshold_module
 from whaleid.errors import UserError
-from whaleid.search.metrics import NEW_INDIVIDUAL, average_precision_at_5, map_at_5
-from whaleid.search.identify import (
-    Identifier,
-    Ranking,
-    calibrate_per_species,
-    calibrate_threshold,
-    insert_new_individual,
-    top_individuals,
-)
+from whaleid.search.identify import Identifier, IdentifyConfig
 from whaleid.search.index import build_index
+from whaleid.search.metrics import average_precision_at_5, map_at_5
+from whaleid.search.ranking import NEW_INDIVIDUAL, Ranking, insert_new_individual, top_individuals
+from whaleid.search.threshold import calibrate_per_species, calibrate_threshold
 
 NEW = NEW_INDIVIDUAL
 
@@ -23,7 +18,7 @@ NEW = NEW_INDIVIDUAL
 @pytest.fixture(autouse=True)
 def fresh_warnings(monkeypatch):
     """Each test sees the once-per-process warnings afresh."""
-    monkeypatch.setattr(identify_module, "_warned", set())
+    monkeypatch.setattr(threshold_module, "_warned", set())
 
 
 def unit(x):
@@ -125,7 +120,7 @@ def test_identifier_rank_and_identify(gallery):
     vectors, ids = gallery
     eye = np.eye(8, dtype=np.float32)
     queries = unit(np.stack([0.95 * eye[1] + 0.3 * eye[0], eye[7]]))  # b then a; nobody
-    ident = Identifier(build_index(vectors), ids, threshold=0.5, neighbours=4)
+    ident = Identifier(build_index(vectors), ids, IdentifyConfig(neighbours=4), threshold=0.5)
     ranked = ident.rank(queries)
     assert ranked[0].ids[0] == "b" and ranked[0].scores[0] > 0.9
     assert ranked[0].ids == ["b", "a"]  # 4 neighbours -> only 2 distinct individuals
@@ -148,7 +143,7 @@ def test_identifier_validates(gallery):
     with pytest.raises(UserError, match="gallery photo 5 has individual_id None"):
         Identifier(index, ids[:-1] + [None])
     with pytest.raises(UserError, match="neighbours"):
-        Identifier(index, ids, neighbours=0)
+        Identifier(index, ids, IdentifyConfig(neighbours=0))
     with pytest.raises(UserError, match="the gallery is empty"):
         Identifier(index, [])
     for threshold in (float("nan"), "high", {"*": float("inf")}, {"whale": 0.5}):
@@ -173,22 +168,26 @@ def test_an_empty_gallery_is_a_user_error():
 @pytest.mark.parametrize("kind", ["exact", "faiss"])
 def test_identifier_save_load_roundtrip(tmp_path, gallery, kind):
     vectors, ids = gallery
-    ident = Identifier(build_index(vectors, kind), ids, threshold=0.61, neighbours=3,
-                       metadata={"backbone": "tf_efficientnet_b0"})
+    ident = Identifier(
+        build_index(vectors, kind),
+        ids,
+        IdentifyConfig(neighbours=3, index=kind),
+        threshold=0.61,
+        metadata={"backbone": "tf_efficientnet_b0"},
+    )
     out = ident.save(tmp_path / "ident")
-    assert sorted(p.name for p in out.iterdir()) == ["gallery_ids.json", "identifier.json",
-                                                     "index.npz"]
+    assert sorted(p.name for p in out.iterdir()) == ["gallery_ids.json", "identifier.json", "index.npz"]
     sidecar = json.loads((out / "identifier.json").read_text())
     assert sidecar["kind"] == ("exact" if kind == "exact" else "faiss-flat")
     assert (sidecar["dim"], sidecar["n"], sidecar["threshold"]) == (8, 6, 0.61)
     assert sidecar["created"].endswith("+00:00")
     loaded = Identifier.load(out)
-    assert loaded.gallery_ids == ids and loaded.threshold == 0.61 and loaded.neighbours == 3
+    assert loaded.gallery_ids == ids and loaded.threshold == 0.61 and loaded.config.neighbours == 3
     assert loaded.metadata == {"backbone": "tf_efficientnet_b0"}
     queries = vectors[[0, 3]] + 0.01
     assert [r.ids for r in loaded.identify(queries)] == [r.ids for r in ident.identify(queries)]
     (out / "identifier.json").unlink()
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(UserError, match="no identifier.json"):
         Identifier.load(out)
 
 
@@ -258,7 +257,7 @@ def test_the_no_new_truth_warning_comes_once_per_process():
             calibrate_threshold(rankings, truths)
             with warnings.catch_warnings():  # what torch does between epochs, which resets Python's "once"
                 warnings.simplefilter("ignore")
-    assert [str(w.message) for w in record] == [identify_module.NO_NEW_TRUTH]
+    assert [str(w.message) for w in record] == [threshold_module.NO_NEW_TRUTH]
 
 
 # ------------------------------------------------------------------ per-species thresholds
@@ -277,11 +276,16 @@ def _two_species_example():
        c2 [.7 .1]  known    1    1    1    1/2   sum 1.33 1.5 2   1.5
     all                                          sum 6.17 7   7   7    -> *: middle of 0.4..0.8
     """
-    rankings = [Ranking(["a1", "x"], [0.9, 0.5]), Ranking(["x", "y"], [0.7, 0.3]),
-                Ranking(["a3", "x"], [0.95, 0.1]),
-                Ranking(["b1", "x"], [0.5, 0.2]), Ranking(["x", "y"], [0.3, 0.1]),
-                Ranking(["b3", "x"], [0.95, 0.1]),
-                Ranking(["x", "y"], [0.5, 0.3]), Ranking(["c2", "x"], [0.7, 0.1])]
+    rankings = [
+        Ranking(["a1", "x"], [0.9, 0.5]),
+        Ranking(["x", "y"], [0.7, 0.3]),
+        Ranking(["a3", "x"], [0.95, 0.1]),
+        Ranking(["b1", "x"], [0.5, 0.2]),
+        Ranking(["x", "y"], [0.3, 0.1]),
+        Ranking(["b3", "x"], [0.95, 0.1]),
+        Ranking(["x", "y"], [0.5, 0.3]),
+        Ranking(["c2", "x"], [0.7, 0.1]),
+    ]
     truths = ["a1", NEW, "a3", "b1", NEW, "b3", NEW, "c2"]
     species = ["A"] * 3 + ["B"] * 3 + ["C"] * 2
     return rankings, truths, species
@@ -298,10 +302,8 @@ def test_calibrate_per_species_by_hand():
     assert out["B"] == pytest.approx(0.4)
     assert out["*"] == pytest.approx(0.6)
     assert out["*"] == calibrate_threshold(rankings, truths, thresholds=GRID)
-    assert set(calibrate_per_species(rankings, truths, species, min_queries=2,
-                                     thresholds=GRID)) == {"A", "B", "C", "*"}
-    assert set(calibrate_per_species(rankings, truths, species, min_queries=4,
-                                     thresholds=GRID)) == {"*"}
+    assert set(calibrate_per_species(rankings, truths, species, min_queries=2, thresholds=GRID)) == {"A", "B", "C", "*"}
+    assert set(calibrate_per_species(rankings, truths, species, min_queries=4, thresholds=GRID)) == {"*"}
 
 
 def test_calibrate_per_species_warns_only_globally():
@@ -316,8 +318,13 @@ def test_calibrate_per_species_warns_only_globally():
     assert out["D"] == pytest.approx(0.4)  # plateau 0.2..0.6, where neither is sent to new
     known = [i for i, t in enumerate(truths) if t != NEW]
     with pytest.warns(UserWarning, match="no validation truth") as record:
-        calibrate_per_species([rankings[i] for i in known], [truths[i] for i in known],
-                              [species[i] for i in known], min_queries=1, thresholds=GRID)
+        calibrate_per_species(
+            [rankings[i] for i in known],
+            [truths[i] for i in known],
+            [species[i] for i in known],
+            min_queries=1,
+            thresholds=GRID,
+        )
     assert len(record) == 1
 
 
@@ -356,8 +363,7 @@ def test_identifier_per_species_threshold_from_top_candidate(species_gallery):
 def test_identifier_per_species_threshold_from_given_species(species_gallery):
     vectors, ids, species = species_gallery
     for gallery_species in (species, None):  # given species win over the inferred ones
-        ident = Identifier(build_index(vectors), ids, threshold=PER_SPECIES,
-                           gallery_species=gallery_species)
+        ident = Identifier(build_index(vectors), ids, threshold=PER_SPECIES, gallery_species=gallery_species)
         q0, q1 = ident.identify(SPECIES_QUERIES, species=["whale", "dolphin"])
         assert q0.ids == ["b", NEW, "a", "c"]
         assert q1.ids == [NEW, "c", "a", "b"]
@@ -402,13 +408,13 @@ def test_identifier_save_load_per_species(tmp_path, species_gallery):
     assert Identifier.load(out).gallery_species is None
 
 
-def test_identifier_loads_version_1_sidecar(tmp_path, species_gallery):
+def test_an_identifier_from_an_older_whaleid_asks_to_be_saved_again(tmp_path, species_gallery):
+    """Versions 1-2 kept no scorer and pointed at pickled model files: saving again is the one safe way."""
     vectors, ids, _ = species_gallery
     out = Identifier(build_index(vectors), ids).save(tmp_path / "old")
     sidecar = json.loads((out / "identifier.json").read_text())
-    del sidecar["per_photo_species"]  # exactly what version 1 wrote
+    del sidecar["per_photo_species"], sidecar["config"]  # what version 1 wrote
     sidecar.update(version=1, threshold=0.7)
     (out / "identifier.json").write_text(json.dumps(sidecar))
-    loaded = Identifier.load(out)
-    assert loaded.threshold == 0.7 and loaded.gallery_species is None
-    assert ids_of(loaded.identify(SPECIES_QUERIES)) == [[NEW, "b", "a", "c"], [NEW, "c", "a", "b"]]
+    with pytest.raises(UserError, match="written by an older whaleid: save the Identifier again"):
+        Identifier.load(out)

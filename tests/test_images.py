@@ -6,9 +6,9 @@ import os
 
 import numpy as np
 import pytest
-from conftest import BROKEN
 from PIL import Image, ImageFile
 
+from conftest import BROKEN
 from whaleid.data.images import ImageError, check_image, open_image
 
 

@@ -187,18 +187,45 @@ def _index_file(path, meta: dict, **arrays):
     "make,pattern",
     [
         (lambda p: np.save(open(p, "wb"), np.ones(3)), "not a whaleid index file"),
-        (lambda p: np.save(open(p, "wb"), np.array([{"a": 1}], dtype=object), allow_pickle=True),
-         "not a whaleid index file"),
+        (
+            lambda p: np.save(open(p, "wb"), np.array([{"a": 1}], dtype=object), allow_pickle=True),
+            "not a whaleid index file",
+        ),
         (lambda p: _index_file(p, ["not", "a", "dict"]), "not a whaleid index file"),
-        (lambda p: _index_file(p, {"format": "whaleid.search.index", "version": 1, "kind": "annoy"}), "unknown index kind"),
-        (lambda p: _index_file(p, {"format": "whaleid.search.index", "version": 1, "kind": "exact", "n": 1, "dim": 2}),
-         "damaged index"),
-        (lambda p: _index_file(p, {"format": "whaleid.search.index", "version": 1, "kind": "exact", "n": 1, "dim": 2},
-                               vectors=np.array([[np.nan, 1]], np.float32)), r"damaged index .*NaN"),
-        (lambda p: _index_file(p, {"format": "whaleid.search.index", "version": 1, "kind": "exact", "n": 5, "dim": 2},
-                               vectors=np.array([[0, 1]], np.float32)), "inconsistent"),
-        (lambda p: _index_file(p, {"format": "whaleid.search.index", "version": 1, "kind": "faiss-flat", "n": 1, "dim": 2},
-                               faiss=np.frombuffer(b"junk", np.uint8)), "damaged index"),
+        (
+            lambda p: _index_file(p, {"format": "whaleid.search.index", "version": 1, "kind": "annoy"}),
+            "unknown index kind",
+        ),
+        (
+            lambda p: _index_file(
+                p, {"format": "whaleid.search.index", "version": 1, "kind": "exact", "n": 1, "dim": 2}
+            ),
+            "damaged index",
+        ),
+        (
+            lambda p: _index_file(
+                p,
+                {"format": "whaleid.search.index", "version": 1, "kind": "exact", "n": 1, "dim": 2},
+                vectors=np.array([[np.nan, 1]], np.float32),
+            ),
+            r"damaged index .*NaN",
+        ),
+        (
+            lambda p: _index_file(
+                p,
+                {"format": "whaleid.search.index", "version": 1, "kind": "exact", "n": 5, "dim": 2},
+                vectors=np.array([[0, 1]], np.float32),
+            ),
+            "inconsistent",
+        ),
+        (
+            lambda p: _index_file(
+                p,
+                {"format": "whaleid.search.index", "version": 1, "kind": "faiss-flat", "n": 1, "dim": 2},
+                faiss=np.frombuffer(b"junk", np.uint8),
+            ),
+            "damaged index",
+        ),
     ],
 )
 def test_damaged_index_files_are_user_errors(tmp_path, make, pattern):

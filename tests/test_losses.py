@@ -33,8 +33,12 @@ def test_arcface_logits_against_independent_computation():
     labels = torch.tensor([0, 1, 2, 3, 4, 0])
     got = head(emb, labels).detach().numpy()
     want = _reference_logits(
-        emb.numpy().astype(np.float64), head.weight.detach().numpy().astype(np.float64),
-        labels.numpy(), head.margins.numpy(), 3, 21.0,
+        emb.numpy().astype(np.float64),
+        head.weight.detach().numpy().astype(np.float64),
+        labels.numpy(),
+        head.margins.numpy(),
+        3,
+        21.0,
     )
     np.testing.assert_allclose(got, want, atol=1e-4)
     # the margin only lowers the target logit
@@ -69,7 +73,9 @@ def test_label_smoothing_is_cross_entropy_over_margin_logits():
     head = ArcFaceSubCenter(8, num_classes=4, k=2, margins=0.3)
     emb, labels = torch.randn(5, 8), torch.tensor([0, 1, 2, 3, 1])
     logits = head(emb, labels)
-    manual = -(0.9 * F.log_softmax(logits, 1).gather(1, labels[:, None]).squeeze(1) + 0.1 / 4 * F.log_softmax(logits, 1).sum(1)).mean()
+    manual = -(
+        0.9 * F.log_softmax(logits, 1).gather(1, labels[:, None]).squeeze(1) + 0.1 / 4 * F.log_softmax(logits, 1).sum(1)
+    ).mean()
     assert ArcFaceLoss(head, label_smoothing=0.1)(emb, labels).item() == pytest.approx(manual.item(), rel=1e-5)
 
 

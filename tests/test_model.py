@@ -1,16 +1,9 @@
-import re
-
 import pytest
 import torch
 
 from whaleid.errors import UserError
-from whaleid.model.network import (
-    EmbeddingModel,
-    GeM,
-    ModelConfig,
-    load_checkpoint,
-    save_checkpoint,
-)
+from whaleid.model.network import EmbeddingModel, GeM, ModelConfig
+from whaleid.settings import from_dict
 
 TINY = ModelConfig(backbone="test_efficientnet", embedding_dim=32, img_size=64)
 
@@ -42,52 +35,6 @@ def test_pretrained_model_takes_the_weights_normalisation():
     assert model.config.mean == (0.5, 0.5, 0.5) and model.config.std == (0.5, 0.5, 0.5)
 
 
-def test_checkpoint_round_trip(tmp_path):
-    torch.manual_seed(0)
-    model = EmbeddingModel(ModelConfig(**vars(TINY)), pretrained=False).eval()
-    path = save_checkpoint(model, tmp_path / "model.pt", ["a", "b"], {"note": 1})
-    loaded, payload = load_checkpoint(path)
-    x = torch.randn(2, 3, 64, 64)
-    with torch.no_grad():
-        torch.testing.assert_close(loaded(x), model(x))
-    assert payload["labels"] == ["a", "b"] and loaded.config.img_size == 64
-    assert not list(tmp_path.glob("*.tmp"))
-
-
-class Opaque:
-    """Any Python object: a pickle of one runs code when loaded, so it is refused."""
-
-
-@pytest.mark.parametrize(("damage", "reason"), [
-    (lambda path, whole: path.write_bytes(b""), "empty file"),
-    (lambda path, whole: path.write_bytes(whole[: len(whole) // 2]), "truncated or corrupt"),
-    (lambda path, whole: path.write_bytes(whole[:-10]), "truncated or corrupt"),  # was OSError: [Errno 22]
-    (lambda path, whole: path.write_text("image,individual_id\n"), "not a whaleid file"),
-    (lambda path, whole: torch.save({"state_dict": {}}, path), "not a whaleid checkpoint"),
-    (lambda path, whole: torch.save({"x": Opaque()}, path), "not a whaleid file"),
-    (lambda path, whole: path.mkdir(), "a directory"),
-    (lambda path, whole: None, "no such file"),
-])
-def test_every_unreadable_model_file_is_one_user_error(tmp_path, damage, reason):
-    model = EmbeddingModel(ModelConfig(**vars(TINY)), pretrained=False)
-    whole = save_checkpoint(model, tmp_path / "good.pt", ["a"]).read_bytes()
-    path = tmp_path / "model.pt"
-    damage(path, whole)
-    expected = rf"^{re.escape(str(path))} is not a readable whaleid model \({reason}\): retrain"
-    with pytest.raises(UserError, match=expected):
-        load_checkpoint(path)
-
-
-def test_a_checkpoint_whose_weights_do_not_fit_its_config_is_a_user_error(tmp_path):
-    model = EmbeddingModel(ModelConfig(**vars(TINY)), pretrained=False)
-    path = save_checkpoint(model, tmp_path / "model.pt", ["a"])
-    payload = torch.load(path, weights_only=True)
-    payload["config"]["embedding_dim"] = 8  # the saved neck has 32
-    torch.save(payload, path)
-    with pytest.raises(UserError, match="do not fit its config"):
-        load_checkpoint(path)
-
-
 def test_inference_output_is_the_neck_or_the_pooled_features():
     torch.manual_seed(0)
     model = EmbeddingModel(ModelConfig(**vars(TINY)), pretrained=False).eval()
@@ -98,8 +45,8 @@ def test_inference_output_is_the_neck_or_the_pooled_features():
         pooled = model.embed(x)
         torch.testing.assert_close(pooled, model.pool(model.backbone.forward_features(x)))
     assert pooled.shape == (2, model.output_dim) and model.output_dim == 256
-    with pytest.raises(ValueError, match="output"):
-        EmbeddingModel(ModelConfig(backbone="test_efficientnet", output="logits"), pretrained=False)
+    with pytest.raises(UserError, match="^output must be one of neck, pooled, got 'logits'"):
+        ModelConfig(backbone="test_efficientnet", output="logits")
 
 
 def test_drop_path_reaches_the_backbone_and_is_off_at_inference():
@@ -111,3 +58,27 @@ def test_drop_path_reaches_the_backbone_and_is_off_at_inference():
     model.eval()
     with torch.no_grad():
         torch.testing.assert_close(model(x), model(x))
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("img_size", 16, "img_size must be an integer >= 32, got 16"),
+        ("img_size", 64.0, "img_size must be an integer >= 32, got 64.0"),
+        ("embedding_dim", -1, r"embedding_dim must be an integer >= 0 \(0: no neck\), got -1"),
+        ("embedding_dim", True, "embedding_dim must be an integer >= 0"),
+        ("drop_path", 1.0, r"drop_path must be in \[0, 1\), got 1.0"),
+        ("backbone", "", "backbone must be a timm model name, got ''"),
+        ("grad_checkpointing", "yes", "grad_checkpointing must be true or false, got 'yes'"),
+    ],
+)
+def test_config_refuses_values_no_model_can_be_built_with(option, value, message):
+    with pytest.raises(UserError, match=f"^{message}"):
+        ModelConfig(**{option: value})
+
+
+def test_config_from_plain_data_takes_lists_for_tuples_and_refuses_unknown_keys():
+    config = from_dict(ModelConfig, {"backbone": "test_efficientnet", "mean": [0.1, 0.2, 0.3], "img_size": 64})
+    assert config.mean == (0.1, 0.2, 0.3) and config.img_size == 64
+    with pytest.raises(UserError, match=r"unknown ModelConfig keys: \['img_sise'\]"):
+        from_dict(ModelConfig, {"img_sise": 64})

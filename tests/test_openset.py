@@ -1,11 +1,10 @@
 import numpy as np
 import pytest
 
-from whaleid.data.catalog import NEW_INDIVIDUAL
 from whaleid.errors import UserError
 from whaleid.experiments.demo import format_report
-from whaleid.search.identify import Ranking
 from whaleid.search.openset import ceiling_map5, known_accuracy, leave_one_out, score_rankings
+from whaleid.search.ranking import NEW_INDIVIDUAL, Ranking
 
 
 def unit(*rows):
@@ -39,8 +38,12 @@ def test_scores_by_hand():
 
 
 def test_ceiling_places_new_individual_perfectly():
-    rankings = [Ranking(["a", "b"], [0.9, 0.8]), Ranking(["a", "b"], [0.9, 0.8]),
-                Ranking(list("cdefgb"), [0.9, 0.8, 0.7, 0.6, 0.5, 0.4]), Ranking(["a"], [0.2])]
+    rankings = [
+        Ranking(["a", "b"], [0.9, 0.8]),
+        Ranking(["a", "b"], [0.9, 0.8]),
+        Ranking(list("cdefgb"), [0.9, 0.8, 0.7, 0.6, 0.5, 0.4]),
+        Ranking(["a"], [0.2]),
+    ]
     truths = ["b", NEW_INDIVIDUAL, "b", NEW_INDIVIDUAL]
     # b at rank 2 -> 1/2; a new animal -> 1 whatever its scores; b at rank 6 -> 0; new -> 1
     assert ceiling_map5(rankings, truths) == pytest.approx((0.5 + 1 + 0 + 1) / 4)
@@ -54,17 +57,27 @@ def test_ceiling_places_new_individual_perfectly():
 def test_leave_one_out_refuses_sets_it_cannot_score():
     with pytest.raises(UserError, match=r"needs at least 2 photos \(each queries the others\), got 1"):
         leave_one_out(unit([1, 0]), ["a"])
-    with pytest.raises(UserError, match="1 individual ids for 2 photos"):
+    with pytest.raises(UserError, match="1 gallery ids for an index of 2 vectors"):
         leave_one_out(unit([1, 0], [0, 1]), ["a"])
 
 
 def test_report_table_is_aligned_and_shows_undefined_metrics_as_a_dash():
-    report = {"results": {
-        "zero-shot": dict(map5=0.29, top1_known=0.5, top5_known=0.7, new_precision=float("nan"), new_recall=0.0,
-                          threshold=0.61),
-        "fine-tuned": dict(map5=0.3914, top1_known=0.52, top5_known=0.8, new_precision=0.5, new_recall=0.25,
-                           threshold=0.7, train_seconds=250.0),
-    }}
+    report = {
+        "results": {
+            "zero-shot": dict(
+                map5=0.29, top1_known=0.5, top5_known=0.7, new_precision=float("nan"), new_recall=0.0, threshold=0.61
+            ),
+            "fine-tuned": dict(
+                map5=0.3914,
+                top1_known=0.52,
+                top5_known=0.8,
+                new_precision=0.5,
+                new_recall=0.25,
+                threshold=0.7,
+                train_seconds=250.0,
+            ),
+        }
+    }
     assert format_report(report).splitlines() == [
         "| features   | MAP@5 (held-out, val threshold) | top-1 known | top-5 known | new precision | new recall "
         "| threshold | CPU training |",

@@ -4,11 +4,12 @@ import json
 from pathlib import Path
 
 from whaleid.data.catalog import holdout_photos, read_catalog
+from whaleid.data.synth import make_catalog
 from whaleid.model.embed import Embedder
-from whaleid.search.metrics import evaluate
+from whaleid.model.network import ModelConfig
 from whaleid.search.identify import Identifier
 from whaleid.search.index import build_index
-from whaleid.data.synth import make_catalog
+from whaleid.search.metrics import evaluate
 from whaleid.train import TrainConfig, train
 
 INDIVIDUALS = 24
@@ -18,10 +19,24 @@ CHANCE = sum(1 / r for r in range(1, 6)) / INDIVIDUALS
 
 def fine_tune_and_score(folder: Path, seed: int = 0, variation: float = 0.25, epochs: int = 10) -> tuple[float, float]:
     """MAP@5 of held-out photos of the training individuals, and last/first epoch loss (also run by benchmarks/learned_spread.py)."""
-    csv = make_catalog(folder / "fins", n_individuals=INDIVIDUALS, photos_per_individual=(6, 8), size=128, seed=seed,
-                       variation=variation)
+    csv = make_catalog(
+        folder / "fins",
+        n_individuals=INDIVIDUALS,
+        photos_per_individual=(6, 8),
+        size=128,
+        seed=seed,
+        variation=variation,
+    )
     gallery, queries = holdout_photos(read_catalog(csv), 0.25, seed=seed)
-    config = TrainConfig(img_size=96, epochs=epochs, batch_size=16, lr=2e-3, backbone_lr=5e-4, num_workers=0, seed=seed)
+    config = TrainConfig(
+        model=ModelConfig(img_size=96),
+        epochs=epochs,
+        batch_size=16,
+        lr=2e-3,
+        backbone_lr=5e-4,
+        num_workers=0,
+        seed=seed,
+    )
     result = train(gallery, config, folder / "run", progress=False)
 
     embedder = Embedder.from_checkpoint(result.checkpoint, num_workers=0)

@@ -3,10 +3,10 @@
 import pandas as pd
 import pytest
 
-from whaleid.data.catalog import NEW_INDIVIDUAL, Catalog
+from whaleid.data.catalog import Catalog
 from whaleid.errors import UserError
-from whaleid.search.identify import Ranking
 from whaleid.experiments.pseudo import pseudo_labels, with_pseudo_labels
+from whaleid.search.ranking import NEW_INDIVIDUAL, Ranking
 
 RANKINGS = [
     Ranking(["a", "b"], [0.91, 0.40]),  # confident: kept
@@ -28,12 +28,18 @@ def test_only_confident_known_answers_become_labels():
 
 
 def test_pseudo_labelled_photos_join_the_training_catalog(tmp_path):
-    train = Catalog(pd.DataFrame({"image": ["t1.jpg", "t2.jpg"], "species": "beluga", "individual_id": ["a", "b"]}), tmp_path)
+    train = Catalog(
+        pd.DataFrame({"image": ["t1.jpg", "t2.jpg"], "species": "beluga", "individual_id": ["a", "b"]}), tmp_path
+    )
     test = Catalog(pd.DataFrame({"image": IMAGES, "species": "?", "individual_id": None}), tmp_path)
     labels = pseudo_labels(IMAGES, RANKINGS, confidence=0.6, species={"a": "beluga", "c": "orca"})
     both = with_pseudo_labels(train, test, labels)
     assert both.table[["image", "individual_id", "species"]].values.tolist() == [
-        ["t1.jpg", "a", "beluga"], ["t2.jpg", "b", "beluga"], ["q1.jpg", "a", "beluga"], ["q4.jpg", "c", "orca"]]
+        ["t1.jpg", "a", "beluga"],
+        ["t2.jpg", "b", "beluga"],
+        ["q1.jpg", "a", "beluga"],
+        ["q4.jpg", "c", "orca"],
+    ]
     assert both.labels == ["a", "b", "c"] and both.table["label"].tolist() == [0, 1, 0, 2]
     assert both.table["path"].iloc[2] == str(tmp_path / "q1.jpg")
     with pytest.raises(ValueError, match="already"):

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 
 from whaleid.errors import UserError
-from whaleid.search.identify import top_individuals
 from whaleid.search.index import build_index
+from whaleid.search.ranking import top_individuals
 from whaleid.search.scoring import align, blend, knn_scores, logit_probabilities, rank_scores
 
 
@@ -17,8 +17,7 @@ GALLERY = np.array([[1, 0], [0, 1], [0.6, 0.8], [-1, 0]], np.float32)
 GALLERY_IDS = ["b", "a", "b", "c"]
 QUERIES = np.array([[0.8, 0.6], [0, -1]], np.float32)
 # columns a, b, c; b is max(q . [1,0], q . [0.6,0.8])
-KNN = np.array([[0.6, max(0.8, 0.48 + 0.48), -0.8],
-                [-1.0, max(0.0, -0.8), 0.0]], np.float32)
+KNN = np.array([[0.6, max(0.8, 0.48 + 0.48), -0.8], [-1.0, max(0.0, -0.8), 0.0]], np.float32)
 
 
 def ids_of(rankings):
@@ -169,10 +168,8 @@ def test_blended_ranking_by_hand():
     probs = align(logit_probabilities(head_cos, 1.0), head_ids, classes)
     np.testing.assert_allclose(probs, [[2 / 6, 0, 1 / 6], [1 / 5, 0, 3 / 5]])
 
-    assert ids_of(rank_scores(blend(knn, probs, 0.0), classes)) == [["b", "a", "c"],
-                                                                    ["b", "c", "a"]]  # b, c tie at 0
-    assert ids_of(rank_scores(blend(knn, probs, 1.0), classes)) == [["a", "c", "b"],
-                                                                    ["c", "a", "b"]]
+    assert ids_of(rank_scores(blend(knn, probs, 0.0), classes)) == [["b", "a", "c"], ["b", "c", "a"]]  # b, c tie at 0
+    assert ids_of(rank_scores(blend(knn, probs, 1.0), classes)) == [["a", "c", "b"], ["c", "a", "b"]]
     # weight 0.5: row 0 a .3+1/6, b .48, c -.4+1/12; row 1 a -.5+.1, b 0, c .3
     half = rank_scores(blend(knn, probs, 0.5), classes)
     assert ids_of(half) == [["b", "a", "c"], ["c", "b", "a"]]

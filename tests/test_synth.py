@@ -12,7 +12,6 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from whaleid.errors import UserError
 from whaleid.data.synth import (
     WIDTH_FRAC,
     FinIdentity,
@@ -23,6 +22,7 @@ from whaleid.data.synth import (
     render_fin,
     render_fin_photo,
 )
+from whaleid.errors import UserError
 
 
 def _identity(i: int, seed: int = 0) -> FinIdentity:
@@ -81,7 +81,9 @@ def test_smaller_catalog_is_a_prefix_of_a_larger_one(tmp_path: Path) -> None:
 
 
 def test_catalog_format_and_counts(tmp_path: Path) -> None:
-    csv_path = make_catalog(tmp_path / "cat", n_individuals=7, photos_per_individual=(2, 5), size=80, seed=1, progress=True)
+    csv_path = make_catalog(
+        tmp_path / "cat", n_individuals=7, photos_per_individual=(2, 5), size=80, seed=1, progress=True
+    )
     assert csv_path == tmp_path / "cat" / "train.csv"
     assert csv_path.read_text().splitlines()[0] == "image,species,individual_id"
     df = pd.read_csv(csv_path)

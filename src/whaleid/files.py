@@ -28,7 +28,15 @@ import pandas as pd
 
 from whaleid.errors import UserError
 
-__all__ = ["DISK_FULL", "atomic_path", "disk_full_as_user_error", "inside", "is_disk_full", "read_user_csv", "safe_name"]
+__all__ = [
+    "DISK_FULL",
+    "atomic_path",
+    "disk_full_as_user_error",
+    "inside",
+    "is_disk_full",
+    "read_user_csv",
+    "safe_name",
+]
 
 #: errno values that mean "no room left": the device, the user's quota, or the file size limit.
 DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})

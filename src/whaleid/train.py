@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field, fields
-from numbers import Integral, Real
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields, replace
+from numbers import Integral
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -17,29 +20,21 @@ from timm.optim import param_groups_layer_decay
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from whaleid.model.augment import PhotoDataset, collate_skipping, train_transform
 from whaleid.data.catalog import Catalog, kfold, split_fold
-from whaleid.model.embed import Embedder, default_workers
 from whaleid.errors import UserError
-from whaleid.search.metrics import cell
 from whaleid.files import atomic_path
+from whaleid.model.augment import PhotoDataset, collate_skipping, train_transform
+from whaleid.model.checkpoint import STEM, read_saved, save_checkpoint
+from whaleid.model.embed import Embedder, default_workers
 from whaleid.model.losses import ArcFaceLoss, ArcFaceSubCenter, SpeciesHead, dynamic_margins
-from whaleid.model.network import (
-    DEFAULT_BACKBONE,
-    OUTPUTS,
-    EmbeddingModel,
-    ModelConfig,
-    read_saved,
-    save_checkpoint,
-)
+from whaleid.model.network import MIN_IMG_SIZE, OUTPUTS, EmbeddingModel, ModelConfig, check_limits
+from whaleid.search.metrics import cell
 from whaleid.search.openset import score_open_set
 
-MIN_IMG_SIZE = 32  # the backbones downsample 32 times: a smaller input leaves them less than one feature pixel
 MIXED_PRECISION = ("auto", "no", "fp16", "bf16")
 # The range of each numeric option: (integer?, the rule as said to the user, the test); OPTIONAL ones may be None.
+# The model's own (embedding_dim, img_size, drop_path) are checked by ModelConfig.
 LIMITS = {
-    "embedding_dim": (True, ">= 0 (0: no neck)", lambda v: v >= 0),
-    "img_size": (True, f">= {MIN_IMG_SIZE}", lambda v: v >= MIN_IMG_SIZE),
     "epochs": (True, ">= 1", lambda v: v >= 1),
     "batch_size": (True, ">= 2 (BatchNorm needs two photos per batch)", lambda v: v >= 2),
     # AdamW moves each weight by about the learning rate per step: past 1, one step wipes out the weights.
@@ -63,7 +58,6 @@ LIMITS = {
     "jitter": (False, "in [0, 2] (hue jitter is a quarter of it, at most 0.5)", lambda v: 0 <= v <= 2),
     "grayscale": (False, "a probability in [0, 1]", lambda v: 0 <= v <= 1),
     "cutout": (False, "a probability in [0, 1]", lambda v: 0 <= v <= 1),
-    "drop_path": (False, "in [0, 1)", lambda v: 0 <= v < 1),
     "num_workers": (True, ">= 0", lambda v: v >= 0),
     "max_steps_per_epoch": (True, ">= 1", lambda v: v >= 1),
     "unfreeze_late_epoch": (True, ">= 0", lambda v: v >= 0),
@@ -71,7 +65,7 @@ LIMITS = {
     "layer_decay": (False, "in (0, 1]", lambda v: 0 < v <= 1),
 }
 OPTIONAL = {"num_workers", "max_steps_per_epoch"}
-FLAGS = ("dynamic_margin", "species_head", "hflip", "grad_checkpointing")
+FLAGS = ("dynamic_margin", "species_head", "hflip")
 CLI_NAMES = {"max_steps_per_epoch": "--max-steps", "num_workers": "--workers"}  # where the flag is not the field's name
 
 
@@ -81,10 +75,8 @@ def _option(name: str) -> str:
 
 @dataclass
 class TrainConfig:
-    backbone: str = DEFAULT_BACKBONE
+    model: ModelConfig = field(default_factory=ModelConfig)  # the network trained; inference rebuilds it from this
     pretrained: bool | str = True
-    embedding_dim: int = 512
-    img_size: int = 224
     epochs: int = 10
     batch_size: int = 32
     lr: float = 1e-3  # neck, pooling and heads: they start from scratch
@@ -110,68 +102,57 @@ class TrainConfig:
     jitter: float = 0.2  # colour jitter strength
     grayscale: float = 0.0  # probability of a grey training view
     cutout: float = 0.25  # probability of erasing a patch
-    drop_path: float = 0.0  # stochastic depth in the backbone (timm drop_path_rate)
     num_workers: int | None = None
     mixed_precision: str = "auto"  # auto: bf16 on a GPU that has it, else full precision
     max_steps_per_epoch: int | None = None  # for smoke tests
-    # Progressive resizing: {first epoch (0-based): input size}; inference uses img_size.
+    # Progressive resizing: {first epoch (0-based): input size}; inference uses model.img_size.
     img_size_schedule: dict[int, int] | None = None
     # Sequential unfreezing: before unfreeze_late_epoch only pooling, neck and heads learn; before
     # unfreeze_all_epoch the later half of the backbone joins them; then everything trains.
     unfreeze_late_epoch: int = 0
     unfreeze_all_epoch: int = 0
     layer_decay: float = 1.0  # per-layer learning rates: each backbone layer down from the top gets this factor
-    grad_checkpointing: bool = False  # recompute activations in backward: large backbones at large sizes
 
     def __post_init__(self) -> None:
         """Refuse values training cannot use, before any model is built, naming the option."""
         if self.mixed_precision is False:  # YAML reads a bare `no` as false
             self.mixed_precision = "no"
-        for name, (integer, rule, ok) in LIMITS.items():
-            value = getattr(self, name)
-            if value is None and name in OPTIONAL:
-                continue
-            number = isinstance(value, Integral if integer else Real) and not isinstance(value, bool)
-            if not number or not ok(value):
-                rule = ("None or " if name in OPTIONAL else "") + ("an integer " if integer else "") + rule
-                raise UserError(f"{_option(name)} must be {rule}, got {value!r}")
+        check_limits(self, LIMITS, OPTIONAL, _option)
         for name in FLAGS:
             if not isinstance(getattr(self, name), bool):
                 raise UserError(f"{name} must be true or false, got {getattr(self, name)!r}")
-        if not isinstance(self.backbone, str) or not self.backbone:
-            raise UserError(f"backbone must be a timm model name, got {self.backbone!r}")
         if not isinstance(self.pretrained, (bool, str)) or self.pretrained == "":
             raise UserError(f"pretrained must be true, false or a weights file, got {self.pretrained!r}")
         if self.mixed_precision not in MIXED_PRECISION:
-            raise UserError(f"mixed_precision must be one of {', '.join(MIXED_PRECISION)}, "
-                            f"got {self.mixed_precision!r}")
+            raise UserError(
+                f"mixed_precision must be one of {', '.join(MIXED_PRECISION)}, got {self.mixed_precision!r}"
+            )
         if self.img_size_schedule:
             try:  # YAML/JSON keys
                 self.img_size_schedule = {int(k): int(v) for k, v in self.img_size_schedule.items()}
             except (TypeError, ValueError, AttributeError) as error:
-                raise UserError(f"img_size_schedule must map epochs to sizes, "
-                                f"got {self.img_size_schedule!r}") from error
+                raise UserError(
+                    f"img_size_schedule must map epochs to sizes, got {self.img_size_schedule!r}"
+                ) from error
             if 0 not in self.img_size_schedule:
                 raise UserError("img_size_schedule must say the size of epoch 0")
             if min(self.img_size_schedule) < 0 or min(self.img_size_schedule.values()) < MIN_IMG_SIZE:
-                raise UserError(f"img_size_schedule needs epochs >= 0 and sizes >= {MIN_IMG_SIZE}, "
-                                f"got {self.img_size_schedule}")
+                raise UserError(
+                    f"img_size_schedule needs epochs >= 0 and sizes >= {MIN_IMG_SIZE}, got {self.img_size_schedule}"
+                )
+
+    def with_options(self, **options: Any) -> TrainConfig:
+        """A copy with the options given (None: not given), the model's own set on ``model``: for command-line
+        flags, which name training and model settings side by side."""
+        given = {name: value for name, value in options.items() if value is not None}
+        model = {name: given.pop(name) for name in list(given) if name in {f.name for f in fields(ModelConfig)}}
+        return replace(self, model=replace(self.model, **model), **given)
 
     def size_at(self, epoch: int) -> int:
         """Input size of a 0-based epoch under the progressive-resizing schedule."""
         if not self.img_size_schedule:
-            return self.img_size
+            return self.model.img_size
         return self.img_size_schedule[max(e for e in self.img_size_schedule if e <= epoch)]
-
-    @classmethod
-    def from_dict(cls, values: dict) -> "TrainConfig":
-        if not isinstance(values, dict):
-            raise UserError(f"training options must be a mapping of keys, got {values!r}")
-        known = {f.name for f in fields(cls)}
-        unknown = set(values) - known
-        if unknown:
-            raise UserError(f"unknown training options: {sorted(unknown)}; valid: {sorted(known)}")
-        return cls(**values)
 
 
 @dataclass
@@ -201,7 +182,9 @@ def warmup_cosine(total_steps: int, warmup_steps: int):
     return factor
 
 
-def param_groups(model: EmbeddingModel, heads: list[torch.nn.Module], config: TrainConfig) -> tuple[list[dict], list[int]]:
+def param_groups(
+    model: EmbeddingModel, heads: list[torch.nn.Module], config: TrainConfig
+) -> tuple[list[dict], list[int]]:
     """AdamW groups with per-layer learning rates, and the epoch from which each group learns.
 
     timm orders the backbone's layers (stem first, head convolution last); each layer
@@ -214,11 +197,20 @@ def param_groups(model: EmbeddingModel, heads: list[torch.nn.Module], config: Tr
     levels = max(depths) + 1
     groups, starts = [], []
     for group, depth in zip(probe, depths):
-        groups.append({"params": group["params"], "weight_decay": group["weight_decay"],
-                       "lr": config.backbone_lr * config.layer_decay**depth})
+        groups.append(
+            {
+                "params": group["params"],
+                "weight_decay": group["weight_decay"],
+                "lr": config.backbone_lr * config.layer_decay**depth,
+            }
+        )
         late = depth < levels / 2
-        starts.append(config.unfreeze_late_epoch if late else max(config.unfreeze_late_epoch, config.unfreeze_all_epoch))
-    groups.append({"params": [p for h in heads for p in h.parameters()], "lr": config.lr, "weight_decay": config.weight_decay})
+        starts.append(
+            config.unfreeze_late_epoch if late else max(config.unfreeze_late_epoch, config.unfreeze_all_epoch)
+        )
+    groups.append(
+        {"params": [p for h in heads for p in h.parameters()], "lr": config.lr, "weight_decay": config.weight_decay}
+    )
     starts.append(0)
     return groups, starts
 
@@ -246,23 +238,30 @@ def _best_output(record: dict) -> tuple[float, str]:
     """The record's best validation MAP@5 and the output that reached it (epoch number without validation)."""
     if "val_map5" not in record:
         return record["epoch"], "neck"
-    candidates = [(record.get(f"val_{prefix}map5", -1.0), name) for prefix, name in (("", "neck"), ("pooled_", "pooled"))]
+    candidates = [
+        (record.get(f"val_{prefix}map5", -1.0), name) for prefix, name in (("", "neck"), ("pooled_", "pooled"))
+    ]
     return max(candidates, key=lambda c: c[0])  # ties: the neck, then the earliest epoch
 
 
 def _check_trainable(catalog: Catalog) -> None:
     """ArcFace learns by telling individuals apart, a batch at a time, and BatchNorm needs two photos per batch."""
     if len(catalog) < 2:
-        raise UserError(f"the training catalog has {len(catalog)} photo(s): training needs at least 2, "
-                        "of at least 2 individuals")
+        raise UserError(
+            f"the training catalog has {len(catalog)} photo(s): training needs at least 2, of at least 2 individuals"
+        )
     if catalog.n_individuals < 2:
-        raise UserError(f"the training catalog has photos of only {catalog.n_individuals} individual(s): training "
-                        "learns to tell individuals apart, so it needs at least 2")
+        raise UserError(
+            f"the training catalog has photos of only {catalog.n_individuals} individual(s): training "
+            "learns to tell individuals apart, so it needs at least 2"
+        )
 
 
 def _diverged(config: TrainConfig, what: str) -> UserError:
-    return UserError(f"training diverged: {what}; lower --lr (now {config.lr:g}) and --backbone-lr "
-                     f"(now {config.backbone_lr:g}) and train again")
+    return UserError(
+        f"training diverged: {what}; lower --lr (now {config.lr:g}) and --backbone-lr "
+        f"(now {config.backbone_lr:g}) and train again"
+    )
 
 
 def epoch_line(record: dict, epochs: int) -> str:
@@ -274,41 +273,31 @@ def epoch_line(record: dict, epochs: int) -> str:
     return "  ".join(parts)
 
 
-def train(
-    catalog: Catalog,
-    config: TrainConfig,
-    out_dir: str | Path,
-    val_catalog: Catalog | None = None,
-    resume: bool = False,
-    progress: bool = True,
-    preprocess: dict | None = None,
-    extra: dict | None = None,
-) -> TrainResult:
-    """Train an embedding model on `catalog`; writes `model.pt`, `last.pt` and `metrics.jsonl` in `out_dir`.
+@dataclass
+class _Run:
+    """One training run's pieces, prepared by Accelerate: what each epoch step works with."""
 
-    ``preprocess`` (how the photos were cropped, see :mod:`whaleid.preprocess.cache`) is stored in
-    the checkpoint so that embedding later prepares photos the same way; ``extra``
-    (e.g. the resolved recipe) is stored with it.
+    accelerator: Accelerator
+    model: torch.nn.Module
+    criterion: torch.nn.Module
+    species_head: torch.nn.Module | None
+    optimizer: torch.optim.Optimizer
+    loader: DataLoader
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    dataset: PhotoDataset
+    transform: Callable[[int], Callable]  # the training transform of an epoch (its input size)
+    steps_per_epoch: int
+    n_species: int
+    workers: int
+
+
+def _heads(
+    model: EmbeddingModel, catalog: Catalog, config: TrainConfig
+) -> tuple[ArcFaceLoss, SpeciesHead | None, np.ndarray, int]:
+    """The ArcFace loss, the optional species head, each photo's target and the number of species.
+
+    With a species head, a target codes both: ``individual * n_species + species``.
     """
-    _check_trainable(catalog)
-    if val_catalog is not None and len(val_catalog) < 2:  # found out here, not after the first epoch
-        raise UserError(f"the validation catalog has {len(val_catalog)} photo(s): leave-one-out validation needs "
-                        "at least 2")
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    catalog = catalog.relabel()
-    set_seed(config.seed)
-    accelerator = Accelerator(
-        mixed_precision=_mixed_precision(config.mixed_precision),
-        gradient_accumulation_steps=config.grad_accum,
-        cpu=not torch.cuda.is_available(),  # lets `torchrun --nproc_per_node N` run DDP over gloo on CPUs
-    )
-    model_config = ModelConfig(
-        backbone=config.backbone, embedding_dim=config.embedding_dim, img_size=config.img_size,
-        grad_checkpointing=config.grad_checkpointing, drop_path=config.drop_path,
-    )
-    model = EmbeddingModel(model_config, pretrained=config.pretrained)
-
     labels = catalog.table["label"].to_numpy()
     counts = np.bincount(labels, minlength=len(catalog.labels))
     margins = (
@@ -322,23 +311,11 @@ def train(
     species_head = SpeciesHead(model.embedding_dim, len(species_names)) if config.species_head else None
     species_codes = catalog.table["species"].map({s: i for i, s in enumerate(species_names)}).to_numpy()
     targets = labels if species_head is None else labels * len(species_names) + species_codes
+    return criterion, species_head, targets, len(species_names)
 
-    heads = [model.pool, model.neck, criterion] + ([species_head] if species_head else [])
-    groups, starts = param_groups(model, heads, config)
-    optimizer = torch.optim.AdamW(groups)
-    workers = default_workers() if config.num_workers is None else config.num_workers
 
-    def transform(epoch: int):
-        return train_transform(config.size_at(epoch), model_config.mean, model_config.std, config.hflip, config.rotation,
-                               (config.crop_min_scale, 1.0), config.jitter, config.cutout, config.grayscale)
-
-    dataset = PhotoDataset(
-        catalog.table["path"].tolist(),
-        transform(0),
-        targets,
-        catalog.table["alternatives"].tolist() if "alternatives" in catalog.table else None,
-    )
-    loader = DataLoader(
+def _loader(dataset: PhotoDataset, config: TrainConfig, workers: int) -> DataLoader:
+    return DataLoader(
         dataset,
         batch_size=config.batch_size,
         shuffle=True,
@@ -347,7 +324,43 @@ def train(
         collate_fn=collate_skipping,
         persistent_workers=workers > 0 and not config.img_size_schedule,  # fresh workers see a resized transform
     )
-    steps_per_epoch = len(loader) if config.max_steps_per_epoch is None else min(len(loader), config.max_steps_per_epoch)
+
+
+def _prepare(catalog: Catalog, config: TrainConfig) -> _Run:
+    """Model, heads, optimizer, loader and schedule, built in a fixed order from the seed (the RNG draws depend on it)."""
+    set_seed(config.seed)
+    accelerator = Accelerator(
+        mixed_precision=_mixed_precision(config.mixed_precision),
+        gradient_accumulation_steps=config.grad_accum,
+        cpu=not torch.cuda.is_available(),  # lets `torchrun --nproc_per_node N` run DDP over gloo on CPUs
+    )
+    # A copy: the model sets its normalisation and output on its config, and the caller's config trains every fold.
+    model = EmbeddingModel(copy.deepcopy(config.model), pretrained=config.pretrained)
+    criterion, species_head, targets, n_species = _heads(model, catalog, config)
+    heads = [model.pool, model.neck, criterion] + ([species_head] if species_head else [])
+    groups, starts = param_groups(model, heads, config)
+    optimizer = torch.optim.AdamW(groups)
+    workers = default_workers() if config.num_workers is None else config.num_workers
+
+    def transform(epoch: int):
+        return train_transform(
+            config.size_at(epoch),
+            model.config.mean,
+            model.config.std,
+            config.hflip,
+            config.rotation,
+            (config.crop_min_scale, 1.0),
+            config.jitter,
+            config.cutout,
+            config.grayscale,
+        )
+
+    alternatives = catalog.table["alternatives"].tolist() if "alternatives" in catalog.table else None
+    dataset = PhotoDataset(catalog.table["path"].tolist(), transform(0), targets, alternatives)
+    loader = _loader(dataset, config, workers)
+    steps_per_epoch = (
+        len(loader) if config.max_steps_per_epoch is None else min(len(loader), config.max_steps_per_epoch)
+    )
     optimizer_steps = math.ceil(steps_per_epoch / config.grad_accum)
     schedule = warmup_cosine(optimizer_steps * config.epochs, round(optimizer_steps * config.warmup_epochs))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -356,109 +369,186 @@ def train(
     )
     modules = [model, criterion] + ([species_head] if species_head else [])
     prepared = accelerator.prepare(*modules, optimizer, loader, scheduler)
-    model, criterion = prepared[0], prepared[1]
     species_head = prepared[2] if species_head else None
-    optimizer, loader, scheduler = prepared[-3:]
+    return _Run(
+        accelerator,
+        prepared[0],
+        prepared[1],
+        species_head,
+        *prepared[-3:],
+        dataset,
+        transform,
+        steps_per_epoch,
+        n_species,
+        workers,
+    )
 
-    state_path, metrics_path, history, start_epoch = out_dir / "last.pt", out_dir / "metrics.jsonl", [], 0
-    if resume and state_path.exists():
-        state = read_saved(state_path, "training state", "delete it to train from the start, or leave out --resume")
-        try:
-            for module, key in zip(modules, ("model", "criterion", "species_head")):
+
+def _resume(run: _Run, state_path: Path, metrics_path: Path, resume: bool) -> tuple[int, list[dict]]:
+    """The epoch to start from and the history so far: from ``last.pt`` when resuming, else a fresh start."""
+    accelerator = run.accelerator
+    if not (resume and state_path.exists()):
+        if accelerator.is_main_process:
+            metrics_path.unlink(missing_ok=True)
+        return 0, []
+    state = read_saved(state_path, "training state", "delete it to train from the start, or leave out --resume")
+    try:
+        for module, key in zip((run.model, run.criterion, run.species_head), ("model", "criterion", "species_head")):
+            if module is not None:
                 accelerator.unwrap_model(module).load_state_dict(state[key])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            start_epoch, history = state["epoch"], state["history"]
-        except (KeyError, TypeError, ValueError, RuntimeError) as error:  # another catalog, backbone or head
-            raise UserError(f"{state_path} was saved by a run with other individuals or options: train into a new "
-                            "--out, or leave out --resume to start again") from error
-        if accelerator.is_main_process:
-            # A crash between an epoch's metrics line and its last.pt leaves a line that the resumed run repeats.
-            with atomic_path(metrics_path) as tmp:
-                tmp.write_text("".join(json.dumps(h) + "\n" for h in history))
-        accelerator.print(f"resuming after epoch {start_epoch} from {state_path}")
-    elif accelerator.is_main_process:
-        metrics_path.unlink(missing_ok=True)
+        run.optimizer.load_state_dict(state["optimizer"])
+        run.scheduler.load_state_dict(state["scheduler"])
+        start_epoch, history = state["epoch"], state["history"]
+    except (KeyError, TypeError, ValueError, RuntimeError) as error:  # another catalog, backbone or head
+        raise UserError(
+            f"{state_path} was saved by a run with other individuals or options: train into a new "
+            "--out, or leave out --resume to start again"
+        ) from error
+    if accelerator.is_main_process:
+        # A crash between an epoch's metrics line and its last.pt leaves a line that the resumed run repeats.
+        with atomic_path(metrics_path) as tmp:
+            tmp.write_text("".join(json.dumps(h) + "\n" for h in history))
+    accelerator.print(f"resuming after epoch {start_epoch} from {state_path}")
+    return start_epoch, history
 
+
+def _step(run: _Run, images: torch.Tensor, target: torch.Tensor, config: TrainConfig, epoch: int, step: int) -> float:
+    """One forward/backward pass (an optimizer step once the gradients are accumulated); returns the loss."""
+    accelerator, model = run.accelerator, run.model
+    with accelerator.accumulate(model):
+        embeddings = model(images)
+        ids = target // run.n_species if run.species_head else target
+        loss = run.criterion(embeddings, ids)
+        if run.species_head:
+            loss = loss + config.species_weight * run.species_head(embeddings, target % run.n_species)
+        value = loss.item()
+        if not math.isfinite(value):
+            raise _diverged(config, f"the loss became {value} at epoch {epoch + 1} step {step + 1}")
+        accelerator.backward(loss)
+        if accelerator.sync_gradients and config.clip_grad:
+            accelerator.clip_grad_norm_([p for g in run.optimizer.param_groups for p in g["params"]], config.clip_grad)
+        run.optimizer.step()
+        run.scheduler.step() if accelerator.sync_gradients else None
+        run.optimizer.zero_grad()
+    return value
+
+
+def _epoch(run: _Run, config: TrainConfig, epoch: int, val_catalog: Catalog | None, progress: bool) -> dict:
+    """Train one epoch (seeded by its number, so a resumed run repeats it exactly), then validate; its record."""
+    accelerator = run.accelerator
+    set_seed(config.seed + epoch)  # each epoch's shuffling and augmentation is reproducible on resume
+    run.dataset.transform = run.transform(epoch)
+    run.model.train()
+    epoch_start, losses, seen, size = time.time(), [], 0, config.size_at(epoch)
+    bar = tqdm(
+        total=run.steps_per_epoch,
+        desc=f"epoch {epoch + 1}/{config.epochs}",
+        leave=False,
+        bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}{postfix}]",  # img/s, not s/it
+        disable=not (progress and accelerator.is_main_process),
+    )
+    for step, batch in enumerate(run.loader):
+        if step >= run.steps_per_epoch:
+            break
+        if batch is None or len(batch[0]) < 2:  # unreadable photos skipped; BatchNorm needs two
+            continue
+        images, target, _ = batch
+        losses.append(_step(run, images, target, config, epoch, step))
+        seen, size = seen + len(images), int(images.shape[-1])
+        bar.update(1)
+        bar.set_postfix_str(f"loss {np.mean(losses[-20:]):.3f}, {seen / (time.time() - epoch_start):.1f} img/s")
+    record = {
+        "epoch": epoch + 1,
+        "loss": float(np.mean(losses)) if losses else float("nan"),
+        "lr": run.scheduler.get_last_lr()[-1],  # the head group: never frozen, never decayed
+        "seconds": time.time() - epoch_start,
+        "img_size": size,
+        "processes": accelerator.num_processes,
+        "images_per_second": seen * accelerator.num_processes / max(time.time() - epoch_start, 1e-9),
+    }
+    unwrapped = accelerator.unwrap_model(run.model)
+    if not all(torch.isfinite(t).all() for t in unwrapped.state_dict().values() if t.is_floating_point()):
+        raise _diverged(config, f"the weights became NaN or infinite in epoch {epoch + 1}")
+    if val_catalog is not None and accelerator.is_main_process:
+        bar.set_postfix_str(f"loss {record['loss']:.3f}, validating")
+        record.update(
+            {f"val_{k}": v for k, v in validate(unwrapped, val_catalog, config.batch_size, run.workers).items()}
+        )
+    bar.close()
+    return record
+
+
+def _save_epoch(
+    run: _Run,
+    config: TrainConfig,
+    out_dir: Path,
+    history: list[dict],
+    labels: list[str],
+    preprocess: dict | None,
+    extra: dict | None,
+) -> None:
+    """The main process's files after an epoch: the checkpoint if it is the best so far, last.pt, its metrics line."""
+    accelerator, record = run.accelerator, history[-1]
+    unwrapped = accelerator.unwrap_model(run.model)
+    criterion = accelerator.unwrap_model(run.criterion)
+    # With validation, the checkpoint is the epoch and output that generalised best to unseen individuals.
+    if max(history, key=lambda h: _best_output(h)[0]) is record:
+        unwrapped.config.output = _best_output(record)[1]
+        saved = {**(extra or {}), "train_config": asdict(config), "history": history, "epoch": record["epoch"]}
+        arcface = criterion.head
+        head = {"weight": arcface.weight.detach().float().cpu(), "k": arcface.k, "scale": arcface.s}
+        save_checkpoint(unwrapped, out_dir / STEM, labels, head, preprocess, saved)
+    state = {
+        "model": unwrapped.state_dict(),
+        "criterion": criterion.state_dict(),
+        "species_head": accelerator.unwrap_model(run.species_head).state_dict() if run.species_head else None,
+        "optimizer": run.optimizer.state_dict(),
+        "scheduler": run.scheduler.state_dict(),
+        "epoch": record["epoch"],
+        "history": history,
+    }
+    with atomic_path(out_dir / "last.pt") as tmp:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+    with (out_dir / "metrics.jsonl").open("a") as f:  # after last.pt, so a listed epoch is always one to resume from
+        f.write(json.dumps(record) + "\n")
+    accelerator.print(epoch_line(record, config.epochs))
+
+
+def train(
+    catalog: Catalog,
+    config: TrainConfig,
+    out_dir: str | Path,
+    val_catalog: Catalog | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    preprocess: dict | None = None,
+    extra: dict | None = None,
+) -> TrainResult:
+    """Train an embedding model on `catalog`; writes the checkpoint (`model.json` + `model.safetensors`),
+    `last.pt` and `metrics.jsonl` in `out_dir`.
+
+    ``preprocess`` (how the photos were cropped, see :mod:`whaleid.preprocess.cache`) is stored in
+    the checkpoint so that embedding later prepares photos the same way; ``extra``
+    (e.g. the resolved recipe) is stored with it.
+    """
+    _check_trainable(catalog)
+    if val_catalog is not None and len(val_catalog) < 2:  # found out here, not after the first epoch
+        raise UserError(
+            f"the validation catalog has {len(val_catalog)} photo(s): leave-one-out validation needs at least 2"
+        )
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    catalog = catalog.relabel()
+    run = _prepare(catalog, config)
+    start_epoch, history = _resume(run, out_dir / "last.pt", out_dir / "metrics.jsonl", resume)
     started = time.time() - sum(h["seconds"] for h in history)
-    n_species = len(species_names)
     for epoch in range(start_epoch, config.epochs):
-        set_seed(config.seed + epoch)  # each epoch's shuffling and augmentation is reproducible on resume
-        dataset.transform = transform(epoch)
-        model.train()
-        epoch_start, losses, seen = time.time(), [], 0
-        bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False,
-                   bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}{postfix}]",  # img/s, not s/it
-                   disable=not (progress and accelerator.is_main_process))
-        for step, batch in enumerate(loader):
-            if step >= steps_per_epoch:
-                break
-            if batch is None or len(batch[0]) < 2:  # unreadable photos skipped; BatchNorm needs two
-                continue
-            images, target, _ = batch
-            with accelerator.accumulate(model):
-                embeddings = model(images)
-                ids = target // n_species if species_head else target
-                loss = criterion(embeddings, ids)
-                if species_head:
-                    loss = loss + config.species_weight * species_head(embeddings, target % n_species)
-                value = loss.item()
-                if not math.isfinite(value):
-                    raise _diverged(config, f"the loss became {value} at epoch {epoch + 1} step {step + 1}")
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and config.clip_grad:
-                    accelerator.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], config.clip_grad)
-                optimizer.step()
-                scheduler.step() if accelerator.sync_gradients else None
-                optimizer.zero_grad()
-            losses.append(value)
-            seen += len(images)
-            bar.update(1)
-            bar.set_postfix_str(f"loss {np.mean(losses[-20:]):.3f}, {seen / (time.time() - epoch_start):.1f} img/s")
-        record = {
-            "epoch": epoch + 1,
-            "loss": float(np.mean(losses)) if losses else float("nan"),
-            "lr": scheduler.get_last_lr()[-1],  # the head group: never frozen, never decayed
-            "seconds": time.time() - epoch_start,
-            "img_size": int(images.shape[-1]) if losses else config.size_at(epoch),
-            "processes": accelerator.num_processes,
-            "images_per_second": seen * accelerator.num_processes / max(time.time() - epoch_start, 1e-9),
-        }
-        unwrapped = accelerator.unwrap_model(model)
-        if not all(torch.isfinite(t).all() for t in unwrapped.state_dict().values() if t.is_floating_point()):
-            raise _diverged(config, f"the weights became NaN or infinite in epoch {epoch + 1}")
-        if val_catalog is not None and accelerator.is_main_process:
-            bar.set_postfix_str(f"loss {record['loss']:.3f}, validating")
-            record.update({f"val_{k}": v for k, v in validate(unwrapped, val_catalog, config.batch_size, workers).items()})
-        bar.close()
-        history.append(record)
-        if accelerator.is_main_process:
-            # With validation, model.pt is the epoch and output that generalised best to unseen individuals.
-            best = max(history, key=lambda h: _best_output(h)[0])
-            if best is record:
-                unwrapped.config.output = _best_output(record)[1]
-                saved = {**(extra or {}), "train_config": asdict(config), "history": history, "epoch": record["epoch"],
-                         "preprocess": preprocess}
-                arcface = accelerator.unwrap_model(criterion).head
-                head = {"weight": arcface.weight.detach().float().cpu(), "k": arcface.k, "scale": arcface.s}
-                save_checkpoint(unwrapped, out_dir / "model.pt", catalog.labels, saved, head)
-            state = {
-                "model": unwrapped.state_dict(),
-                "criterion": accelerator.unwrap_model(criterion).state_dict(),
-                "species_head": accelerator.unwrap_model(species_head).state_dict() if species_head else None,
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "epoch": epoch + 1,
-                "history": history,
-            }
-            with atomic_path(state_path) as tmp:
-                with open(tmp, "wb") as f:
-                    torch.save(state, f)
-            with metrics_path.open("a") as f:  # after last.pt, so a listed epoch is always one to resume from
-                f.write(json.dumps(record) + "\n")
-            accelerator.print(epoch_line(record, config.epochs))
-        accelerator.wait_for_everyone()
-    return TrainResult(out_dir / "model.pt", history, time.time() - started)
+        history.append(_epoch(run, config, epoch, val_catalog, progress))
+        if run.accelerator.is_main_process:
+            _save_epoch(run, config, out_dir, history, catalog.labels, preprocess, extra)
+        run.accelerator.wait_for_everyone()
+    return TrainResult(out_dir / f"{STEM}.json", history, time.time() - started)
 
 
 def train_folds(
@@ -476,8 +566,9 @@ def train_folds(
     ``out_dir/folds.csv`` records which fold each photo was held out in.
     """
     if isinstance(folds, bool) or not isinstance(folds, Integral) or folds < 2:
-        raise UserError(f"--folds must be an integer >= 2 (one model per fold), got {folds!r}; "
-                        "for one model, leave it out")
+        raise UserError(
+            f"--folds must be an integer >= 2 (one model per fold), got {folds!r}; for one model, leave it out"
+        )
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     assignment = kfold(catalog, folds, config.seed)
@@ -486,21 +577,16 @@ def train_folds(
     results = []
     for fold in range(folds):
         fit, held = split_fold(catalog, assignment, fold)
-        results.append(train(fit, config, out_dir / f"fold{fold}", val_catalog=held, resume=resume, progress=progress,
-                             preprocess=preprocess, extra=extra))
+        results.append(
+            train(
+                fit,
+                config,
+                out_dir / f"fold{fold}",
+                val_catalog=held,
+                resume=resume,
+                progress=progress,
+                preprocess=preprocess,
+                extra=extra,
+            )
+        )
     return results
-
-
-def checkpoints(run_dir: str | Path) -> list[Path]:
-    """The model.pt of a run folder: its own, or one per fold (``fold<i>/model.pt``) for an ensemble."""
-    run_dir = Path(run_dir)
-    if run_dir.is_file():
-        return [run_dir]
-    if not run_dir.exists():
-        raise UserError(f"{run_dir} does not exist: point --model at a model.pt or at the folder `whaleid train` wrote")
-    folds = [p for p in run_dir.glob("fold*/model.pt") if p.parent.name[4:].isdigit()]
-    found = sorted(folds, key=lambda p: int(p.parent.name[4:])) or sorted(run_dir.glob("model.pt"))
-    if not found:
-        raise UserError(f"no model.pt in {run_dir} nor in its fold*/ folders: point --model at a model.pt "
-                        "or at the folder `whaleid train` wrote")
-    return found

@@ -24,10 +24,10 @@ from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
 from whaleid.data.catalog import Catalog, summary
-from whaleid.preprocess.crops import CROP_COLUMNS
+from whaleid.data.images import ImageError, open_image
 from whaleid.errors import UserError
 from whaleid.files import atomic_path, inside, safe_name
-from whaleid.data.images import ImageError, open_image
+from whaleid.preprocess.crops import CROP_COLUMNS
 from whaleid.preprocess.saliency import STATUS_OK
 
 __all__ = ["BOX_COLOUR", "MASK_COLOUR", "annotated_thumbnail", "build_explorer", "contact_sheet"]
@@ -101,7 +101,9 @@ def _at_least(value: int, least: int, what: str) -> None:
         raise UserError(f"{what} must be a whole number >= {least}, got {value!r}")
 
 
-def annotated_thumbnail(path: str | Path, crop: dict[str, Any] | None, crops_dir: Path | None, size: int) -> tuple[Image.Image, str]:
+def annotated_thumbnail(
+    path: str | Path, crop: dict[str, Any] | None, crops_dir: Path | None, size: int
+) -> tuple[Image.Image, str]:
     """The photo shrunk to ``size``, mask tinted and crop box drawn, with a note on what could not be drawn.
 
     Raises :class:`ImageError` when the photo itself cannot be read.
@@ -201,8 +203,9 @@ def _make_thumbs(
 
     workers = min(8, os.cpu_count() or 2)
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        results = tqdm(pool.map(one, jobs.items()), total=len(jobs), desc="thumbnails", unit="photo",
-                       disable=not progress)
+        results = tqdm(
+            pool.map(one, jobs.items()), total=len(jobs), desc="thumbnails", unit="photo", disable=not progress
+        )
         return dict(zip(jobs, list(results), strict=True))
 
 
@@ -215,8 +218,7 @@ def _esc(value: Any) -> str:
 
 def _page(current: str, title: str, body: str) -> str:
     nav = " ".join(
-        f'<a href="{href}"{" aria-current=page" if href == current else ""}>{label}</a>'
-        for href, label in _PAGES
+        f'<a href="{href}"{" aria-current=page" if href == current else ""}>{label}</a>' for href, label in _PAGES
     )
     return (
         '<!doctype html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
@@ -239,8 +241,7 @@ def _counts_table(rows: Iterable[tuple[str, Any]]) -> str:
 
 def _card(image: str, thumb: _Thumb | None, lines: Sequence[str], css: str = "") -> str:
     if thumb is not None and thumb.src is not None:
-        picture = (f'<img src="{_esc(thumb.src)}" width="{thumb.width}" height="{thumb.height}" '
-                   f'alt="{_esc(image)}">')
+        picture = f'<img src="{_esc(thumb.src)}" width="{thumb.width}" height="{thumb.height}" alt="{_esc(image)}">'
     else:
         reason = thumb.note if thumb is not None else "no thumbnail"
         picture = f'<div class="unreadable">{_esc(reason)}</div>'
@@ -297,6 +298,174 @@ def _check_crops(crops: pd.DataFrame) -> pd.DataFrame:
     return crops.astype({c: "int64" for c in ("x0", "y0", "x1", "y1", "width", "height")})
 
 
+@dataclass(frozen=True)
+class _Selection:
+    """Which photos each page shows, worked out before any thumbnail so that each one is made once."""
+
+    sheets: dict[Any, pd.DataFrame]  # shown individual -> the photos on its contact sheet
+    totals: dict[Any, int]  # shown individual -> how many photos it has in all
+    n_individuals: int  # individuals with a photo, shown or not
+    problems: list[tuple[str, str]]  # (image, reason): listed in the catalog but unreadable
+    failed: list[dict[str, Any]]  # crop rows that are not ok, of photos not among the problems
+    smallest: list[dict[str, Any]]  # ok crops with the smallest salient area
+    lowest: list[dict[str, Any]]  # ok crops with the lowest saliency score
+
+
+def _crops_to_check(
+    crop_table: pd.DataFrame | None, problems: list[tuple[str, str]], worst: int
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+    """Failed crops (each photo once: the unreadable ones are listed as catalog problems already),
+    then the ``worst`` ok crops by salient area and by score, where a crop is most likely wrong."""
+    if crop_table is None:
+        return [], [], []
+    listed = {name for name, _ in problems}
+    bad = crop_table[(crop_table["status"] != STATUS_OK) & ~crop_table["image"].isin(listed)]
+    failed = bad.sort_values("status", key=lambda s: s.map(_status_class), kind="stable").to_dict("records")
+    ok = crop_table[crop_table["status"] == STATUS_OK]
+    return failed, ok.nsmallest(worst, "mask_area").to_dict("records"), ok.nsmallest(worst, "score").to_dict("records")
+
+
+def _select(
+    catalog: Catalog, crop_table: pd.DataFrame | None, per_individual: int, max_individuals: int | None, worst: int
+) -> _Selection:
+    """Contact sheets of the individuals with the most photos (capped, so that the page stays usable),
+    plus the photos the failures and worst-crops pages show."""
+    per = catalog.table.dropna(subset=["individual_id"]).groupby("individual_id", sort=False)
+    order = sorted(per.groups, key=lambda i: (-len(per.groups[i]), str(i)))
+    shown = order if max_individuals is None else order[:max_individuals]
+    problems = list(zip(catalog.problems["image"], catalog.problems["reason"]))
+    failed, smallest, lowest = _crops_to_check(crop_table, problems, worst)
+    return _Selection(
+        sheets={ind: per.get_group(ind).head(per_individual) for ind in shown},
+        totals={ind: len(per.groups[ind]) for ind in shown},
+        n_individuals=len(order),
+        problems=problems,
+        failed=failed,
+        smallest=smallest,
+        lowest=lowest,
+    )
+
+
+def _thumb_jobs(catalog: Catalog, sel: _Selection) -> dict[str, str]:
+    """Image name -> photo path of every photo some page shows, each once."""
+    paths = dict(zip(catalog.table["image"], catalog.table["path"]))
+
+    def path_of(image: str) -> str:
+        return paths.get(image) or str(catalog.images_dir / image)
+
+    jobs: dict[str, str] = {}
+    for sheet in sel.sheets.values():
+        jobs.update((name, path_of(name)) for name in sheet["image"])
+    for name in [n for n, _ in sel.problems] + [r["image"] for r in sel.failed + sel.smallest + sel.lowest]:
+        jobs.setdefault(name, path_of(name))
+    return jobs
+
+
+# --------------------------------------------------------------------------- pages
+
+
+@dataclass(frozen=True)
+class _Cards:
+    """Cards for the pages, so that a photo is captioned the same way wherever it shows up."""
+
+    thumbs: dict[str, _Thumb]
+    crop_rows: dict[str, dict[str, Any]]  # image -> its row of the crop table
+    individual_of: dict[str, Any]
+
+    def photo(self, image: str) -> str:
+        """A contact-sheet card: the photo with its crop status, if it has a crop."""
+        status = self.crop_rows[image]["status"] if image in self.crop_rows else ""
+        return _card(image, self.thumbs[image], [status], _status_class(status))
+
+    def problem(self, image: str, reason: str) -> str:
+        """A photo the catalog lists but could not read, with the reason."""
+        return _card(image, self.thumbs[image], [f"catalog: {reason}"], "error")
+
+    def crop(self, row: dict[str, Any]) -> str:
+        """A crop worth a look: whose photo it is, its status and, unless it failed, how salient it was."""
+        image = row["image"]
+        css = _status_class(row["status"])
+        lines = [f"individual: {self.individual_of.get(image) or '-'}", row["status"]]
+        if css != "error":
+            lines.append(f"mask area {row['mask_area']:.2%} · score {row['score']:.3f}")
+        return _card(image, self.thumbs[image], lines, css)
+
+
+def _index_page(catalog: Catalog, stats: dict[str, Any], crop_table: pd.DataFrame | None) -> str:
+    """Overview: the counts, crop statuses and the two charts."""
+    rows: list[tuple[str, Any]] = [
+        ("photos", stats["photos"]),
+        ("individuals", stats["individuals"]),
+        ("unlabelled photos", stats["unlabelled"]),
+        ("species", len(stats["species"])),
+        ("problems (listed but unreadable)", stats["problems"]),
+        *((f"problem: {reason}", n) for reason, n in stats["problem_reasons"].items()),
+    ]
+    if crop_table is not None:
+        rows += [(f"crop status: {s}", int(n)) for s, n in crop_table["status"].value_counts().items()]
+    source = f" from {catalog.csv_path}" if catalog.csv_path is not None else ""
+    body = (
+        f'<section id="summary"><h2>Summary</h2><p class="meta">Catalog{_esc(source)}, '
+        f"photos in {_esc(catalog.images_dir)}.</p>{_counts_table(rows)}</section>\n"
+        '<section id="species"><h2>Species</h2>'
+        '<img class="chart" src="species.png" alt="bar chart of photos per species"></section>\n'
+        '<section id="photos-per-individual"><h2>Photos per individual</h2>'
+        '<img class="chart" src="photos_per_individual.png" alt="histogram of photos per individual">'
+        "</section>"
+    )
+    return _page("index.html", "whaleid dataset explorer", body)
+
+
+def _individuals_page(sel: _Selection, cards: _Cards) -> str:
+    """One contact sheet per shown individual, largest first, saying when photos were left out."""
+    parts = []
+    if len(sel.sheets) < sel.n_individuals:
+        parts.append(
+            f'<p class="meta">The {len(sel.sheets)} individuals with the most photos, of {sel.n_individuals}.</p>'
+        )
+    for n, (ind, rows_of) in enumerate(sel.sheets.items(), 1):
+        total = sel.totals[ind]
+        species = ", ".join(sorted(map(str, rows_of["species"].unique())))
+        more = f", showing {len(rows_of)}" if len(rows_of) < total else ""
+        parts.append(
+            f'<section class="individual" id="individual-{n}"><h2>{_esc(ind)}</h2>'
+            f'<p class="meta">{_esc(species)} · {total} photo{"s" if total != 1 else ""}{more}</p>'
+            f"{_sheet([cards.photo(name) for name in rows_of['image']])}</section>"
+        )
+    if not sel.n_individuals:
+        parts.append("<p>No photo in this catalog has an individual id.</p>")
+    return _page("individuals.html", "Individuals", "\n".join(parts))
+
+
+def _failures_page(sel: _Selection, cards: _Cards, with_crops: bool) -> str:
+    """Unreadable photos first, then failed crops, fallbacks before errors."""
+    figures = [cards.problem(name, reason) for name, reason in sel.problems]
+    figures += [cards.crop(row) for row in sel.failed]
+    where = "" if with_crops else " (no crop table given: only catalog problems are listed)"
+    body = (
+        f'<section id="failures"><h2>{len(figures)} photo{"s" if len(figures) != 1 else ""} '
+        f"unreadable or without a proper crop{where}</h2>"
+        + (_sheet(figures) if figures else "<p>No failures: every photo was read and cropped.</p>")
+        + "</section>"
+    )
+    return _page("failures.html", "Failures", body)
+
+
+def _worst_page(sel: _Selection, cards: _Cards, with_crops: bool) -> str:
+    """The ok crops most likely to be wrong after all: smallest salient area, lowest score."""
+    if not with_crops:
+        sections = ["<p>No crop table given.</p>"] * 2
+    else:
+        sections = [
+            _sheet([cards.crop(r) for r in rs]) if rs else "<p>No ok crops.</p>" for rs in (sel.smallest, sel.lowest)
+        ]
+    body = (
+        f'<section id="smallest"><h2>Smallest salient area (ok crops)</h2>{sections[0]}</section>\n'
+        f'<section id="lowest-score"><h2>Lowest saliency score (ok crops)</h2>{sections[1]}</section>'
+    )
+    return _page("worst.html", "Worst crops", body)
+
+
 def build_explorer(
     catalog: Catalog,
     out_dir: str | Path,
@@ -329,113 +498,21 @@ def build_explorer(
     stats = summary(catalog)
     crop_table = _check_crops(crops) if crops is not None else None
     crop_rows = {} if crop_table is None else {r["image"]: r for r in crop_table.to_dict("records")}
-    paths = dict(zip(table["image"], table["path"]))
-    individual_of = dict(zip(table["image"], table["individual_id"]))
-
-    def path_of(image: str) -> str:
-        return paths.get(image) or str(catalog.images_dir / image)
-
-    # Which photos each page shows, so that every thumbnail is made once.
-    per = table.dropna(subset=["individual_id"]).groupby("individual_id", sort=False)
-    order = sorted(per.groups, key=lambda i: (-len(per.groups[i]), str(i)))
-    shown = order if max_individuals is None else order[:max_individuals]
-    sheets = {ind: per.get_group(ind).head(per_individual) for ind in shown}
-
-    problems = list(zip(catalog.problems["image"], catalog.problems["reason"]))
-    failed: list[dict[str, Any]] = []
-    smallest: list[dict[str, Any]] = []
-    lowest: list[dict[str, Any]] = []
-    if crop_table is not None:
-        listed = {name for name, _ in problems}
-        bad = crop_table[(crop_table["status"] != STATUS_OK) & ~crop_table["image"].isin(listed)]
-        failed = bad.sort_values("status", key=lambda s: s.map(_status_class), kind="stable").to_dict("records")
-        ok = crop_table[crop_table["status"] == STATUS_OK]
-        smallest = ok.nsmallest(worst, "mask_area").to_dict("records")
-        lowest = ok.nsmallest(worst, "score").to_dict("records")
-
-    jobs: dict[str, str] = {}
-    for sheet in sheets.values():
-        jobs.update((name, path_of(name)) for name in sheet["image"])
-    for name in [n for n, _ in problems] + [r["image"] for r in failed + smallest + lowest]:
-        jobs.setdefault(name, path_of(name))
-    thumbs = _make_thumbs(jobs, crop_rows, Path(crops_dir) if crops_dir is not None else None,
-                          out_dir, thumb_size, progress)
-
-    def status_of(image: str) -> str:
-        return crop_rows[image]["status"] if image in crop_rows else ""
-
-    def crop_card(row: dict[str, Any]) -> str:
-        image = row["image"]
-        css = _status_class(row["status"])
-        lines = [f"individual: {individual_of.get(image) or '-'}", row["status"]]
-        if css != "error":
-            lines.append(f"mask area {row['mask_area']:.2%} · score {row['score']:.3f}")
-        return _card(image, thumbs[image], lines, css)
+    sel = _select(catalog, crop_table, per_individual, max_individuals, worst)
+    thumbs = _make_thumbs(
+        _thumb_jobs(catalog, sel),
+        crop_rows,
+        Path(crops_dir) if crops_dir is not None else None,
+        out_dir,
+        thumb_size,
+        progress,
+    )
+    cards = _Cards(thumbs, crop_rows, dict(zip(table["image"], table["individual_id"])))
 
     _write(out_dir / "style.css", _CSS)
     _charts(stats, out_dir)
-
-    # index.html
-    rows: list[tuple[str, Any]] = [
-        ("photos", stats["photos"]),
-        ("individuals", stats["individuals"]),
-        ("unlabelled photos", stats["unlabelled"]),
-        ("species", len(stats["species"])),
-        ("problems (listed but unreadable)", stats["problems"]),
-        *((f"problem: {reason}", n) for reason, n in stats["problem_reasons"].items()),
-    ]
-    if crop_table is not None:
-        rows += [(f"crop status: {s}", int(n)) for s, n in crop_table["status"].value_counts().items()]
-    source = f" from {catalog.csv_path}" if catalog.csv_path is not None else ""
-    body = (
-        f'<section id="summary"><h2>Summary</h2><p class="meta">Catalog{_esc(source)}, '
-        f"photos in {_esc(catalog.images_dir)}.</p>{_counts_table(rows)}</section>\n"
-        '<section id="species"><h2>Species</h2>'
-        '<img class="chart" src="species.png" alt="bar chart of photos per species"></section>\n'
-        '<section id="photos-per-individual"><h2>Photos per individual</h2>'
-        '<img class="chart" src="photos_per_individual.png" alt="histogram of photos per individual">'
-        "</section>"
-    )
-    _write(out_dir / "index.html", _page("index.html", "whaleid dataset explorer", body))
-
-    # individuals.html
-    parts = []
-    if len(shown) < len(order):
-        parts.append(f'<p class="meta">The {len(shown)} individuals with the most photos, '
-                     f"of {len(order)}.</p>")
-    for n, (ind, rows_of) in enumerate(sheets.items(), 1):
-        total = len(per.groups[ind])
-        species = ", ".join(sorted(map(str, rows_of["species"].unique())))
-        more = f", showing {len(rows_of)}" if len(rows_of) < total else ""
-        cards = [_card(name, thumbs[name], [status_of(name)], _status_class(status_of(name)))
-                 for name in rows_of["image"]]
-        parts.append(
-            f'<section class="individual" id="individual-{n}"><h2>{_esc(ind)}</h2>'
-            f'<p class="meta">{_esc(species)} · {total} photo{"s" if total != 1 else ""}{more}</p>'
-            f"{_sheet(cards)}</section>"
-        )
-    if not order:
-        parts.append("<p>No photo in this catalog has an individual id.</p>")
-    _write(out_dir / "individuals.html", _page("individuals.html", "Individuals", "\n".join(parts)))
-
-    # failures.html
-    cards = [_card(name, thumbs[name], [f"catalog: {reason}"], "error") for name, reason in problems]
-    cards += [crop_card(row) for row in failed]
-    where = "" if crop_table is not None else " (no crop table given: only catalog problems are listed)"
-    body = (f'<section id="failures"><h2>{len(cards)} photo{"s" if len(cards) != 1 else ""} '
-            f"unreadable or without a proper crop{where}</h2>"
-            + (_sheet(cards) if cards else "<p>No failures: every photo was read and cropped.</p>")
-            + "</section>")
-    _write(out_dir / "failures.html", _page("failures.html", "Failures", body))
-
-    # worst.html
-    if crop_table is None:
-        sections = ["<p>No crop table given.</p>"] * 2
-    else:
-        sections = [_sheet([crop_card(r) for r in rs]) if rs else "<p>No ok crops.</p>" for rs in (smallest, lowest)]
-    body = (
-        f'<section id="smallest"><h2>Smallest salient area (ok crops)</h2>{sections[0]}</section>\n'
-        f'<section id="lowest-score"><h2>Lowest saliency score (ok crops)</h2>{sections[1]}</section>'
-    )
-    _write(out_dir / "worst.html", _page("worst.html", "Worst crops", body))
+    _write(out_dir / "index.html", _index_page(catalog, stats, crop_table))
+    _write(out_dir / "individuals.html", _individuals_page(sel, cards))
+    _write(out_dir / "failures.html", _failures_page(sel, cards, crop_table is not None))
+    _write(out_dir / "worst.html", _worst_page(sel, cards, crop_table is not None))
     return out_dir / "index.html"

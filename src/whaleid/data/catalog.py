@@ -41,13 +41,12 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
+from whaleid.data.images import check_image
 from whaleid.errors import UserError
 from whaleid.files import atomic_path
-from whaleid.data.images import check_image
 
 __all__ = [
     "MISSING_MARKERS",
-    "NEW_INDIVIDUAL",
     "SPECIES_FIXES",
     "UNKNOWN_SPECIES",
     "Catalog",
@@ -65,9 +64,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-#: The answer for "this animal is not in the catalog" (Happywhale's spelling).
-NEW_INDIVIDUAL = "new_individual"
 
 #: Species name used where a catalog has no species column or an empty cell.
 UNKNOWN_SPECIES = "unknown"
@@ -354,7 +350,9 @@ def read_table(csv_path: str | os.PathLike[str], required: Sequence[str]) -> pd.
     df, _ = _read_csv(csv_path)
     missing = [c for c in required if c not in df.columns]
     if missing:
-        raise CatalogError(f"{csv_path}: missing column(s) {', '.join(missing)}; found: {', '.join(df.columns) or 'none'}")
+        raise CatalogError(
+            f"{csv_path}: missing column(s) {', '.join(missing)}; found: {', '.join(df.columns) or 'none'}"
+        )
     return df
 
 
@@ -368,10 +366,7 @@ def _validate(df: pd.DataFrame, line_of: np.ndarray, csv_path: Path, require_lab
     missing = [c for c in required if c not in df.columns]
     if missing:
         found = ", ".join(_show(c) for c in df.columns[:20]) if len(df.columns) else "none"
-        raise CatalogError(
-            f"{csv_path}: missing required column(s) {', '.join(missing)}; "
-            f"found columns: {found}"
-        )
+        raise CatalogError(f"{csv_path}: missing required column(s) {', '.join(missing)}; found columns: {found}")
     if len(df) == 0:
         raise CatalogError(f"empty catalog: {csv_path} has a header but no rows")
     dup_cols = df.columns[df.columns.duplicated()].tolist()
@@ -402,15 +397,11 @@ def _validate(df: pd.DataFrame, line_of: np.ndarray, csv_path: Path, require_lab
         groups = pd.Series(np.flatnonzero(dup)).groupby(df["image"].to_numpy()[dup], sort=False)
         names = [f"{_show(name)} (lines {_lines(rows.to_numpy(), line_of, 3)})" for name, rows in groups]
         more = f" and {len(names) - _SHOW} more" if len(names) > _SHOW else ""
-        raise CatalogError(
-            f"{csv_path}: {len(names)} duplicate image name(s): {'; '.join(names[:_SHOW])}{more}"
-        )
+        raise CatalogError(f"{csv_path}: {len(names)} duplicate image name(s): {'; '.join(names[:_SHOW])}{more}")
     return df
 
 
-def _check_all(
-    paths: list[str], mode: bool | str, workers: int | None, progress: bool
-) -> list[str | None]:
+def _check_all(paths: list[str], mode: bool | str, workers: int | None, progress: bool) -> list[str | None]:
     decode = mode is True or mode == "decode"
     if workers is None:
         workers = min(16, (os.cpu_count() or 2) * 2)
@@ -493,7 +484,10 @@ def read_catalog(
             )
         log.warning(
             "skipped %d of %d photos listed in %s (%s); see Catalog.problems",
-            int(bad.sum()), len(df), csv_path, detail,
+            int(bad.sum()),
+            len(df),
+            csv_path,
+            detail,
         )
         df = df.loc[~bad]
 
@@ -541,7 +535,7 @@ def kfold(catalog: Catalog, k: int = 5, seed: int = 0) -> np.ndarray:
     What this means for validation on fold ``f`` (train on the others): an individual
     with fewer than ``k`` photos is missing from some folds, and one with a **single**
     photo is only ever in one fold, where its photo has no match in the training part:
-    the right answer for it is :data:`NEW_INDIVIDUAL`. Such rows play the role of
+    the right answer for it is ``new_individual``. Such rows play the role of
     Happywhale's new individuals; :func:`split_fold` gives the parts to compute this.
     """
     if k < 2:
@@ -575,7 +569,7 @@ def open_set_split(catalog: Catalog, new_fraction: float = 0.3, seed: int = 0) -
     """(known, new): about ``new_fraction`` of the *individuals* held out whole.
 
     No individual is in both parts; each part has at least one individual. Use the new
-    part as queries whose right answer is :data:`NEW_INDIVIDUAL`. Labels unchanged.
+    part as queries whose right answer is ``new_individual``. Labels unchanged.
     """
     if not 0 < new_fraction < 1:
         raise UserError(

@@ -234,9 +234,7 @@ def _to_rgb(im: Image.Image, background: tuple[int, int, int]) -> Image.Image:
     return im.convert("RGB")  # L, 1, P, CMYK, YCbCr, LAB, HSV, RGBX, ...
 
 
-def open_image(
-    path: str | os.PathLike[str], *, background: tuple[int, int, int] = ALPHA_BACKGROUND
-) -> Image.Image:
+def open_image(path: str | os.PathLike[str], *, background: tuple[int, int, int] = ALPHA_BACKGROUND) -> Image.Image:
     """Read a photo fully, upright and in RGB, or raise :class:`ImageError`.
 
     Decoding happens here, not lazily later, so a truncated file fails at this call.

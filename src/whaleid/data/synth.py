@@ -417,14 +417,24 @@ def _pixel_grid(size: int) -> tuple[np.ndarray, np.ndarray]:
     return yy, xx
 
 
-def render_fin_photo(
-    identity: FinIdentity, rng: np.random.Generator, size: int = 256, variation: float = 1.0
-) -> FinPhoto:
-    """One photo with its ground truth; `variation` in [0, 1] scales everything that is not identity."""
-    j = _Jitter(rng, variation)
-    yy, xx = _pixel_grid(size)
+@dataclass(frozen=True)
+class _Shot:
+    """The photo being rendered: every step draws from its jitter and places things by the fin's pose."""
 
-    # Pose: where the fin sits, how big, leaning/rolled, seen slightly obliquely.
+    j: _Jitter
+    identity: FinIdentity
+    size: int
+    yy: np.ndarray  # pixel row of every pixel
+    xx: np.ndarray  # pixel column of every pixel
+    m: np.ndarray  # 3x3 fin coordinates -> pixels
+    scale: float  # pixels per fin height
+    center_x: float  # fin centre, as a fraction of the photo's width
+    base_y: float  # fin base, as a fraction of the photo's height
+    aspect: float  # vertical stretch of the oblique view
+
+
+def _frame_shot(identity: FinIdentity, j: _Jitter, size: int) -> _Shot:
+    """Pose: where the fin sits, how big, leaning/rolled, seen slightly obliquely."""
     width_frac = j.uniform(*WIDTH_FRAC, _CANONICAL_POSE["width_frac"])
     angle = j.uniform(-10.0, 10.0, 0.0)
     shear = j.uniform(-0.22, 0.22, 0.0)
@@ -435,26 +445,32 @@ def render_fin_photo(
     m = _pose_matrix(identity, size, width_frac, center_x, base_y, angle, shear, aspect)
     x0, x1 = _fin_extent(identity)
     scale = width_frac * size / (x1 - x0)
+    yy, xx = _pixel_grid(size)
+    return _Shot(j, identity, size, yy, xx, m, scale, center_x, base_y, aspect)
 
-    # Sea.
-    img = _sea(j, size, yy, xx)
 
-    # Waterline (pixels, y down): roughly horizontal, with a gentle swell.
+def _waterline(shot: _Shot) -> tuple[np.ndarray, np.ndarray]:
+    """Waterline height per pixel column (pixels, y down: roughly horizontal, with a gentle swell) and
+    how much of each pixel lies above it, so that the water can hide the fin's base."""
+    j, size, xx = shot.j, shot.size, shot.xx
     water_v = j.uniform(-0.2, 0.06, -0.1)  # in fin heights below/above the fin base
     water_tilt = j.uniform(-0.04, 0.04, 0.0)
     swell = j.uniform(0.0, 0.015, 0.0) * size
     wl_y = (
-        base_y * size
-        - water_v * scale * aspect
-        + water_tilt * (xx[0] - center_x * size)
-        + swell * np.sin(xx[0] / size * rng.uniform(6, 14) + rng.uniform(0, 2 * math.pi))
+        shot.base_y * size
+        - water_v * shot.scale * shot.aspect
+        + water_tilt * (xx[0] - shot.center_x * size)
+        + swell * np.sin(xx[0] / size * j.rng.uniform(6, 14) + j.rng.uniform(0, 2 * math.pi))
     )
-    above = np.clip(wl_y[None, :] - yy + 0.5, 0.0, 1.0)
+    return wl_y, np.clip(wl_y[None, :] - shot.yy + 0.5, 0.0, 1.0)
 
-    # Animal: fin plus a stretch of back; the back's size is per photo (how high the dolphin surfaces).
+
+def _animal(shot: _Shot) -> tuple[np.ndarray, np.ndarray]:
+    """Fin mask (uint8) and fin-plus-back coverage (float 0..1): the back's size is per photo (how high
+    the dolphin surfaces), so it must not carry identity."""
+    j, identity, size = shot.j, shot.identity, shot.size
     fin = np.zeros((size, size), np.uint8)
-    _fill(fin, [_apply(m, fin_outline(identity))])
-    fin_f = fin.astype(np.float32) / 255.0
+    _fill(fin, [_apply(shot.m, fin_outline(identity))])
     body = np.zeros((size, size), np.uint8)
     # The back: a gentle arch, wide enough to hold the whole fin base, sinking into the water at both
     # sides (a parabola, so that it never ends in a visible lobe above the surface).
@@ -465,15 +481,15 @@ def render_fin_photo(
     top = -0.02 + curve * reach**2 + j.uniform(0.0, 0.04, 0.02)
     ub = cx_body + np.linspace(-6.0, 6.0, 61)
     arch = np.stack([ub, top - curve * (ub - cx_body) ** 2], axis=1)
-    _fill(body, [_apply(m, arch)])
-    animal = np.maximum(fin, body).astype(np.float32) / 255.0
+    _fill(body, [_apply(shot.m, arch)])
+    return fin, np.maximum(fin, body).astype(np.float32) / 255.0
 
-    # Submerged body darkens the water just below the surface.
-    under = cv2.GaussianBlur(animal, (0, 0), max(1.0, 0.03 * size)) * (1.0 - above)
-    img = img * (1.0 - j.uniform(0.1, 0.35, 0.2) * under)[..., None]
 
-    # Skin: grey per photo (light and wetness), lit from above, sheen along the top, mottled.
-    minv = np.linalg.inv(m).tolist()  # python floats keep the arrays float32
+def _skin(shot: _Shot, img: np.ndarray, fin: np.ndarray) -> np.ndarray:
+    """Skin colour per pixel: grey per photo (light and wetness), lit from above, sheen along the top,
+    mottled; none of it is tied to the individual."""
+    j, size, yy, xx = shot.j, shot.size, shot.yy, shot.xx
+    minv = np.linalg.inv(shot.m).tolist()  # python floats keep the arrays float32
     v = minv[1][0] * xx + minv[1][1] * yy + minv[1][2]
     u = minv[0][0] * xx + minv[0][1] * yy + minv[0][2]
     grey = j.uniform(0.14, 0.5, 0.3)
@@ -483,32 +499,40 @@ def render_fin_photo(
             grey = behind - 0.1 if behind > 0.24 else behind + 0.1
     tint = np.array([0.95 + j.uniform(-0.04, 0.04, 0.0), 1.0, 1.05 + j.uniform(-0.04, 0.06, 0.0)], np.float32)
     light_u = j.uniform(-0.15, 0.15, 0.0)
+    x0, x1 = _fin_extent(shot.identity)
     shade = grey * (0.78 + 0.4 * np.clip(v, -0.3, 1.0)) * (1.0 + light_u * (u - 0.5 * (x0 + x1)))
-    shade = shade * (1.0 + j.uniform(0.03, 0.1, 0.0) * _smooth_noise(rng, size, 8))
-    skin = shade[..., None] * tint
+    shade = shade * (1.0 + j.uniform(0.03, 0.1, 0.0) * _smooth_noise(j.rng, size, 8))
+    return shade[..., None] * tint
 
-    alpha = animal * above
-    img = img * (1.0 - alpha[..., None]) + skin * alpha[..., None]
 
-    # Pale marks: stay at their fin coordinates, brighten toward a light grey.
-    marks = _marking_mask(identity, m, scale, size)
+def _add_marks(shot: _Shot, img: np.ndarray, fin_f: np.ndarray, above: np.ndarray) -> np.ndarray:
+    """Pale marks: stay at their fin coordinates (identity), brighten toward a light grey."""
+    j, size = shot.j, shot.size
+    marks = _marking_mask(shot.identity, shot.m, shot.scale, size)
     marks = cv2.GaussianBlur(marks, (0, 0), max(0.4, 0.004 * size)) * fin_f * above
     mark_level = j.uniform(0.55, 0.85, 0.75)
-    img = img + (marks * j.uniform(0.7, 1.0, 0.9))[..., None] * (mark_level - img)
+    return img + (marks * j.uniform(0.7, 1.0, 0.9))[..., None] * (mark_level - img)
 
-    # Splash / foam hiding the base of the fin.
-    if j.chance(0.35):
-        fx = float(_apply(m, np.array([[rng.uniform(0, identity.base_width), 0.0]]))[0, 0])
-        ry_px = rng.uniform(0.08, 0.3) * scale
-        rx_px = rng.uniform(0.4, 1.0) * scale
-        rise = wl_y[None, :] - yy  # thrown up above the surface, spread thinly just below it
-        dy = np.where(rise > 0, rise / ry_px, rise / (0.35 * ry_px))
-        region = np.exp(-(((xx - fx) / rx_px) ** 2) - dy**2)
-        foam_tex = 0.6 * _smooth_noise(rng, size, max(6, size // 10)) + 0.4 * _smooth_noise(rng, size, 4)
-        foam = np.clip(region * 1.8 + foam_tex - 0.9, 0.0, 1.0) * np.clip(3.0 * region, 0.0, 1.0)
-        img = img + foam[..., None] * (np.array([0.88, 0.92, 0.95], np.float32) - img)
 
-    # Sun glare: large soft bright blobs (screen blend).
+def _splash(shot: _Shot, img: np.ndarray, wl_y: np.ndarray) -> np.ndarray:
+    """Sometimes splash / foam hides the base of the fin, as on many real photos."""
+    if not shot.j.chance(0.35):
+        return img
+    rng, size, yy, xx = shot.j.rng, shot.size, shot.yy, shot.xx
+    fx = float(_apply(shot.m, np.array([[rng.uniform(0, shot.identity.base_width), 0.0]]))[0, 0])
+    ry_px = rng.uniform(0.08, 0.3) * shot.scale
+    rx_px = rng.uniform(0.4, 1.0) * shot.scale
+    rise = wl_y[None, :] - yy  # thrown up above the surface, spread thinly just below it
+    dy = np.where(rise > 0, rise / ry_px, rise / (0.35 * ry_px))
+    region = np.exp(-(((xx - fx) / rx_px) ** 2) - dy**2)
+    foam_tex = 0.6 * _smooth_noise(rng, size, max(6, size // 10)) + 0.4 * _smooth_noise(rng, size, 4)
+    foam = np.clip(region * 1.8 + foam_tex - 0.9, 0.0, 1.0) * np.clip(3.0 * region, 0.0, 1.0)
+    return img + foam[..., None] * (np.array([0.88, 0.92, 0.95], np.float32) - img)
+
+
+def _sun_glare(shot: _Shot, img: np.ndarray) -> np.ndarray:
+    """Sun glare: large soft bright blobs (screen blend) that may wash out part of the fin."""
+    j, rng, size, yy, xx = shot.j, shot.j.rng, shot.size, shot.yy, shot.xx
     for _ in range(int(rng.integers(0, 3))):
         if not j.chance(0.5):
             continue
@@ -516,8 +540,11 @@ def render_fin_photo(
         gr = rng.uniform(0.05, 0.25) * size
         g = np.exp(-((xx - gx) ** 2 + (yy - gy) ** 2) / (2 * gr * gr)) * rng.uniform(0.15, 0.45)
         img = 1.0 - (1.0 - img) * (1.0 - g[..., None] * np.array([1.0, 0.96, 0.85], np.float32))
+    return img
 
-    # Camera / exposure: brightness, contrast, colour temperature, gamma.
+
+def _exposure(j: _Jitter, img: np.ndarray) -> np.ndarray:
+    """Camera / exposure: brightness, contrast, colour temperature, gamma differ from photo to photo."""
     brightness = j.uniform(0.7, 1.3, 1.0)
     contrast = j.uniform(0.75, 1.25, 1.0)
     temp = j.uniform(-0.1, 0.1, 0.0)
@@ -525,9 +552,12 @@ def render_fin_photo(
     mean = float(img.mean())
     img = (img - mean) * contrast + mean
     img = img * brightness * np.array([1 + temp, 1.0, 1 - temp], np.float32)
-    img = np.clip(img, 0.0, 1.0) ** gamma
+    return np.clip(img, 0.0, 1.0) ** gamma
 
-    # Optics: focus blur, sometimes motion blur, sensor noise.
+
+def _optics(j: _Jitter, img: np.ndarray, size: int) -> np.ndarray:
+    """Optics: focus blur, sometimes motion blur, sensor noise; they soften the nicks a model must find."""
+    rng = j.rng
     sigma = j.uniform(0.0, 1.1, 0.0) * size / 256
     if sigma > 0.3:
         img = cv2.GaussianBlur(img, (0, 0), sigma)
@@ -542,21 +572,52 @@ def render_fin_photo(
     if noise_sigma > 0:
         # Mostly luminance noise, as after a camera's denoiser; cheaper than per-channel noise too.
         img = img + rng.standard_normal((size, size, 1), dtype=np.float32) * noise_sigma
-    out = Image.fromarray((np.clip(img, 0.0, 1.0) * 255 + 0.5).astype(np.uint8), "RGB")
+    return img
 
-    # JPEG artefacts from whatever camera/phone/upload chain the photo went through.
+
+def _to_image(j: _Jitter, img: np.ndarray) -> Image.Image:
+    """8-bit RGB with JPEG artefacts from whatever camera/phone/upload chain the photo went through."""
+    out = Image.fromarray((np.clip(img, 0.0, 1.0) * 255 + 0.5).astype(np.uint8), "RGB")
     quality = int(round(j.uniform(40, 95, 95)))
     if j.k > 0:
         buf = io.BytesIO()
         out.save(buf, format="JPEG", quality=quality)
         buf.seek(0)
         out = Image.open(buf).convert("RGB")
-    return FinPhoto(image=out, fin_mask=fin_f * above, matrix=m)
+    return out
 
 
-def render_fin(
+def render_fin_photo(
     identity: FinIdentity, rng: np.random.Generator, size: int = 256, variation: float = 1.0
-) -> Image.Image:
+) -> FinPhoto:
+    """One photo with its ground truth; `variation` in [0, 1] scales everything that is not identity.
+
+    The steps run in a fixed order, each drawing from `rng` in turn: reordering them changes every photo.
+    """
+    j = _Jitter(rng, variation)
+    shot = _frame_shot(identity, j, size)
+    img = _sea(j, size, shot.yy, shot.xx)
+    wl_y, above = _waterline(shot)
+    fin, animal = _animal(shot)
+    fin_f = fin.astype(np.float32) / 255.0
+
+    # Submerged body darkens the water just below the surface.
+    under = cv2.GaussianBlur(animal, (0, 0), max(1.0, 0.03 * size)) * (1.0 - above)
+    img = img * (1.0 - j.uniform(0.1, 0.35, 0.2) * under)[..., None]
+
+    skin = _skin(shot, img, fin)
+    alpha = animal * above
+    img = img * (1.0 - alpha[..., None]) + skin * alpha[..., None]
+
+    img = _add_marks(shot, img, fin_f, above)
+    img = _splash(shot, img, wl_y)
+    img = _sun_glare(shot, img)
+    img = _exposure(j, img)
+    img = _optics(j, img, size)
+    return FinPhoto(image=_to_image(j, img), fin_mask=fin_f * above, matrix=shot.m)
+
+
+def render_fin(identity: FinIdentity, rng: np.random.Generator, size: int = 256, variation: float = 1.0) -> Image.Image:
     """One RGB photo of this individual; all non-identity conditions are drawn from `rng`."""
     return render_fin_photo(identity, rng, size, variation).image
 
@@ -591,7 +652,9 @@ def make_catalog(
     Happywhale, so nothing about identity can leak through them. Lower `variation` gives easier
     photos (steadier pose and light), for runs that must learn in seconds.
     """
-    lo, hi = (photos_per_individual,) * 2 if isinstance(photos_per_individual, (int, np.integer)) else photos_per_individual
+    lo, hi = (
+        (photos_per_individual,) * 2 if isinstance(photos_per_individual, (int, np.integer)) else photos_per_individual
+    )
     if not 1 <= lo <= hi:
         raise UserError(f"photos per individual must satisfy 1 <= min <= max, got {lo} and {hi}")
     out_dir = Path(out_dir)

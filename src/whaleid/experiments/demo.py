@@ -7,45 +7,65 @@ threshold) and test (held out entirely, scored with `whaleid.search.openset.leav
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from importlib.resources import as_file, files
 from pathlib import Path
 
 import pandas as pd
 
-from whaleid.data.catalog import Catalog, open_set_split
+from whaleid.data.catalog import Catalog
+from whaleid.data.splits import OpenSetSplit
+from whaleid.data.synth import make_catalog
+from whaleid.files import atomic_path
 from whaleid.model.embed import Embedder
 from whaleid.search.metrics import cell, json_float, plot_threshold_sweep, write_submission
-from whaleid.files import atomic_path
 from whaleid.search.openset import calibrated_open_set
+from whaleid.settings import from_dict, load_yaml
 from whaleid.train import TrainConfig, train
 
 
 @dataclass
-class OpenSetSplit:
-    """Training individuals (fit), validation individuals for the threshold (val), held-out individuals (test)."""
+class DemoConfig:
+    """The demo's whole experiment; its values live in configs/demo.yaml (``--set`` changes one)."""
 
-    fit: Catalog
-    val: Catalog
-    test: Catalog
-
-    @classmethod
-    def make(cls, catalog: Catalog, new_fraction: float = 0.3, val_fraction: float = 0.2, seed: int = 0) -> "OpenSetSplit":
-        known, test = open_set_split(catalog, new_fraction, seed=seed)
-        fit, val = open_set_split(known, val_fraction, seed=seed + 1)
-        return cls(fit, val, test)
-
-    def save(self, directory: Path) -> None:
-        """fit.csv / val.csv / test.csv, so each part can be re-used with the CLI commands."""
-        directory.mkdir(parents=True, exist_ok=True)
-        for name, part in vars(self).items():
-            with atomic_path(directory / f"{name}.csv") as tmp:
-                part.to_csv(tmp)
-
-    def sizes(self) -> dict:
-        return {name: {"photos": len(part), "individuals": part.n_individuals} for name, part in vars(self).items()}
+    individuals: int  # synthetic individuals, when no real catalog is given
+    photos: tuple[int, int]  # photos per synthetic individual, fewest and most
+    photo_size: int
+    variation: float  # how much the photos of one synthetic fin vary (0-1)
+    new_fraction: float  # individuals held out entirely (test)
+    val_fraction: float  # individuals of the rest that choose the threshold (val)
+    seed: int
+    train: TrainConfig = field(default_factory=TrainConfig)
 
 
-def score_embedder(embedder: Embedder, split: OpenSetSplit, progress: bool = True) -> tuple[dict, pd.DataFrame, list[list[str]], list[str]]:
+def load_demo_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> DemoConfig:
+    """configs/demo.yaml (shipped with the package), or another file, with ``key.sub=value`` overrides."""
+    with as_file(files("whaleid") / "configs" / "demo.yaml") as default:
+        return from_dict(DemoConfig, load_yaml(path or default, overrides), "demo")
+
+
+def demo_catalog(config: DemoConfig, out_dir: Path, data: Path | None = None) -> Path:
+    """The catalog CSV to run on: a real one, or the synthetic fins (built once)."""
+    if data is not None:
+        return data / "train.csv"
+    csv = out_dir / "catalog" / "train.csv"
+    if not csv.exists():
+        csv = make_catalog(
+            out_dir / "catalog",
+            config.individuals,
+            config.photos,
+            config.photo_size,
+            config.seed,
+            progress=True,
+            variation=config.variation,
+        )
+    return csv
+
+
+def score_embedder(
+    embedder: Embedder, split: OpenSetSplit, progress: bool = True
+) -> tuple[dict, pd.DataFrame, list[list[str]], list[str]]:
     """Threshold from the validation individuals, metrics on the held-out ones."""
     test = embedder.embed_catalog(split.test, progress=progress)
     metrics, sweep, predictions = calibrated_open_set(embedder.embed_catalog(split.val, progress=progress), test)
@@ -53,28 +73,24 @@ def score_embedder(embedder: Embedder, split: OpenSetSplit, progress: bool = Tru
 
 
 def run_open_set(
-    catalog: Catalog,
-    config: TrainConfig,
-    out_dir: str | Path,
-    new_fraction: float = 0.3,
-    val_fraction: float = 0.2,
-    seed: int = 0,
-    resume: bool = False,
-    progress: bool = True,
+    catalog: Catalog, demo: DemoConfig, out_dir: str | Path, resume: bool = False, progress: bool = True
 ) -> dict:
     """Zero-shot vs fine-tuned on held-out individuals; writes report.json/.md, a threshold plot and a submission."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    split = OpenSetSplit.make(catalog, new_fraction, val_fraction, seed)
+    config = demo.train
+    split = OpenSetSplit.make(catalog, demo.new_fraction, demo.val_fraction, demo.seed)
     split.save(out_dir / "split")
     report: dict = {"split": split.sizes(), "train_config": asdict(config), "results": {}}
 
-    zero_shot = Embedder.zero_shot(config.backbone, config.img_size, batch_size=64)
+    zero_shot = Embedder.zero_shot(config.model.backbone, config.model.img_size, batch_size=64)
     metrics, _, _, _ = score_embedder(zero_shot, split, progress)
     report["results"]["zero-shot"] = metrics
 
     trained = train(split.fit, config, out_dir / "model", val_catalog=split.val, resume=resume, progress=progress)
-    metrics, sweep, predictions, images = score_embedder(Embedder.from_checkpoint(trained.checkpoint, batch_size=64), split, progress)
+    metrics, sweep, predictions, images = score_embedder(
+        Embedder.from_checkpoint(trained.checkpoint, batch_size=64), split, progress
+    )
     metrics["train_seconds"] = trained.seconds
     report["results"]["fine-tuned"] = metrics
 
@@ -82,7 +98,9 @@ def run_open_set(
         sweep.to_csv(tmp, index=False)
     report["files"] = {
         "model": str(trained.checkpoint),
-        "threshold_plot": str(plot_threshold_sweep(sweep, out_dir / "threshold_sweep.png", chosen=metrics["threshold"])),
+        "threshold_plot": str(
+            plot_threshold_sweep(sweep, out_dir / "threshold_sweep.png", chosen=metrics["threshold"])
+        ),
         "submission": str(write_submission(images, predictions, out_dir / "submission.csv")),
     }
     results = {name: {k: json_float(v) for k, v in m.items()} for name, m in report["results"].items()}
@@ -99,14 +117,26 @@ def format_report(report: dict) -> str:
     Columns are padded so that it also reads as a table on a terminal; an undefined metric
     (new precision when no photo was called new) shows as a dash.
     """
-    header = ["features", "MAP@5 (held-out, val threshold)", "top-1 known", "top-5 known", "new precision",
-              "new recall", "threshold", "CPU training"]
+    header = [
+        "features",
+        "MAP@5 (held-out, val threshold)",
+        "top-1 known",
+        "top-5 known",
+        "new precision",
+        "new recall",
+        "threshold",
+        "CPU training",
+    ]
     rows = [header]
     for name, m in report["results"].items():
         seconds = m.get("train_seconds")
-        rows.append([name, *(cell(m[k]) for k in ("map5", "top1_known", "top5_known", "new_precision", "new_recall",
-                                                  "threshold")),
-                     "\u2013" if seconds is None else f"{seconds / 60:.1f} min"])
+        rows.append(
+            [
+                name,
+                *(cell(m[k]) for k in ("map5", "top1_known", "top5_known", "new_precision", "new_recall", "threshold")),
+                "\u2013" if seconds is None else f"{seconds / 60:.1f} min",
+            ]
+        )
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
 
     def line(cells: list[str]) -> str:  # names left, numbers right

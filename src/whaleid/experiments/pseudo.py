@@ -7,15 +7,17 @@ the model matches with high confidence add views of known animals. Photos answer
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 
 import pandas as pd
 
-from whaleid.data.catalog import NEW_INDIVIDUAL, Catalog
+from whaleid.data.catalog import Catalog, read_table
 from whaleid.errors import UserError
-from whaleid.search.identify import Ranking
+from whaleid.files import atomic_path
+from whaleid.search.ranking import NEW_INDIVIDUAL, Ranking
 
-__all__ = ["PSEUDO_COLUMNS", "pseudo_labels", "with_pseudo_labels"]
+__all__ = ["PSEUDO_COLUMNS", "pseudo_labels", "save_pseudo_labels", "with_pseudo_labels", "with_pseudo_label_file"]
 
 PSEUDO_COLUMNS = ["image", "species", "individual_id", "score"]
 
@@ -53,8 +55,9 @@ def with_pseudo_labels(catalog: Catalog, unlabelled: Catalog, labels: pd.DataFra
     """The training catalog plus the pseudo-labelled photos, with a fresh label encoding."""
     missing = set(PSEUDO_COLUMNS[:3]) - set(labels.columns)
     if missing:
-        raise UserError(f"the pseudo-label table lacks column(s) {sorted(missing)}: use a CSV that "
-                        "`whaleid pseudo-label` wrote")
+        raise UserError(
+            f"the pseudo-label table lacks column(s) {sorted(missing)}: use a CSV that `whaleid pseudo-label` wrote"
+        )
     chosen = unlabelled.table.drop(columns=["individual_id", "label", "species"]).merge(
         labels[["image", "species", "individual_id"]], on="image"
     )
@@ -62,3 +65,13 @@ def with_pseudo_labels(catalog: Catalog, unlabelled: Catalog, labels: pd.DataFra
     if table["image"].duplicated().any():
         raise UserError("pseudo-labelled photos are already in the training catalog: label photos from outside it")
     return Catalog(table, catalog.images_dir, catalog.problems)
+
+
+def save_pseudo_labels(labels: pd.DataFrame, path: str | os.PathLike) -> None:
+    with atomic_path(path) as tmp:
+        labels.to_csv(tmp, index=False)
+
+
+def with_pseudo_label_file(catalog: Catalog, labelled: Catalog, path: str | os.PathLike) -> Catalog:
+    """The training catalog plus the photos of a pseudo-label CSV (``labelled`` is that CSV read as a catalog)."""
+    return with_pseudo_labels(catalog, labelled, read_table(path, PSEUDO_COLUMNS[:3]).fillna(""))

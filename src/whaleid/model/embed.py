@@ -24,11 +24,12 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from whaleid.model.augment import PhotoDataset, collate_skipping, eval_transform
 from whaleid.data.catalog import Catalog
 from whaleid.errors import UserError
 from whaleid.files import atomic_path
-from whaleid.model.network import DEFAULT_BACKBONE, EmbeddingModel, ModelConfig, load_checkpoint
+from whaleid.model.augment import PhotoDataset, collate_skipping, eval_transform
+from whaleid.model.checkpoint import load_checkpoint
+from whaleid.model.network import DEFAULT_BACKBONE, EmbeddingModel, ModelConfig
 
 
 def default_workers() -> int:
@@ -77,7 +78,7 @@ class Embeddings:
         return directory
 
     @classmethod
-    def load(cls, directory: str | Path) -> "Embeddings":
+    def load(cls, directory: str | Path) -> Embeddings:
         """Read a folder written by :meth:`save`; anything missing, unreadable or inconsistent is a UserError."""
         directory = Path(directory)
         again = f"run `whaleid embed CSV --out {directory}` again"
@@ -92,13 +93,17 @@ class Embeddings:
             raise UserError(f"{directory} is not a complete embeddings folder (it {state}): {again}")
         vectors = _load_array(directory / "vectors.npy", again)
         if vectors.ndim != 2 or not np.issubdtype(vectors.dtype, np.floating):
-            raise UserError(f"{directory / 'vectors.npy'} holds a {vectors.dtype} array of shape {vectors.shape}, "
-                            f"not vectors: {again}")
+            raise UserError(
+                f"{directory / 'vectors.npy'} holds a {vectors.dtype} array of shape {vectors.shape}, "
+                f"not vectors: {again}"
+            )
         vectors = vectors.astype(np.float32, copy=False)
         finite = np.isfinite(vectors).all(axis=1)
         if not finite.all():
-            raise UserError(f"{directory / 'vectors.npy'} has NaN or inf in {int((~finite).sum())} of "
-                            f"{len(vectors)} vectors: {again}")
+            raise UserError(
+                f"{directory / 'vectors.npy'} has NaN or inf in {int((~finite).sum())} of "
+                f"{len(vectors)} vectors: {again}"
+            )
         try:
             meta = json.loads((directory / "embeddings.json").read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
@@ -111,14 +116,18 @@ class Embeddings:
         if "image" not in table.columns:
             raise UserError(f"{directory / 'photos.csv'} has no image column: {again}")
         if len(table) != len(vectors):
-            raise UserError(f"{directory}: photos.csv lists {len(table)} photos but vectors.npy holds "
-                            f"{len(vectors)} vectors: {again}")
+            raise UserError(
+                f"{directory}: photos.csv lists {len(table)} photos but vectors.npy holds "
+                f"{len(vectors)} vectors: {again}"
+            )
         cosines = None
         if (directory / "class_cosines.npy").exists():
             cosines = _load_array(directory / "class_cosines.npy", again)
             if cosines.ndim != 2 or len(cosines) != len(vectors) or cosines.shape[1] != len(meta.get("classes", [])):
-                raise UserError(f"{directory / 'class_cosines.npy'} (shape {cosines.shape}) does not fit "
-                                f"{len(vectors)} photos and {len(meta.get('classes', []))} classes: {again}")
+                raise UserError(
+                    f"{directory / 'class_cosines.npy'} (shape {cosines.shape}) does not fit "
+                    f"{len(vectors)} photos and {len(meta.get('classes', []))} classes: {again}"
+                )
         return cls(vectors, table, _load_table(directory / "failures.csv", again), meta, cosines, directory)
 
     def _named(self, what: str) -> str:
@@ -136,7 +145,7 @@ class Embeddings:
                 "embed a labelled catalog (image,species,individual_id) for it"
             )
 
-    def require_compatible(self, other: "Embeddings", what: str, own: str = "the gallery") -> None:
+    def require_compatible(self, other: Embeddings, what: str, own: str = "the gallery") -> None:
         """Refuse ``other`` (named ``what`` in the error) unless it was made like these vectors (named ``own``)."""
         require_same_model(self.meta, self.dim, other.meta, other.dim, other._named(what), self._named(own))
 
@@ -192,13 +201,18 @@ def _differences(meta: dict, other: dict) -> list[str]:
     """The recorded parts of two models' identities that differ, in words."""
     a, b = _identity(meta), _identity(other)
     both = isinstance(a["model"], dict) and isinstance(b["model"], dict)
-    out = [f"{key} {a['model'].get(key)!r} vs {b['model'].get(key)!r}"
-           for key in ("backbone", "img_size", "output", "embedding_dim", "mean", "std")
-           if both and a["model"].get(key) != b["model"].get(key)]
+    out = [
+        f"{key} {a['model'].get(key)!r} vs {b['model'].get(key)!r}"
+        for key in ("backbone", "img_size", "output", "embedding_dim", "mean", "std")
+        if both and a["model"].get(key) != b["model"].get(key)
+    ]
     recorded = {"weights": "weights", "crop": "preprocess"}  # older metas lack some
     said = {"weights": "weights", "crop": "photo cropping", "ensemble": "ensemble"}
-    out += [words for key, words in said.items()
-            if a[key] != b[key] and (key not in recorded or (recorded[key] in meta and recorded[key] in other))]
+    out += [
+        words
+        for key, words in said.items()
+        if a[key] != b[key] and (key not in recorded or (recorded[key] in meta and recorded[key] in other))
+    ]
     source, other_source = meta.get("source"), other.get("source")
     if not (meta.get("weights") and other.get("weights")) and source and other_source and source != other_source:
         out.append("model file")
@@ -264,25 +278,29 @@ class Embedder:
         self.transform = eval_transform(self.config.img_size, self.config.mean, self.config.std)
         self.source: dict = {}  # where the weights came from, so a query path can rebuild this embedder
         self.weights: str | None = None  # which weights: checkpoint file hash or zero-shot backbone (fingerprint)
-        self.preprocess: dict | None = None  # how photos were cropped for the model (whaleid.preprocess.cache), recorded with the vectors
+        self.preprocess: dict | None = (
+            None  # how photos were cropped for the model (whaleid.preprocess.cache), recorded with the vectors
+        )
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path | Sequence[str | Path], ensemble: str = "concat", **kwargs) -> "Embedder | Ensemble":
-        """One model.pt, or several: an :class:`Ensemble` (k-fold members)."""
+    def from_checkpoint(
+        cls, path: str | Path | Sequence[str | Path], ensemble: str = "concat", **kwargs
+    ) -> Embedder | Ensemble:
+        """One checkpoint (model.json), or several: an :class:`Ensemble` (k-fold members)."""
         if not isinstance(path, (str, Path)):
             paths = list(path)
             if len(paths) > 1:
                 return Ensemble([cls.from_checkpoint(p, **kwargs) for p in paths], ensemble)
             path = paths[0]
-        model, payload = load_checkpoint(path)
-        embedder = cls(model, head=payload.get("head"), classes=payload.get("labels"), **kwargs)
-        embedder.source = {"checkpoint": str(Path(path).resolve())}
-        embedder.weights = _file_digest(path)
-        embedder.preprocess = payload.get("extra", {}).get("preprocess")
+        model, checkpoint = load_checkpoint(path)
+        embedder = cls(model, head=checkpoint.head, classes=checkpoint.labels, **kwargs)
+        embedder.source = {"checkpoint": str(checkpoint.path.resolve())}
+        embedder.weights = checkpoint.digest[:16]  # of the weights file: the same wherever the pair is copied
+        embedder.preprocess = checkpoint.preprocess
         return embedder
 
     @classmethod
-    def from_source(cls, source: dict, img_size: int = 224, **kwargs) -> "Embedder | Ensemble":
+    def from_source(cls, source: dict, img_size: int = 224, **kwargs) -> Embedder | Ensemble:
         """Rebuild the embedder that made a set of embeddings (see `Embeddings.meta['source']`)."""
         if "checkpoint" in source:
             return cls.from_checkpoint(source["checkpoint"], **kwargs)
@@ -293,7 +311,7 @@ class Embedder:
         raise ValueError("these embeddings do not say which model made them")
 
     @classmethod
-    def zero_shot(cls, backbone: str = DEFAULT_BACKBONE, img_size: int = 224, **kwargs) -> "Embedder":
+    def zero_shot(cls, backbone: str = DEFAULT_BACKBONE, img_size: int = 224, **kwargs) -> Embedder:
         """Pretrained backbone features with GeM pooling and no trained neck: the baseline to beat."""
         embedder = cls(EmbeddingModel(ModelConfig(backbone=backbone, embedding_dim=0, img_size=img_size)), **kwargs)
         embedder.source = {"zero_shot": backbone}
@@ -379,16 +397,24 @@ def ensemble(members: Sequence[Embeddings], mode: str = "concat") -> Embeddings:
     first = members[0]
     keep = first.table["image"].isin(common).to_numpy()
     table = first.table[keep].reset_index(drop=True)
-    rows = [m.table.reset_index(drop=True).reset_index().set_index("image").loc[table["image"], "index"].to_numpy() for m in members]
+    rows = [
+        m.table.reset_index(drop=True).reset_index().set_index("image").loc[table["image"], "index"].to_numpy()
+        for m in members
+    ]
     parts = [m.vectors[r] for m, r in zip(members, rows)]
     if mode == "concat":
         vectors = np.concatenate(parts, axis=1) / np.sqrt(len(parts))
     else:
         total = np.sum(parts, axis=0)
         vectors = total / np.linalg.norm(total, axis=1, keepdims=True).clip(min=1e-12)
-    meta = {**first.meta, "ensemble": {"members": len(members), "mode": mode},
-            "source": {"checkpoints": [m.meta.get("source", {}).get("checkpoint") for m in members], "ensemble": mode},
-            "weights": [m.meta.get("weights") for m in members], "n": len(table), "dim": int(vectors.shape[1])}
+    meta = {
+        **first.meta,
+        "ensemble": {"members": len(members), "mode": mode},
+        "source": {"checkpoints": [m.meta.get("source", {}).get("checkpoint") for m in members], "ensemble": mode},
+        "weights": [m.meta.get("weights") for m in members],
+        "n": len(table),
+        "dim": int(vectors.shape[1]),
+    }
     meta["fingerprint"] = fingerprint(meta)
     cosines = None
     if all(m.class_cosines is not None for m in members):
@@ -427,19 +453,18 @@ class Ensemble:
         return ensemble([m.embed_catalog(catalog, progress) for m in self.members], self.mode)
 
     def embed_paths(self, paths: list[str], progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
-        table = pd.DataFrame({"image": paths, "path": paths, "individual_id": None})
-        catalog = Catalog(table, images_dir=Path("/"))
-        combined = self.embed_catalog(catalog, progress)
-        return combined.vectors, np.isin(np.asarray(paths, dtype=object), combined.table["image"].to_numpy())
+        embeddings, ok = embed_files(self, paths, progress)
+        return embeddings.vectors, ok
 
 
-def _file_digest(path: str | Path) -> str:
-    """sha256 of a checkpoint (first 16 hex digits): the same weights wherever the file was copied."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:16]
+def embed_files(
+    embedder: Embedder | Ensemble, paths: Sequence[str], progress: bool = False
+) -> tuple[Embeddings, np.ndarray]:
+    """Embeddings of loose photo files (class cosines included), and a mask of which photos opened."""
+    paths = list(paths)
+    catalog = Catalog(pd.DataFrame({"image": paths, "path": paths, "individual_id": None}), images_dir=Path("/"))
+    embeddings = embedder.embed_catalog(catalog, progress)
+    return embeddings, np.isin(np.asarray(paths, dtype=object), embeddings.table["image"].to_numpy())
 
 
 def _describe(config: ModelConfig) -> dict:

@@ -6,9 +6,9 @@ Inference models output raw embeddings; `whaleid.model.embed` normalises them on
 
 from __future__ import annotations
 
-import pickle
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from collections.abc import Callable, Collection
+from dataclasses import dataclass, field
+from numbers import Integral, Real
 from typing import Any
 
 import torch
@@ -16,12 +16,32 @@ import torch.nn.functional as F
 from torch import nn
 
 from whaleid.errors import UserError
-from whaleid.files import atomic_path
 from whaleid.model.pretrained import create_backbone
 
 DEFAULT_BACKBONE = "tf_efficientnet_lite0"
 OUTPUTS = ("neck", "pooled")
-FORMAT = "whaleid.model/1"
+MIN_IMG_SIZE = 32  # the backbones downsample 32 times: a smaller input leaves them less than one feature pixel
+# The range of each numeric option: (integer?, the rule as said to the user, the test).
+LIMITS = {
+    "embedding_dim": (True, ">= 0 (0: no neck)", lambda v: v >= 0),
+    "img_size": (True, f">= {MIN_IMG_SIZE}", lambda v: v >= MIN_IMG_SIZE),
+    "drop_path": (False, "in [0, 1)", lambda v: 0 <= v < 1),
+}
+
+
+def check_limits(settings: Any, limits: dict, optional: Collection[str] = (), name: Callable[[str], str] = str) -> None:
+    """Refuse a number out of its range or of the wrong kind, naming the option and the rule.
+
+    ``optional`` options may also be None; ``name`` says an option as the user knows it (a CLI flag).
+    """
+    for key, (integer, rule, ok) in limits.items():
+        value = getattr(settings, key)
+        if value is None and key in optional:
+            continue
+        number = isinstance(value, Integral if integer else Real) and not isinstance(value, bool)
+        if not number or not ok(value):
+            rule = ("None or " if key in optional else "") + ("an integer " if integer else "") + rule
+            raise UserError(f"{name(key)} must be {rule}, got {value!r}")
 
 
 class GeM(nn.Module):
@@ -62,12 +82,25 @@ class ModelConfig:
     output: str = "neck"
     extra: dict = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        """Refuse values no model can be built with, naming the option, before any backbone is created."""
+        check_limits(self, LIMITS)
+        if not isinstance(self.backbone, str) or not self.backbone:
+            raise UserError(f"backbone must be a timm model name, got {self.backbone!r}")
+        if not isinstance(self.grad_checkpointing, bool):
+            raise UserError(f"grad_checkpointing must be true or false, got {self.grad_checkpointing!r}")
+        if self.output not in OUTPUTS:
+            raise UserError(f"output must be one of {', '.join(OUTPUTS)}, got {self.output!r}")
+
 
 class EmbeddingModel(nn.Module):
     def __init__(self, config: ModelConfig, pretrained: bool | str = True):
         super().__init__()
         self.backbone, data_config = create_backbone(
-            config.backbone, pretrained=pretrained, num_classes=0, global_pool="",
+            config.backbone,
+            pretrained=pretrained,
+            num_classes=0,
+            global_pool="",
             **({"drop_path_rate": config.drop_path} if config.drop_path else {}),
         )
         if pretrained:
@@ -76,8 +109,6 @@ class EmbeddingModel(nn.Module):
             config.std = tuple(float(v) for v in data_config["std"])
         if config.grad_checkpointing:
             self.backbone.set_grad_checkpointing(True)
-        if config.output not in OUTPUTS:
-            raise ValueError(f"output must be one of {OUTPUTS}, got {config.output!r}")
         self.config = config
         self.pool = GeM(config.gem_p)
         features = self.backbone.num_features
@@ -104,69 +135,3 @@ class EmbeddingModel(nn.Module):
     @property
     def output_dim(self) -> int:
         return self.backbone.num_features if self.config.output == "pooled" else self.embedding_dim
-
-
-def save_checkpoint(
-    model: EmbeddingModel, path: str | Path, labels: list[str], extra: dict | None = None, head: dict | None = None
-) -> Path:
-    """Inference checkpoint: weights, model config, label map and (optionally) the ArcFace head; written atomically.
-
-    ``head`` (``weight`` (classes x sub-centers, dim), ``k``, ``scale``) lets inference
-    score photos against every training individual's class centre, for the kNN/logit blend.
-    """
-    path = Path(path)
-    payload = {
-        "format": FORMAT,
-        "config": asdict(model.config),
-        "state_dict": model.state_dict(),
-        "labels": list(labels),
-        "extra": extra or {},
-        "head": head,
-    }
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:  # through a file object, a full disk raises OSError(ENOSPC)
-            torch.save(payload, f)
-    return path
-
-
-def read_saved(path: str | Path, what: str, advice: str) -> Any:
-    """A file this package saved with ``torch.save``, loaded as tensors and plain data only (no code runs).
-
-    Whatever makes it unusable (missing, empty, cut short by a crash or a full disk, another
-    program's file) becomes one UserError naming the file, never EOFError or a pickle error.
-    """
-    path = Path(path)
-    if path.is_dir():
-        reason = "a directory"
-    elif not path.exists():
-        reason = "no such file"
-    elif path.stat().st_size == 0:
-        reason = "empty file"
-    else:
-        try:
-            return torch.load(path, map_location="cpu", weights_only=True)
-        except PermissionError:
-            reason = "permission denied"
-        except pickle.UnpicklingError:  # holds Python objects that a whaleid file never has
-            reason = "not a whaleid file"
-        except Exception:  # EOFError, OSError, RuntimeError (zip), KeyError...: the bytes are cut short or damaged
-            reason = "truncated or corrupt"
-    raise UserError(f"{path} is not a readable whaleid {what} ({reason}): {advice}")
-
-
-def load_checkpoint(path: str | Path) -> tuple[EmbeddingModel, dict]:
-    """Rebuild the model from an inference checkpoint (no pretrained download needed)."""
-    advice = "retrain, or point --model at the model.pt that `whaleid train` wrote"
-    payload = read_saved(path, "model", advice)
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise UserError(f"{path} is not a readable whaleid model (not a whaleid checkpoint): {advice}")
-    try:
-        config = ModelConfig(**payload["config"])
-        config.mean, config.std = tuple(config.mean), tuple(config.std)
-        model = EmbeddingModel(config, pretrained=False)
-        model.load_state_dict(payload["state_dict"], strict=True)
-    except (KeyError, TypeError, ValueError, RuntimeError) as error:  # fields or weights that do not fit the model
-        raise UserError(f"{path} is not a readable whaleid model (its weights do not fit its config): "
-                        f"{advice}") from error
-    model.eval()
-    return model, payload

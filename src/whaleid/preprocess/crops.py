@@ -13,7 +13,7 @@ import json
 import math
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import cv2
@@ -23,10 +23,11 @@ from PIL import Image
 from tqdm import tqdm
 
 from whaleid.data.catalog import Catalog
+from whaleid.data.images import ImageError, open_image
 from whaleid.errors import UserError
 from whaleid.files import atomic_path, read_user_csv, safe_name
-from whaleid.data.images import ImageError, open_image
 from whaleid.preprocess.saliency import REGIONS, STATUS_OK, Crop, crop_box, saliency_masks
+from whaleid.settings import from_dict
 
 __all__ = [
     "CROP_COLUMNS",
@@ -96,12 +97,8 @@ class CropSettings:
             raise UserError(f"{path}: not a JSON file of crop settings ({error})") from None
         if not isinstance(values, dict):
             raise UserError(f"{path}: crop settings must be a JSON object, got {type(values).__name__}")
-        known = [f.name for f in fields(cls)]
-        unknown = sorted(set(values) - set(known))
-        if unknown:
-            raise UserError(f"{path}: unknown crop setting(s) {', '.join(unknown)}; valid: {', '.join(known)}")
         try:
-            return cls(**values)
+            return from_dict(cls, values, "crop")
         except UserError as error:
             raise UserError(f"{path}: {error}") from None
 
@@ -144,7 +141,10 @@ def locate(
     if batch_size < 1:
         raise UserError(f"batch size must be >= 1, got {batch_size}")
     batches = [list(range(i, min(i + batch_size, len(paths)))) for i in range(0, len(paths), batch_size)]
-    with ThreadPoolExecutor(max(1, workers)) as pool, tqdm(total=len(paths), desc=desc, unit="photo", disable=not progress) as bar:
+    with (
+        ThreadPoolExecutor(max(1, workers)) as pool,
+        tqdm(total=len(paths), desc=desc, unit="photo", disable=not progress) as bar,
+    ):
         pending = [pool.submit(_open, paths[i]) for i in batches[0]] if batches else []
         for b, batch in enumerate(batches):
             opened = [f.result() for f in pending]
@@ -164,7 +164,15 @@ def locate(
                 mask = by_position[k]
                 crop = None
                 if mask is not None:
-                    crop = crop_box(mask, settings.threshold, settings.enlarge, settings.square, settings.min_area, settings.region, settings.max_area)
+                    crop = crop_box(
+                        mask,
+                        settings.threshold,
+                        settings.enlarge,
+                        settings.square,
+                        settings.min_area,
+                        settings.region,
+                        settings.max_area,
+                    )
                 yield Located(i, opened[k], mask, crop)
             bar.update(len(batch))
 
@@ -180,20 +188,40 @@ def save_mask(mask: np.ndarray, path: Path) -> None:
 
 def crop_row(name: str, found: Located, mask_file: str = "") -> dict:
     if found.error is not None:
-        return dict(image=name, x0=-1, y0=-1, x1=-1, y1=-1, width=-1, height=-1, mask_area=0.0, score=0.0,
-                    status=error_status(found.error), mask="")
+        return dict(
+            image=name,
+            x0=-1,
+            y0=-1,
+            x1=-1,
+            y1=-1,
+            width=-1,
+            height=-1,
+            mask_area=0.0,
+            score=0.0,
+            status=error_status(found.error),
+            mask="",
+        )
     w, h = found.image.size
     crop = found.crop or Crop((0, 0, w, h), 0.0, 0.0, STATUS_OK)  # no saliency asked for: the caller's box
     x0, y0, x1, y1 = crop.box
-    return dict(image=name, x0=x0, y0=y0, x1=x1, y1=y1, width=w, height=h, mask_area=crop.mask_area,
-                score=crop.score, status=crop.status, mask=mask_file)
+    return dict(
+        image=name,
+        x0=x0,
+        y0=y0,
+        x1=x1,
+        y1=y1,
+        width=w,
+        height=h,
+        mask_area=crop.mask_area,
+        score=crop.score,
+        status=crop.status,
+        mask=mask_file,
+    )
 
 
 def problem_rows(catalog: Catalog) -> list[dict]:
     """Photos the catalog already found unreadable still get their row, so every listed photo is accounted for."""
-    return [
-        crop_row(str(p.image), Located(-1, None, None, None, str(p.reason))) for p in catalog.problems.itertuples()
-    ]
+    return [crop_row(str(p.image), Located(-1, None, None, None, str(p.reason))) for p in catalog.problems.itertuples()]
 
 
 def mask_name(image: str) -> str:

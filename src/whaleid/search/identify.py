@@ -1,10 +1,9 @@
-"""From neighbour lists to answers: top individuals per query, the "new_individual"
-decision, and the ``Identifier`` that bundles an index, its labels and a threshold.
+"""The Identifier: the one façade for every query path (CLI, experiments, web app).
 
-The recipe is the one the Happywhale notebooks converged on: search k (~100) nearest
-gallery photos by cosine, keep each individual's best score ("max cosine per
-individual"), and insert "new_individual" in front of the first candidate whose score
-falls below a threshold calibrated on held-out individuals.
+It bundles a gallery index and its labels with how queries are scored (kNN over the
+nearest photos, or every individual scored and blended with the ArcFace-logit
+probabilities), the new_individual threshold and its policy, and the model(s) and photo
+preparation that made the gallery, so photos can be identified from its folder alone.
 """
 
 from __future__ import annotations
@@ -12,257 +11,138 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from whaleid.data.catalog import Catalog
 from whaleid.errors import UserError
-from whaleid.search.metrics import CUTOFF, NEW_INDIVIDUAL, default_thresholds, threshold_sweep
 from whaleid.files import atomic_path
-from whaleid.search.index import Index, load_index
+from whaleid.model.checkpoint import checkpoint_files
+from whaleid.model.embed import Embedder, Embeddings, embed_files, require_same_model
+from whaleid.preprocess.cache import DEFAULT_ROOT
+from whaleid.preprocess.prepare import PreprocessConfig, prepare, prepare_paths
+from whaleid.search.index import ExactIndex, Index, build_index, load_index
+from whaleid.search.predictions import Predictions
+from whaleid.search.ranking import (
+    CUTOFF,
+    Ranking,
+    apply_threshold,
+    check_gallery_ids,
+    check_species,
+    check_threshold,
+    species_by_individual,
+    top_individuals,
+    truths,
+)
+from whaleid.search.scoring import ranker
+from whaleid.search.threshold import calibrate_per_species, calibrate_threshold
+from whaleid.settings import from_dict, to_dict
 
-__all__ = [
-    "NEW_INDIVIDUAL",
-    "Ranking",
-    "top_individuals",
-    "insert_new_individual",
-    "Identifier",
-    "calibrate_threshold",
-    "apply_threshold",
-    "calibrate_per_species",
-]
+__all__ = ["IdentifyConfig", "Identifier", "POLICIES", "identify_queries"]
 
 SIDECAR = "identifier.json"
 INDEX_FILE = "index.npz"
 IDS_FILE = "gallery_ids.json"
 SPECIES_FILE = "gallery_species.json"
-MODEL_FILE = "model.pt"
+MODELS_DIR = "models"
 FORMAT = "whaleid.identifier"
-FORMAT_VERSION = 2  # 2: per-species thresholds and gallery species
-#: Key of a per-species threshold dict that covers every species without its own.
-OTHER_SPECIES = "*"
-NO_NEW_TRUTH = ("no validation truth is new_individual, so the sweep cannot reward predicting new; "
-                "the threshold will be at the low end")
-_warned: set[str] = set()
-
-
-def _warn_once(message: str) -> None:
-    """Warn once per process: training validates every epoch, and Python's own once-only filters
-    forget what they showed whenever any library enters ``warnings.catch_warnings`` (torch often does)."""
-    if message not in _warned:
-        _warned.add(message)
-        warnings.warn(message, stacklevel=3)
+FORMAT_VERSION = 3  # 3: the scorer and threshold policy (IdentifyConfig), every ensemble member copied
+POLICIES = ("sweep", "rate", "per-species")
+INDEX_KINDS = ("exact", "faiss", "faiss-flat", "faiss-hnsw", "faiss-ivf")
 
 
 @dataclass
-class Ranking:
-    """Candidate individuals for one query, best first, with their cosine scores."""
+class IdentifyConfig:
+    """How queries are scored and when new_individual is answered."""
 
-    ids: list[str]
-    scores: list[float]
+    # Weight of the ArcFace-logit probabilities blended with every individual's max cosine; None: plain kNN
+    # over the `neighbours` nearest photos. Recipes may say "auto" to choose it on validation photos.
+    blend: float | str | None = None
+    threshold: str = "sweep"  # sweep (best validation MAP@5) | rate (a share of new queries) | per-species
+    new_rate: float | None = None  # for "rate": the share of queries expected to be new
+    neighbours: int = 100
+    index: str = "exact"
+    min_species_queries: int = 20  # per-species: fewer validation queries fall back to the overall threshold
 
     def __post_init__(self) -> None:
-        if len(self.ids) != len(self.scores):
-            raise ValueError(f"Ranking has {len(self.ids)} ids but {len(self.scores)} scores")
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"ids": list(self.ids), "scores": [float(s) for s in self.scores]}
-
-
-def _check_gallery_ids(gallery_ids: Sequence[str]) -> list[str]:
-    ids = list(gallery_ids)
-    if not ids:
-        raise UserError("the gallery is empty: embed a catalog of labelled photos first")
-    for i, x in enumerate(ids):
-        if not isinstance(x, str) or not x:
-            raise UserError(f"gallery photo {i} has individual_id {x!r}: every gallery photo needs a non-empty id")
-    if NEW_INDIVIDUAL in ids:
-        raise UserError(f"{NEW_INDIVIDUAL!r} is reserved for the 'not in the gallery' answer "
-                        "and cannot label gallery photos")
-    return ids
+        if self.threshold not in POLICIES:
+            raise UserError(f"unknown threshold policy {self.threshold!r}; valid: {', '.join(POLICIES)}")
+        if self.index not in INDEX_KINDS:
+            raise UserError(f"unknown index kind {self.index!r}; valid: {', '.join(INDEX_KINDS)}")
+        for name, value, low in (
+            ("neighbours", self.neighbours, 1),
+            ("min_species_queries", self.min_species_queries, 1),
+        ):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+                raise UserError(f"{name} must be an integer >= {low}, got {value!r}")
+        if self.blend != "auto" and self.blend is not None and not _share(self.blend):
+            raise UserError(f"blend must be a number in [0, 1], 'auto' or null, got {self.blend!r}")
+        if self.new_rate is not None and not _share(self.new_rate):
+            raise UserError(
+                f"new_rate must be the share of queries expected to be new, in [0, 1], got {self.new_rate!r}"
+            )
+        if self.blend is not None and self.index != "exact":
+            raise UserError("the blend scores every individual over the whole gallery: use the exact index with it")
 
 
-def top_individuals(
-    scores: np.ndarray, indices: np.ndarray, gallery_ids: Sequence[str], top: int = CUTOFF
-) -> list[Ranking]:
-    """Collapse neighbour photos to distinct individuals, each at its best score.
-
-    An individual with many catalog photos would otherwise fill all five slots. Rows
-    need not be pre-sorted (they are re-sorted, stably); index -1 (an approximate
-    index's empty slot) is skipped. Fewer than ``top`` entries come back when the
-    neighbours hold fewer distinct individuals.
-    """
-    scores = np.asarray(scores)
-    indices = np.asarray(indices)
-    if scores.shape != indices.shape or scores.ndim != 2:
-        raise ValueError(f"scores {scores.shape} and indices {indices.shape} must be the "
-                         "same 2-D shape (queries, neighbours)")
-    if top < 1:
-        raise ValueError(f"top must be >= 1, got {top}")
-    labels = np.asarray(list(gallery_ids), dtype=object)
-    valid = indices >= 0
-    if valid.any() and indices[valid].max() >= len(labels):
-        raise IndexError(f"neighbour index {indices[valid].max()} is out of range for "
-                         f"{len(labels)} gallery ids")
-    order = np.argsort(np.where(valid, -scores, np.inf), axis=1, kind="stable")
-    scores = np.take_along_axis(scores, order, axis=1)
-    indices = np.take_along_axis(indices, order, axis=1)
-    out: list[Ranking] = []
-    for row_scores, row_idx in zip(scores.tolist(), indices.tolist()):
-        ids: list[str] = []
-        best: list[float] = []
-        seen: set[str] = set()
-        for s, i in zip(row_scores, row_idx):
-            if i < 0:
-                break  # invalid slots were sorted last
-            ident = labels[i]
-            if ident in seen:
-                continue
-            seen.add(ident)
-            ids.append(ident)
-            best.append(float(s))
-            if len(ids) == top:
-                break
-        out.append(Ranking(ids, best))
-    return out
-
-
-def insert_new_individual(ranking: Ranking, threshold: float, top: int = CUTOFF) -> Ranking:
-    """Put "new_individual" in front of the first candidate scoring below ``threshold``.
-
-    If every candidate clears the threshold it goes after them (still within ``top`` if
-    there is room), so a query whose neighbours hold only a few individuals still
-    offers "new" as an answer. Its score is reported as the threshold. The result holds
-    distinct ids and at most ``top`` of them; no padding is invented here (see
-    ``evaluate.write_submission`` for the AP-neutral padding to five).
-    """
-    if top < 1:
-        raise ValueError(f"top must be >= 1, got {top}")
-    threshold = float(threshold)
-    pairs = [(i, float(s)) for i, s in zip(ranking.ids, ranking.scores) if i != NEW_INDIVIDUAL]
-    pos = next((j for j, (_, s) in enumerate(pairs) if s < threshold), len(pairs))
-    pairs.insert(pos, (NEW_INDIVIDUAL, threshold))
-    pairs = pairs[:top]
-    return Ranking([i for i, _ in pairs], [s for _, s in pairs])
-
-
-def _check_species(species: Sequence[str], n: int, name: str) -> list[str]:
-    out = list(species)
-    if len(out) != n:
-        raise UserError(f"expected {n} {name} labels (one per photo), got {len(out)}")
-    for i, x in enumerate(out):
-        if not isinstance(x, str) or not x:
-            raise UserError(f"{name}[{i}] = {x!r}: every photo needs a non-empty species")
-    return out
-
-
-def _check_threshold(threshold: Any) -> float | dict[str, float] | None:
-    if threshold is None:
-        return None
-    if isinstance(threshold, Mapping):
-        if OTHER_SPECIES not in threshold:
-            raise UserError(f"a per-species threshold needs a {OTHER_SPECIES!r} entry for the "
-                            "species without their own")
-        if not all(isinstance(key, str) for key in threshold):
-            raise UserError(f"per-species threshold keys must be species names, got {list(threshold)}")
-        out = {key: _finite(value) for key, value in threshold.items()}
-        if None in out.values():
-            raise UserError(f"thresholds must be finite numbers, got {dict(threshold)}")
-        return out
-    value = _finite(threshold)
-    if value is None:
-        raise UserError(f"threshold must be a finite number, a dict per species, or None, got {threshold!r}")
-    return value
-
-
-def _finite(value: Any) -> float | None:
-    """``value`` as a finite float, or None when it is not one."""
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        return None
-    return value if np.isfinite(value) else None
-
-
-def _species_by_individual(ids: list[str], species: list[str]) -> dict[str, str]:
-    """Each individual's species, to stand in for a query's unknown one."""
-    out: dict[str, str] = {}
-    for ident, name in zip(ids, species):
-        if out.setdefault(ident, name) != name:
-            raise UserError(f"individual {ident!r} is labelled both {out[ident]!r} and {name!r} "
-                             "in gallery_species")
-    return out
-
-
-def apply_threshold(
-    rankings: Sequence[Ranking],
-    threshold: float | dict[str, float] | None,
-    species: Sequence[str] | None = None,
-    species_of: dict[str, str] | None = None,
-    top: int = CUTOFF,
-) -> list[Ranking]:
-    """Insert new_individual by one threshold, or per species (``{"*": fallback, species: t}``).
-
-    A query's species comes from ``species`` when known, else from its top-1
-    candidate via ``species_of`` (individual -> species), as on a Happywhale test set.
-    """
-    if threshold is None:
-        return list(rankings)
-    if isinstance(threshold, dict):
-        if species is None:
-            if species_of is None:
-                raise UserError("a per-species threshold needs the queries' species or each individual's species")
-            species = [species_of[r.ids[0]] if len(r) else OTHER_SPECIES for r in rankings]
-        thresholds = [threshold.get(s, threshold[OTHER_SPECIES]) for s in species]
-    else:
-        thresholds = [threshold] * len(rankings)
-    return [insert_new_individual(r, t, top=top) for r, t in zip(rankings, thresholds)]
+def _share(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= 1
 
 
 class Identifier:
-    """Gallery index + one individual id per index row + the new_individual threshold.
+    """Gallery index + one individual id per vector + scorer + threshold (+ the model that made the vectors).
 
-    Works on embedding vectors; the embedding model is attached elsewhere so this part
-    stays testable without a network. ``metadata`` is free-form JSON saved in the
-    sidecar (e.g. how the embeddings were made) so the query path can check it.
-    ``threshold`` may be one cosine or a dict per species with an ``OTHER_SPECIES``
-    ("*") fallback, as score levels differ by species (see ``calibrate_per_species``);
-    ``gallery_species`` (one per gallery photo) lets ``identify`` infer a query's
-    species from its top candidate when the queries' species are unknown.
+    ``threshold`` may be one score or a dict per species with a ``"*"`` fallback, as score
+    levels differ by species; ``gallery_species`` (one per gallery photo) lets a query's
+    species come from its top candidate. ``metadata`` is the gallery embeddings' meta
+    (model source, preprocessing, classes), which the query path checks and follows.
     """
 
     def __init__(
         self,
         index: Index,
         gallery_ids: Sequence[str],
+        config: IdentifyConfig | None = None,
         threshold: float | dict[str, float] | None = None,
-        neighbours: int = 100,
         metadata: dict[str, Any] | None = None,
         gallery_species: Sequence[str] | None = None,
     ):
-        ids = _check_gallery_ids(gallery_ids)
+        ids = check_gallery_ids(gallery_ids)
         if len(ids) != len(index):
             raise UserError(f"{len(ids)} gallery ids for an index of {len(index)} vectors: give one id per vector")
-        if isinstance(neighbours, bool) or not isinstance(neighbours, (int, np.integer)) \
-                or neighbours < 1:
-            raise UserError(f"neighbours must be a positive integer, got {neighbours!r}")
+        self.config = config or IdentifyConfig()
+        if self.config.blend == "auto":
+            raise UserError("choose the blend weight before building an Identifier (blend 'auto' is for recipes)")
+        if self.config.blend is not None and not isinstance(index, ExactIndex):
+            raise UserError("the blend scores every individual over the whole gallery: use the exact index with it")
         self.index = index
         self.gallery_ids = ids
         self.threshold = threshold
-        self.neighbours = int(neighbours)
         self.metadata = dict(metadata or {})
-        self.gallery_species = (None if gallery_species is None
-                                else _check_species(gallery_species, len(ids), "gallery_species"))
-        self._species_of = (None if self.gallery_species is None
-                            else _species_by_individual(ids, self.gallery_species))
+        self.gallery_species = (
+            None if gallery_species is None else check_species(gallery_species, len(ids), "gallery_species")
+        )
+        self._species_of = None if self.gallery_species is None else species_by_individual(ids, self.gallery_species)
+
+    @classmethod
+    def from_embeddings(cls, gallery: Embeddings, config: IdentifyConfig | None = None, **kwargs: Any) -> Identifier:
+        """An Identifier over a labelled set of embeddings, remembering the model that made them."""
+        gallery.require_labels("the gallery")
+        config = config or IdentifyConfig()
+        species = gallery.table["species"].tolist() if "species" in gallery.table else None
+        return cls(
+            build_index(gallery.vectors, config.index),
+            gallery.table["individual_id"].tolist(),
+            config,
+            metadata=gallery.meta,
+            gallery_species=species,
+            **kwargs,
+        )
 
     @property
     def threshold(self) -> float | dict[str, float] | None:
@@ -270,8 +150,7 @@ class Identifier:
 
     @threshold.setter
     def threshold(self, value: float | dict[str, float] | None) -> None:
-        # a property, so a threshold set after construction (as the CLI does) is checked too
-        self._threshold = _check_threshold(value)
+        self._threshold = check_threshold(value)  # a property, so a threshold set later is checked too
 
     def __len__(self) -> int:
         return len(self.index)
@@ -280,68 +159,172 @@ class Identifier:
     def n_individuals(self) -> int:
         return len(set(self.gallery_ids))
 
+    @property
+    def species_of(self) -> dict[str, str] | None:
+        """Each gallery individual's species (when the gallery has species)."""
+        return self._species_of
+
+    @property
+    def preprocess(self) -> PreprocessConfig | None:
+        return PreprocessConfig.from_dict(self.metadata.get("preprocess"))
+
     def __repr__(self) -> str:
-        return (f"Identifier(kind={self.index.kind!r}, n={len(self)}, "
-                f"individuals={self.n_individuals}, threshold={self.threshold})")
+        return (
+            f"Identifier(kind={self.index.kind!r}, n={len(self)}, individuals={self.n_individuals}, "
+            f"blend={self.config.blend}, threshold={self.threshold})"
+        )
 
-    def rank(self, queries: np.ndarray, top: int = CUTOFF) -> list[Ranking]:
-        """Known individuals only, best first: the input to threshold calibration."""
-        scores, indices = self.index.search(queries, self.neighbours)
-        return top_individuals(scores, indices, self.gallery_ids, top=top)
+    # ------------------------------------------------------------------ ranking
 
-    def identify(self, queries: np.ndarray, top: int = CUTOFF,
-                 species: Sequence[str] | None = None) -> list[Ranking]:
+    def rank(self, queries: Embeddings | np.ndarray, top: int = CUTOFF) -> list[Ranking]:
+        """Known individuals only, best first, by this Identifier's scorer: the input to thresholds."""
+        if self.config.blend is None:
+            vectors = queries.vectors if isinstance(queries, Embeddings) else queries
+            scores, indices = self.index.search(vectors, self.config.neighbours)
+            return top_individuals(scores, indices, self.gallery_ids, top=top)
+        return self.blend_ranker(queries)(self.config.blend, top)
+
+    def blend_ranker(self, queries: Embeddings | np.ndarray):
+        """Rankings of every individual at any blend weight (one kNN matrix for all weights)."""
+        if isinstance(queries, Embeddings):
+            meta = queries.meta
+            return ranker(
+                self.index.vectors,
+                self.gallery_ids,
+                queries.vectors,
+                queries.class_cosines,
+                meta.get("classes", ()),
+                meta.get("arcface_scale"),
+            )
+        return ranker(self.index.vectors, self.gallery_ids, queries)
+
+    def leave_one_out(self) -> tuple[list[Ranking], list[str]]:
+        """Each gallery photo ranked against all the others, and the truths they should match (kNN)."""
+        if len(self) < 2:
+            raise UserError(f"leave-one-out scoring needs at least 2 photos (each queries the others), got {len(self)}")
+        vectors = self.index.vectors
+        k = min(self.config.neighbours + 1, len(self))
+        scores, indices = self.index.search(vectors, k)
+        own = indices == np.arange(len(self))[:, None]  # wherever it landed: ties can move it off rank 1
+        scores, indices = np.where(own, -np.inf, scores), np.where(own, -1, indices)
+        return top_individuals(scores, indices, self.gallery_ids), truths(self.gallery_ids)
+
+    # ------------------------------------------------------------------ threshold
+
+    def calibrate(
+        self, val: Embeddings | None = None, queries: Embeddings | None = None, leave_one_out: bool = False
+    ) -> float | dict[str, float]:
+        """Set the threshold by the policy: on labelled validation photos (ranked against this gallery, or
+        ``leave_one_out`` among themselves), or, for "rate", on the queries' own score distribution."""
+        policy = self.config.threshold
+        if policy == "rate":
+            if queries is None or self.config.new_rate is None:
+                raise UserError("the rate threshold needs the queries and the share expected to be new (new_rate)")
+            self.threshold = calibrate_threshold(self.rank(queries), None, "rate", new_rate=self.config.new_rate)
+            return self.threshold
+        if val is None:
+            raise UserError(f"the {policy} threshold needs labelled validation photos")
+        val.require_labels("the calibration embeddings")
+        val_ids = val.table["individual_id"].tolist()
+        if leave_one_out:
+            rankings, val_truths = Identifier(ExactIndex(val.vectors), val_ids, self.config).leave_one_out()
+        else:
+            rankings, val_truths = self.rank(val), truths(val_ids, self.gallery_ids)
+        if policy == "per-species":
+            self.threshold = calibrate_per_species(
+                rankings, val_truths, val.table["species"].tolist(), self.config.min_species_queries
+            )
+        else:
+            self.threshold = calibrate_threshold(rankings, val_truths, "sweep")
+        return self.threshold
+
+    # ------------------------------------------------------------------ answers
+
+    def identify(
+        self, queries: Embeddings | np.ndarray, top: int = CUTOFF, species: Sequence[str] | None = None
+    ) -> list[Ranking]:
         """The answer: ``rank`` plus "new_individual" when a threshold is set.
 
         A per-species threshold applies each query's species: from ``species`` when
-        given, else the species of its top-1 candidate in the gallery, so a test set
-        without species labels (Happywhale's) still works.
+        given, else the species of its top-1 candidate in the gallery.
         """
+        return self.answer(self.rank(queries, top=top), species, top)
+
+    def answer(
+        self, rankings: Sequence[Ranking], species: Sequence[str] | None = None, top: int = CUTOFF
+    ) -> list[Ranking]:
+        """``rankings`` (from :meth:`rank`) with new_individual inserted by this Identifier's threshold."""
         if species is not None:
-            species = _check_species(species, len(queries), "species")
+            species = check_species(species, len(rankings), "species")
         elif isinstance(self.threshold, dict) and self._species_of is None:
-            raise UserError("a per-species threshold needs the queries' species: pass species=, "
-                             "or give the Identifier gallery_species to infer them")
-        return apply_threshold(self.rank(queries, top=top), self.threshold, species, self._species_of, top)
+            raise UserError(
+                "a per-species threshold needs the queries' species: pass species=, "
+                "or give the Identifier gallery_species to infer them"
+            )
+        return apply_threshold(rankings, self.threshold, species, self._species_of, top)
 
-    def identify_photos(self, paths: Sequence[str], top: int = CUTOFF, **embed_options: Any) -> tuple[list[Ranking], np.ndarray]:
-        """Rankings for photo files, embedded by the model that made the gallery; and which photos opened."""
-        from whaleid.model.embed import Embedder
+    def predict(self, queries: Embeddings) -> Predictions:
+        """Answers, candidates and scores for a set of embedded queries, as one artifact."""
+        self.require_compatible(queries, "the queries")
+        rankings = self.rank(queries)
+        answers = self.answer(rankings)
+        return Predictions(queries.table["image"].tolist(), answers, rankings, self.threshold)
 
-        source = self.metadata.get("source", {})
-        embedder = Embedder.from_source(source, self.metadata.get("model", {}).get("img_size", 224), **embed_options)
-        paths = [str(Path(p).resolve()) for p in paths]
-        files, prepared = paths, np.ones(len(paths), dtype=bool)
-        if self.metadata.get("preprocess"):  # crop the photos exactly as the gallery's were
-            files, prepared = _prepared_files(paths, self.metadata["preprocess"])
-        vectors, ok = embedder.embed_paths(files)
+    def require_compatible(self, other: Embeddings, what: str) -> None:
+        """Refuse vectors made by another model or photo preparation than the gallery's."""
+        require_same_model(self.metadata, self.index.dim, other.meta, other.dim, what, "the gallery")
+
+    def embedder(self, **options: Any) -> Embedder:
+        """The model(s) that made the gallery, to embed new photos the same way."""
+        embedder = Embedder.from_source(
+            self.metadata.get("source", {}), self.metadata.get("model", {}).get("img_size", 224), **options
+        )
+        embedder.preprocess = self.metadata.get("preprocess")  # as the gallery was embedded, options included
+        return embedder
+
+    def embed(
+        self,
+        catalog: Catalog,
+        boxes: Sequence[str | os.PathLike] | None = None,
+        cache_root: str | os.PathLike = DEFAULT_ROOT,
+        **embed_options: Any,
+    ) -> Embeddings:
+        """A catalog of query photos, prepared and embedded as the gallery's were."""
+        queries = self.embedder(**embed_options).embed_catalog(prepare(catalog, self.preprocess, cache_root, boxes))
+        self.require_compatible(queries, "the queries")
+        return queries
+
+    def identify_photos(
+        self,
+        paths: Sequence[str],
+        top: int = CUTOFF,
+        cache_root: str | os.PathLike = DEFAULT_ROOT,
+        **embed_options: Any,
+    ) -> tuple[list[Ranking], np.ndarray]:
+        """Rankings for photo files, prepared and embedded as the gallery's were; and which photos opened."""
+        files, prepared = prepare_paths(paths, self.preprocess, cache_root)
+        queries, ok = embed_files(self.embedder(**embed_options), files)
         opened = prepared.copy()
         opened[prepared] = ok
-        return self.identify(vectors, top=top), opened
+        return self.identify(queries, top=top), opened
+
+    # ------------------------------------------------------------------ files
 
     def save(self, directory: str | os.PathLike) -> Path:
-        """index.npz + gallery_ids.json (+ gallery_species.json) + identifier.json, each
-        written atomically.
+        """index.npz + gallery_ids.json (+ gallery_species.json) + models/ + identifier.json, each atomic.
 
-        The sidecar goes last, so a directory with a sidecar is always complete.
+        Every model that made the gallery is copied into ``models/``, so the folder identifies
+        photos alone; the sidecar goes last, so a folder with a sidecar is complete.
         """
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         (directory / SIDECAR).unlink(missing_ok=True)  # mark incomplete while rewriting
         self.index.save(directory / INDEX_FILE)
-        with atomic_path(directory / IDS_FILE) as tmp:
-            tmp.write_text(json.dumps(self.gallery_ids), encoding="utf-8")
+        _write_json(directory / IDS_FILE, self.gallery_ids)
         if self.gallery_species is None:
             (directory / SPECIES_FILE).unlink(missing_ok=True)  # not another save's leftover
         else:
-            with atomic_path(directory / SPECIES_FILE) as tmp:
-                tmp.write_text(json.dumps(self.gallery_species), encoding="utf-8")
-        checkpoint = self.metadata.get("source", {}).get("checkpoint")
-        if checkpoint and Path(checkpoint).resolve() != (directory / MODEL_FILE).resolve():
-            # The model travels with the index, so photos can be identified from this folder alone.
-            with atomic_path(directory / MODEL_FILE) as tmp:
-                shutil.copyfile(checkpoint, tmp)
-            self.metadata["source"] = {"checkpoint": str((directory / MODEL_FILE).resolve())}
+            _write_json(directory / SPECIES_FILE, self.gallery_species)
         sidecar = {
             "format": FORMAT,
             "version": FORMAT_VERSION,
@@ -349,154 +332,103 @@ class Identifier:
             "dim": self.index.dim,
             "n": len(self),
             "n_individuals": self.n_individuals,
+            "config": to_dict(self.config),
             "threshold": self.threshold,
-            "neighbours": self.neighbours,
             "per_photo_species": self.gallery_species is not None,
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "metadata": self.metadata,
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            "metadata": _copy_models(self.metadata, directory),
         }
-        with atomic_path(directory / SIDECAR) as tmp:
-            tmp.write_text(json.dumps(sidecar, indent=2) + "\n", encoding="utf-8")
+        _write_json(directory / SIDECAR, sidecar)
         return directory
 
     @classmethod
     def load(cls, directory: str | os.PathLike, *, threads: int | None = None) -> Identifier:
         directory = Path(directory)
-        sidecar_path = directory / SIDECAR
-        if not sidecar_path.is_file():
-            raise FileNotFoundError(f"no {SIDECAR} in {directory} (not an Identifier, or its "
-                                    "save was interrupted)")
-        sidecar = json.loads(sidecar_path.read_text(encoding="utf-8"))
-        if sidecar.get("format") != FORMAT:
-            raise ValueError(f"{sidecar_path} is not a whaleid identifier sidecar")
-        if sidecar.get("version", 0) > FORMAT_VERSION:
-            raise ValueError(f"{directory} was written by a newer whaleid")
+        sidecar = _read_sidecar(directory)
         index = load_index(directory / INDEX_FILE, threads=threads)
         ids = json.loads((directory / IDS_FILE).read_text(encoding="utf-8"))
         if len(index) != sidecar["n"] or index.dim != sidecar["dim"]:
-            raise ValueError(f"{directory}: index (n={len(index)}, dim={index.dim}) does not "
-                             f"match its sidecar (n={sidecar['n']}, dim={sidecar['dim']})")
-        species = None  # version 1 sidecars have neither species nor per-species thresholds
+            raise UserError(
+                f"{directory}: index (n={len(index)}, dim={index.dim}) does not match its sidecar "
+                f"(n={sidecar['n']}, dim={sidecar['dim']})"
+            )
+        species = None
         if sidecar.get("per_photo_species"):
             species = json.loads((directory / SPECIES_FILE).read_text(encoding="utf-8"))
-        return cls(index, ids, threshold=sidecar["threshold"],
-                   neighbours=sidecar.get("neighbours", 100),
-                   metadata=sidecar.get("metadata") or {}, gallery_species=species)
+        metadata = _resolve_models(dict(sidecar.get("metadata") or {}), directory)
+        config = from_dict(IdentifyConfig, sidecar["config"], "identifier config")
+        return cls(index, ids, config, sidecar["threshold"], metadata, species)
 
 
-def _best_plateau_midpoint(thresholds: np.ndarray, values: np.ndarray) -> float:
-    """Middle of the widest run of grid points at the maximum: the threshold with the
-    most margin on both sides, rather than the edge of the optimum that argmax gives."""
-    order = np.argsort(thresholds, kind="stable")
-    thresholds, values = thresholds[order], values[order]
-    best = np.nanmax(values)
-    on = np.isclose(values, best, rtol=0, atol=1e-12)
-    runs: list[tuple[int, int]] = []
-    start = None
-    for i, flag in enumerate(on):
-        if flag and start is None:
-            start = i
-        if not flag and start is not None:
-            runs.append((start, i - 1))
-            start = None
-    if start is not None:
-        runs.append((start, len(on) - 1))
-    a, b = max(runs, key=lambda r: (thresholds[r[1]] - thresholds[r[0]], r[1] - r[0]))
-    return float((thresholds[a] + thresholds[b]) / 2)
+def identify_queries(identifier: Identifier, queries: Embeddings, calibration: Embeddings | None = None) -> Predictions:
+    """Predictions for the queries, the threshold first chosen by the Identifier's policy when it can be.
 
-
-def _sweep_threshold(rankings: Sequence[Ranking], truths: Sequence[str],
-                     thresholds: np.ndarray | Sequence[float] | None = None) -> float:
-    grid = default_thresholds(rankings) if thresholds is None else np.asarray(thresholds, float)
-    sweep = threshold_sweep(rankings, truths, grid)
-    return _best_plateau_midpoint(sweep["threshold"].to_numpy(), sweep["map5"].to_numpy())
-
-
-def calibrate_threshold(
-    rankings: Sequence[Ranking],
-    truths: Sequence[str] | None,
-    method: str = "sweep",
-    new_rate: float | None = None,
-    thresholds: np.ndarray | Sequence[float] | None = None,
-) -> float:
-    """Choose the new_individual threshold from validation rankings (from ``rank``).
-
-    "sweep": the threshold with the best MAP@5, where truths of queries whose
-    individual is absent from the gallery are "new_individual" (middle of the best
-    plateau when several thresholds tie). "rate": ignore truths and pick the threshold
-    below which a fraction ``new_rate`` of top-1 scores fall, for when the expected
-    share of new animals is known but no labelled open-set split exists.
+    Labelled ``calibration`` photos are ranked against the gallery by the blend scorer, or
+    among themselves (leave-one-out) by kNN, whose validation photos need not be gallery
+    individuals; without them, the "rate" policy calibrates on the queries' own scores.
     """
-    if len(rankings) == 0:
-        raise UserError("cannot calibrate a threshold on zero validation photos")
-    if method == "sweep":
-        if truths is None:
-            raise UserError("calibrating by sweep needs the validation photos' truths")
-        threshold = _sweep_threshold(rankings, truths, thresholds)
-        if not any(t == NEW_INDIVIDUAL for t in truths):
-            _warn_once(NO_NEW_TRUTH)
-        return threshold
-    if method == "rate":
-        rate = _finite(new_rate)
-        if rate is None or not 0.0 <= rate <= 1.0:
-            raise UserError(f"--new-rate must be the share of queries expected to be new, in [0, 1], got {new_rate!r}")
-        top1 = np.sort([r.scores[0] if len(r) else -np.inf for r in rankings])
-        n = len(top1)
-        m = int(round(new_rate * n))  # queries to send to new_individual (top-1 < threshold)
-        finite = top1[np.isfinite(top1)]
-        if m == 0:
-            return float(finite.min()) if finite.size else 0.0
-        if m >= n:
-            return float(np.nextafter(finite.max(), np.inf)) if finite.size else 0.0
-        lo, hi = top1[m - 1], top1[m]
-        if not np.isfinite(lo):
-            return float(hi)
-        return float((lo + hi) / 2) if hi > lo else float(hi)
-    raise UserError(f"unknown calibration method {method!r}; use 'sweep' or 'rate'")
+    if calibration is not None:
+        identifier.require_compatible(calibration, "the calibration embeddings")
+        identifier.calibrate(calibration, leave_one_out=identifier.config.blend is None)
+    elif identifier.config.threshold == "rate" and identifier.config.new_rate is not None:
+        identifier.calibrate(queries=queries)
+    return identifier.predict(queries)
 
 
-def calibrate_per_species(
-    rankings: Sequence[Ranking],
-    truths: Sequence[str],
-    species: Sequence[str],
-    min_queries: int = 20,
-    **sweep_kwargs: Any,
-) -> dict[str, float]:
-    """A sweep threshold per species, for ``Identifier(threshold=...)``.
-
-    Cosines run higher for distinctive species (humpback flukes) than for plain
-    dolphin fins, so one threshold sends too many of one to new_individual and too few
-    of the other. A species with fewer than ``min_queries`` validation queries would get
-    a noisy threshold, so it is left out and uses ``"*"``, the sweep over all queries.
-    ``sweep_kwargs`` go to ``calibrate_threshold`` (e.g. ``thresholds``).
-    """
-    species = _check_species(species, len(rankings), "species")
-    if OTHER_SPECIES in species:
-        raise UserError(f"{OTHER_SPECIES!r} names the fallback threshold, not a species")
-    if min_queries < 1:
-        raise UserError(f"min_queries must be >= 1, got {min_queries}")
-    out = {OTHER_SPECIES: calibrate_threshold(rankings, truths, "sweep", **sweep_kwargs)}
-    rows: dict[str, list[int]] = {}
-    for i, name in enumerate(species):
-        rows.setdefault(name, []).append(i)
-    # A species whose validation animals all have matches gets a "rarely new" threshold,
-    # which is what its data says, so only the global call above warns.
-    for name, idx in rows.items():
-        if len(idx) >= min_queries:
-            out[name] = _sweep_threshold([rankings[i] for i in idx], [truths[i] for i in idx], **sweep_kwargs)
-    return out
+def _write_json(path: Path, value: Any) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(value, indent=2) + "\n", encoding="utf-8")
 
 
-def _prepared_files(paths: list[str], preprocess: dict) -> tuple[list[str], np.ndarray]:
-    """Cached crops of loose photo files, and which photos could be prepared."""
-    import pandas as pd
+def _read_sidecar(directory: Path) -> dict:
+    path = directory / SIDECAR
+    if not path.is_file():
+        raise UserError(f"no {SIDECAR} in {directory} (not an Identifier, or its save was interrupted)")
+    try:
+        sidecar = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise UserError(f"{path} is not readable JSON ({error}): save the Identifier again") from None
+    if not isinstance(sidecar, dict) or sidecar.get("format") != FORMAT:
+        raise UserError(f"{path} is not a whaleid identifier sidecar")
+    if sidecar.get("version", 0) != FORMAT_VERSION:
+        raise UserError(
+            f"{directory} was written by {'a newer' if sidecar.get('version', 0) > FORMAT_VERSION else 'an older'} "
+            "whaleid: save the Identifier again with this version (`whaleid identify --save`)"
+        )
+    return sidecar
 
-    from whaleid.preprocess.cache import CacheSettings, cached_catalog
-    from whaleid.data.catalog import Catalog
 
-    settings = CacheSettings.from_dict(preprocess["cache"])
-    if settings.crop == "boxes":
-        raise ValueError("this gallery was embedded with external boxes; crop the photos with `whaleid cache` first")
-    catalog = Catalog(pd.DataFrame({"image": paths, "individual_id": None}), images_dir=Path("/"))
-    cached = cached_catalog(catalog, settings, progress=False).table.set_index("image")["path"]
-    return cached.tolist(), np.array([p in cached.index for p in paths], dtype=bool)
+def _members(source: dict) -> tuple[str, list[str]]:
+    """The key of a model source that names checkpoint files, and those files."""
+    if "checkpoint" in source:
+        return "checkpoint", [source["checkpoint"]]
+    if "checkpoints" in source:
+        return "checkpoints", list(source["checkpoints"])
+    return "", []  # a zero-shot backbone, or no model recorded
+
+
+def _copy_models(metadata: dict, directory: Path) -> dict:
+    """The gallery's checkpoint(s) copied under ``directory/models/``; the metadata naming them relative to it."""
+    key, members = _members(metadata.get("source", {}))
+    if not members:
+        return dict(metadata)
+    copied = []
+    for i, member in enumerate(members):
+        target = directory / MODELS_DIR / str(i)
+        target.mkdir(parents=True, exist_ok=True)
+        for path in checkpoint_files(member):
+            if path.resolve() != (target / path.name).resolve():
+                with atomic_path(target / path.name) as tmp:
+                    shutil.copyfile(path, tmp)
+        copied.append(f"{MODELS_DIR}/{i}/{checkpoint_files(member)[-1].name}")
+    source = {**metadata["source"], key: copied[0] if key == "checkpoint" else copied}
+    return {**metadata, "source": source}
+
+
+def _resolve_models(metadata: dict, directory: Path) -> dict:
+    """Saved metadata with its relative checkpoint paths made absolute under the Identifier's folder."""
+    key, members = _members(metadata.get("source", {}))
+    if not members:
+        return metadata
+    paths = [str(directory / p) for p in members]
+    return {**metadata, "source": {**metadata["source"], key: paths[0] if key == "checkpoint" else paths}}

@@ -168,12 +168,22 @@ class Index(ABC):
     def __repr__(self) -> str:
         return f"{type(self).__name__}(kind={self.kind!r}, n={len(self)}, dim={self.dim})"
 
+    def _header(self, params: dict) -> dict:
+        """What a saved index says about itself, checked when it is loaded."""
+        return {
+            "format": FORMAT,
+            "version": FORMAT_VERSION,
+            "kind": self.kind,
+            "n": len(self),
+            "dim": self.dim,
+            "params": params,
+        }
+
 
 # --------------------------------------------------------------------------- exact
 
 
-def _select_above(sims: np.ndarray, cut: np.ndarray, k: int
-                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _select_above(sims: np.ndarray, cut: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Best k per row among entries >= that row's cut; also how many passed the cut."""
     rows = sims.shape[0]
     rr, cc = np.nonzero(sims >= cut[:, None])
@@ -208,8 +218,7 @@ def _top_k_rows(sims: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     short = np.flatnonzero(counts < k)
     if short.size:
         sub = sims[short]
-        vals[short], idx[short], _ = _select_above(
-            sub, np.partition(sub, n - k, axis=1)[:, n - k], k)
+        vals[short], idx[short], _ = _select_above(sub, np.partition(sub, n - k, axis=1)[:, n - k], k)
     return vals, idx
 
 
@@ -267,9 +276,7 @@ class ExactIndex(Index):
         return scores, indices
 
     def save(self, path: str | os.PathLike) -> None:
-        meta = {"format": FORMAT, "version": FORMAT_VERSION, "kind": self.kind,
-                "n": len(self), "dim": self.dim, "params": {}}
-        _save_npz(path, meta, vectors=self.vectors)
+        _save_npz(path, self._header({}), vectors=self.vectors)
 
 
 # --------------------------------------------------------------------------- faiss
@@ -304,12 +311,12 @@ class FaissIndex(Index):
         self.method = method
         self.kind = f"faiss-{method}"
         self.threads = _check_threads(threads)
-        allowed = {"flat": set(), "hnsw": {"m", "ef_construction", "ef_search"},
-                   "ivf": {"nlist", "nprobe"}}[method]
+        allowed = {"flat": set(), "hnsw": {"m", "ef_construction", "ef_search"}, "ivf": {"nlist", "nprobe"}}[method]
         unknown = set(params) - allowed
         if unknown:
-            raise TypeError(f"unexpected parameter(s) for faiss-{method}: {sorted(unknown)}; "
-                            f"allowed: {sorted(allowed)}")
+            raise TypeError(
+                f"unexpected parameter(s) for faiss-{method}: {sorted(unknown)}; allowed: {sorted(allowed)}"
+            )
         if _index is not None:  # from load_index
             self._index = _index
             self.params = dict(params)
@@ -327,9 +334,11 @@ class FaissIndex(Index):
                 index = faiss.IndexFlatIP(d)
                 self.params = {}
             elif method == "hnsw":
-                self.params = {"m": int(params.get("m", 32)),
-                               "ef_construction": int(params.get("ef_construction", 64)),
-                               "ef_search": int(params.get("ef_search", 128))}
+                self.params = {
+                    "m": int(params.get("m", 32)),
+                    "ef_construction": int(params.get("ef_construction", 64)),
+                    "ef_search": int(params.get("ef_search", 128)),
+                }
                 index = faiss.IndexHNSWFlat(d, self.params["m"], ip)
                 index.hnsw.efConstruction = self.params["ef_construction"]
             else:
@@ -371,8 +380,7 @@ class FaissIndex(Index):
     def save(self, path: str | os.PathLike) -> None:
         import faiss
 
-        meta = {"format": FORMAT, "version": FORMAT_VERSION, "kind": self.kind,
-                "n": len(self), "dim": self.dim, "params": self.params}
+        meta = self._header(self.params)
         _save_npz(path, meta, faiss=faiss.serialize_index(self._index))
 
 
@@ -413,8 +421,9 @@ def load_index(path: str | os.PathLike, *, threads: int | None = None) -> Index:
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise UserError(f"{path} is not a whaleid index file: {again}")
     if meta.get("version", 0) > FORMAT_VERSION:
-        raise UserError(f"{path} was written by a newer whaleid (index format "
-                        f"v{meta['version']}, this one reads v{FORMAT_VERSION})")
+        raise UserError(
+            f"{path} was written by a newer whaleid (index format v{meta['version']}, this one reads v{FORMAT_VERSION})"
+        )
     kind = meta.get("kind")
     if kind != "exact" and not (isinstance(kind, str) and kind.startswith("faiss-")):
         raise UserError(f"{path}: unknown index kind {kind!r}: {again}")
@@ -425,11 +434,12 @@ def load_index(path: str | os.PathLike, *, threads: int | None = None) -> Index:
             import faiss
 
             raw = faiss.deserialize_index(arrays["faiss"])
-            index = FaissIndex(method=kind.split("-", 1)[1], threads=threads, _index=raw,
-                               **meta.get("params", {}))
+            index = FaissIndex(method=kind.split("-", 1)[1], threads=threads, _index=raw, **meta.get("params", {}))
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:  # faiss raises RuntimeError on junk
         raise UserError(f"{path} is a damaged index ({exc}): {again}") from None
     if len(index) != meta.get("n") or index.dim != meta.get("dim"):
-        raise UserError(f"{path} is inconsistent: meta says n={meta.get('n')}, dim={meta.get('dim')}, "
-                        f"payload has n={len(index)}, dim={index.dim}: {again}")
+        raise UserError(
+            f"{path} is inconsistent: meta says n={meta.get('n')}, dim={meta.get('dim')}, "
+            f"payload has n={len(index)}, dim={index.dim}: {again}"
+        )
     return index

@@ -11,25 +11,22 @@ truth A and ``[B, B, A]`` scores 1/3.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from whaleid.data.catalog import NEW_INDIVIDUAL  # one spelling for the whole package
 from whaleid.errors import UserError
 from whaleid.files import atomic_path
-
-if TYPE_CHECKING:
-    from whaleid.search.identify import Ranking
+from whaleid.search.ranking import CUTOFF, NEW_INDIVIDUAL, Ranking
 
 __all__ = [
-    "NEW_INDIVIDUAL",
     "average_precision_at_5",
     "map_at_5",
     "top_k_accuracy",
@@ -44,17 +41,14 @@ __all__ = [
 ]
 
 
-#: Kaggle scored the first five predictions per image.
-CUTOFF = 5
-
-
 # --------------------------------------------------------------------------- metrics
 
 
 def _check_pairs(predictions: Sequence[Sequence[str]], truths: Sequence[str]) -> None:
     if len(predictions) != len(truths):
-        raise UserError(f"{len(predictions)} prediction lists but {len(truths)} truths: "
-                        "give one truth per predicted photo")
+        raise UserError(
+            f"{len(predictions)} prediction lists but {len(truths)} truths: give one truth per predicted photo"
+        )
     if len(truths) == 0:
         raise UserError("cannot score an empty set of predictions")
     for i, p in enumerate(predictions[:1]):
@@ -100,13 +94,10 @@ def _detector_stats(pred_new: np.ndarray, true_new: np.ndarray) -> dict[str, Any
     n_true = true_new.sum(axis=-1)
     precision = np.where(n_pred > 0, hits / np.maximum(n_pred, 1), np.nan)
     recall = np.where(n_true > 0, hits / np.maximum(n_true, 1), np.nan)
-    return {"new_precision": precision, "new_recall": recall,
-            "new_rate": n_pred / pred_new.shape[-1]}
+    return {"new_precision": precision, "new_recall": recall, "new_rate": n_pred / pred_new.shape[-1]}
 
 
-def per_species(
-    predictions: Sequence[Sequence[str]], truths: Sequence[str], species: Sequence[str]
-) -> pd.DataFrame:
+def per_species(predictions: Sequence[Sequence[str]], truths: Sequence[str], species: Sequence[str]) -> pd.DataFrame:
     """One row per species (most images first) plus an 'all' row: n, map5, top1, top5.
 
     Species differ wildly in difficulty (distinctive humpback flukes vs. plain
@@ -118,13 +109,16 @@ def per_species(
     ap = np.array([average_precision_at_5(p, t) for p, t in zip(predictions, truths)])
     top1 = np.array([len(p) > 0 and p[0] == t for p, t in zip(predictions, truths)])
     top5 = np.array([t in list(p)[:CUTOFF] for p, t in zip(predictions, truths)])
-    frame = pd.DataFrame({"species": [str(s) for s in species], "map5": ap,
-                          "top1": top1.astype(float), "top5": top5.astype(float)})
+    frame = pd.DataFrame(
+        {"species": [str(s) for s in species], "map5": ap, "top1": top1.astype(float), "top5": top5.astype(float)}
+    )
     table = frame.groupby("species", sort=False).agg(
-        n=("map5", "size"), map5=("map5", "mean"), top1=("top1", "mean"), top5=("top5", "mean"))
+        n=("map5", "size"), map5=("map5", "mean"), top1=("top1", "mean"), top5=("top5", "mean")
+    )
     table = table.reset_index().sort_values(["n", "species"], ascending=[False, True])
-    overall = pd.DataFrame([{"species": "all", "n": len(frame), "map5": ap.mean(),
-                             "top1": top1.mean(), "top5": top5.mean()}])
+    overall = pd.DataFrame(
+        [{"species": "all", "n": len(frame), "map5": ap.mean(), "top1": top1.mean(), "top5": top5.mean()}]
+    )
     return pd.concat([table, overall], ignore_index=True)
 
 
@@ -169,8 +163,7 @@ def threshold_sweep(
     # Candidates after dropping any pre-existing new_individual, as insert_new_individual does.
     # Only the first `top` candidates can change the outcome: an insertion point beyond
     # them puts new_individual outside the cutoff either way.
-    cands = [[(i, s) for i, s in zip(r.ids, r.scores) if i != NEW_INDIVIDUAL][:top]
-             for r in rankings]
+    cands = [[(i, s) for i, s in zip(r.ids, r.scores) if i != NEW_INDIVIDUAL][:top] for r in rankings]
     width = max(1, max(len(c) for c in cands))
     scores = np.full((nq, width), -np.inf)
     truth_pos = np.full(nq, width + top + 1)  # "absent": never inside the cutoff
@@ -185,32 +178,33 @@ def threshold_sweep(
     lengths = np.array([len(c) for c in cands])
     true_new = np.array([t == NEW_INDIVIDUAL for t in truths])
 
-    below = scores[None, :, :] < thr[:, None, None]              # (T, nq, width)
+    below = scores[None, :, :] < thr[:, None, None]  # (T, nq, width)
     below |= np.arange(width)[None, None, :] >= lengths[None, :, None]  # padding counts as end
     # insertion position: first candidate below threshold (or the end of the list)
     pos = np.where(below.any(axis=2), below.argmax(axis=2), lengths[None, :])  # (T, nq)
-    new_rank = pos + 1                                           # 1-based rank of new_individual
+    new_rank = pos + 1  # 1-based rank of new_individual
     truth_rank = np.where(truth_pos[None, :] < pos, truth_pos[None, :] + 1, truth_pos[None, :] + 2)
     rank = np.where(true_new[None, :], new_rank, truth_rank)
     ap = np.where(rank <= top, 1.0 / rank, 0.0)
     pred_new = pos == 0
     top1 = np.where(pred_new, true_new[None, :], ~pred_new & first_is_truth[None, :] & ~true_new)
     stats = _detector_stats(pred_new, true_new[None, :])
-    return pd.DataFrame({
-        "threshold": thr,
-        "map5": ap.mean(axis=1),
-        "top1": top1.mean(axis=1),
-        "new_precision": stats["new_precision"],
-        "new_recall": np.broadcast_to(stats["new_recall"], thr.shape).astype(float),
-        "new_rate": stats["new_rate"],
-    })
+    return pd.DataFrame(
+        {
+            "threshold": thr,
+            "map5": ap.mean(axis=1),
+            "top1": top1.mean(axis=1),
+            "new_precision": stats["new_precision"],
+            "new_recall": np.broadcast_to(stats["new_recall"], thr.shape).astype(float),
+            "new_rate": stats["new_rate"],
+        }
+    )
 
 
 # --------------------------------------------------------------------------- files
 
 
-def plot_threshold_sweep(sweep: pd.DataFrame, path: str | os.PathLike,
-                         chosen: float | None = None) -> Path:
+def plot_threshold_sweep(sweep: pd.DataFrame, path: str | os.PathLike, chosen: float | None = None) -> Path:
     """PNG of MAP@5/top-1 and new_individual precision/recall/rate against threshold.
 
     The threshold is a trade-off people should see, not just a number: the plot shows
@@ -229,19 +223,22 @@ def plot_threshold_sweep(sweep: pd.DataFrame, path: str | os.PathLike,
     x = sweep["threshold"]
     left.plot(x, sweep["map5"], label="MAP@5", color="C0", lw=2)
     left.plot(x, sweep["top1"], label="top-1", color="C1", ls="--")
-    left.set(xlabel="new_individual threshold (cosine)", ylabel="score", ylim=(0, 1.02),
-             title="Identification")
+    left.set(xlabel="new_individual threshold (cosine)", ylabel="score", ylim=(0, 1.02), title="Identification")
     right.plot(x, sweep["new_precision"], label="precision", color="C2")
     right.plot(x, sweep["new_recall"], label="recall", color="C3")
     right.plot(x, sweep["new_rate"], label="share predicted new", color="0.5", ls=":")
-    right.set(xlabel="new_individual threshold (cosine)", ylim=(0, 1.02),
-              title="new_individual as first guess")
+    right.set(xlabel="new_individual threshold (cosine)", ylim=(0, 1.02), title="new_individual as first guess")
     if chosen is not None:
         best = sweep.iloc[int(np.argmin(np.abs(x.to_numpy() - chosen)))]
         for ax in (left, right):
             ax.axvline(chosen, color="k", lw=1, alpha=0.6)
-        left.annotate(f"chosen {chosen:.3f}\nMAP@5 {best['map5']:.3f}", (chosen, best["map5"]),
-                      xytext=(6, -28), textcoords="offset points", fontsize=8)
+        left.annotate(
+            f"chosen {chosen:.3f}\nMAP@5 {best['map5']:.3f}",
+            (chosen, best["map5"]),
+            xytext=(6, -28),
+            textcoords="offset points",
+            fontsize=8,
+        )
     for ax in (left, right):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="best")
@@ -251,8 +248,7 @@ def plot_threshold_sweep(sweep: pd.DataFrame, path: str | os.PathLike,
     return path
 
 
-def write_submission(images: Sequence[str], predictions: Sequence[Sequence[str]],
-                     path: str | os.PathLike) -> Path:
+def write_submission(images: Sequence[str], predictions: Sequence[Sequence[str]], path: str | os.PathLike) -> Path:
     """Kaggle CSV ``image,predictions`` with exactly five space-separated ids per image.
 
     Rankings hold distinct ids and may have fewer than five (few individuals among the
@@ -269,9 +265,10 @@ def write_submission(images: Sequence[str], predictions: Sequence[Sequence[str]]
         preds = [str(p) for p in list(preds)[:CUTOFF]] or [NEW_INDIVIDUAL]
         preds += [preds[-1]] * (CUTOFF - len(preds))
         for token in (str(image), *preds):
-            if not token or any(c in token for c in ", \t\r\n\""):
-                raise ValueError(f"{token!r} cannot be written to a submission CSV "
-                                 "(empty, or contains a comma, quote or whitespace)")
+            if not token or any(c in token for c in ', \t\r\n"'):
+                raise ValueError(
+                    f"{token!r} cannot be written to a submission CSV (empty, or contains a comma, quote or whitespace)"
+                )
         lines.append(f"{image},{' '.join(preds)}")
     path = Path(path)
     with atomic_path(path) as tmp:
@@ -308,8 +305,10 @@ def truths_for(
     for name, column in ((source, truth["image"]), ("the predictions", pd.Series(list(images), dtype=object))):
         twice = column[column.duplicated()].unique()
         if len(twice):
-            raise UserError(f"in {name}, {len(twice)} photo(s) appear more than once, e.g. {list(twice[:3])}: "
-                            "keep one row per photo")
+            raise UserError(
+                f"in {name}, {len(twice)} photo(s) appear more than once, e.g. {list(twice[:3])}: "
+                "keep one row per photo"
+            )
     table = truth.set_index("image")
     absent = [i for i in images if i not in table.index]
     if absent:
@@ -342,9 +341,24 @@ class Report:
             ]
         return out
 
+    def save(self, directory: str | os.PathLike, sweep: pd.DataFrame | None = None) -> Path:
+        """report.json, per_species.csv (with species) and threshold_sweep.csv/.png (with a sweep)."""
+        directory = Path(directory)
+        with atomic_path(directory / "report.json") as tmp:
+            tmp.write_text(json.dumps(self.to_dict(), indent=2))
+        if self.per_species is not None:
+            with atomic_path(directory / "per_species.csv") as tmp:
+                self.per_species.to_csv(tmp, index=False)
+        if sweep is not None:
+            with atomic_path(directory / "threshold_sweep.csv") as tmp:
+                sweep.to_csv(tmp, index=False)
+            plot_threshold_sweep(sweep, directory / "threshold_sweep.png")
+        return directory
 
-def evaluate(predictions: Sequence[Sequence[str]], truths: Sequence[str],
-             species: Sequence[str] | None = None) -> Report:
+
+def evaluate(
+    predictions: Sequence[Sequence[str]], truths: Sequence[str], species: Sequence[str] | None = None
+) -> Report:
     """All headline metrics at once; the per-species table only when species are given."""
     _check_pairs(predictions, truths)
     new = _new_stats(predictions, truths)

@@ -1,4 +1,4 @@
-"""Open-set protocol: every photo of a held-out set queries all the others.
+"""Open-set protocol: every photo of a held-out set queries all the others, and the open-set metrics.
 
 A query whose individual has no other photo in the set has the truth
 `new_individual`, as unseen animals do in a new field season.
@@ -6,41 +6,22 @@ A query whose individual has no other photo in the set has the truth
 
 from __future__ import annotations
 
-from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
-from whaleid.data.catalog import NEW_INDIVIDUAL
 from whaleid.model.embed import Embeddings
-from whaleid.errors import UserError
-from whaleid.search.metrics import evaluate, map_at_5, threshold_sweep
-from whaleid.search.identify import (
-    Ranking,
-    calibrate_threshold,
-    insert_new_individual,
-    top_individuals,
-)
+from whaleid.search.identify import Identifier
 from whaleid.search.index import ExactIndex
+from whaleid.search.metrics import evaluate, map_at_5, threshold_sweep
+from whaleid.search.ranking import NEW_INDIVIDUAL, Ranking, apply_threshold
+from whaleid.search.threshold import calibrate_threshold
 
 
-def leave_one_out(vectors: np.ndarray, ids: Sequence[str], neighbours: int = 100) -> tuple[list[Ranking], list[str]]:
+def leave_one_out(vectors: np.ndarray, ids: Sequence[str]) -> tuple[list[Ranking], list[str]]:
     """Rankings of each photo against the rest of the set, and the truths they should match."""
-    ids = list(ids)
-    if len(ids) != len(vectors):
-        raise UserError(f"{len(ids)} individual ids for {len(vectors)} photos: give one id per photo")
-    if len(ids) < 2:
-        raise UserError(f"leave-one-out scoring needs at least 2 photos (each queries the others), got {len(ids)}")
-    k = min(neighbours + 1, len(ids))
-    scores, indices = ExactIndex(vectors).search(vectors, k)
-    # Drop each query's own photo wherever it landed (ties can move it off rank 1).
-    own = indices == np.arange(len(ids))[:, None]
-    scores = np.where(own, -np.inf, scores)
-    indices = np.where(own, -1, indices)
-    counts = Counter(ids)
-    truths = [i if counts[i] > 1 else NEW_INDIVIDUAL for i in ids]
-    return top_individuals(scores, indices, ids), truths
+    return Identifier(ExactIndex(vectors), ids).leave_one_out()
 
 
 def known_accuracy(rankings: Sequence[Ranking], truths: Sequence[str], k: int) -> float:
@@ -60,20 +41,22 @@ def ceiling_map5(rankings: Sequence[Ranking], truths: Sequence[str]) -> float:
     return map_at_5(perfect, truths)
 
 
-def with_threshold(rankings: Sequence[Ranking], threshold: float) -> list[list[str]]:
-    return [insert_new_individual(r, threshold).ids for r in rankings]
-
-
 def score_open_set(vectors: np.ndarray, ids: Sequence[str], threshold: float | None = None) -> dict:
     """Leave-one-out metrics; without a threshold, the best one for this very set (optimistic)."""
     return score_rankings(*leave_one_out(vectors, ids), threshold)
 
 
-def score_rankings(rankings: Sequence[Ranking], truths: Sequence[str], threshold: float | None = None) -> dict:
-    """MAP@5 with new_individual inserted at `threshold`, top-k on known queries, new precision/recall."""
+def score_rankings(
+    rankings: Sequence[Ranking],
+    truths: Sequence[str],
+    threshold: float | dict[str, float] | None = None,
+    species_of: Mapping[str, str] | None = None,
+) -> dict:
+    """The open-set metrics: MAP@5 with new_individual inserted at ``threshold`` (one, or one per species of
+    each query's top candidate via ``species_of``), top-k on known queries, the ceiling, new precision/recall."""
     if threshold is None:
         threshold = calibrate_threshold(rankings, truths, "sweep")
-    report = evaluate(with_threshold(rankings, threshold), truths)
+    report = evaluate([r.ids for r in apply_threshold(rankings, threshold, species_of=species_of)], truths)
     return {
         "map5": report.map5,
         "top1_known": known_accuracy(rankings, truths, 1),
@@ -81,7 +64,7 @@ def score_rankings(rankings: Sequence[Ranking], truths: Sequence[str], threshold
         "map5_ceiling": ceiling_map5(rankings, truths),
         "new_precision": report.new_precision,
         "new_recall": report.new_recall,
-        "threshold": float(threshold),
+        "threshold": threshold if isinstance(threshold, dict) else float(threshold),
     }
 
 
@@ -94,4 +77,4 @@ def calibrated_open_set(val: Embeddings, test: Embeddings) -> tuple[dict, pd.Dat
     threshold = calibrate_threshold(val_rankings, val_truths, "sweep")
     rankings, truths = leave_one_out(test.vectors, test.table["individual_id"].tolist())
     metrics = score_rankings(rankings, truths, threshold)
-    return metrics, threshold_sweep(val_rankings, val_truths), with_threshold(rankings, threshold)
+    return metrics, threshold_sweep(val_rankings, val_truths), [r.ids for r in apply_threshold(rankings, threshold)]

@@ -10,16 +10,16 @@ matrix whose columns are named by an id list; ``align`` maps one list onto anoth
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import cache
 
 import numpy as np
 
 from whaleid.errors import UserError
-from whaleid.search.metrics import CUTOFF
-from whaleid.search.identify import Ranking, _check_gallery_ids
 from whaleid.search.index import _top_k_rows, check_vectors
+from whaleid.search.ranking import CUTOFF, Ranking, check_gallery_ids
 
-__all__ = ["knn_scores", "logit_probabilities", "align", "blend", "rank_scores"]
+__all__ = ["knn_scores", "logit_probabilities", "align", "blend", "rank_scores", "ranker"]
 
 
 def knn_scores(
@@ -34,7 +34,7 @@ def knn_scores(
     """
     gallery = check_vectors(gallery, "gallery vectors")
     queries = check_vectors(queries, "queries", dim=gallery.shape[1])
-    ids = _check_gallery_ids(gallery_ids)
+    ids = check_gallery_ids(gallery_ids)
     if len(ids) != len(gallery):
         raise UserError(f"{len(ids)} gallery ids for {len(gallery)} gallery vectors: give one id per vector")
     if chunk < 1:
@@ -94,15 +94,14 @@ def blend(knn: np.ndarray, probs: np.ndarray, weight: float) -> np.ndarray:
         raise UserError(f"the blend weight (--blend) must be in [0, 1], got {weight!r}")
     knn, probs = np.asarray(knn), np.asarray(probs)
     if knn.shape != probs.shape:
-        raise ValueError(f"knn {knn.shape} and probs {probs.shape} must have the same shape "
-                         "(align the columns first)")
+        raise ValueError(f"knn {knn.shape} and probs {probs.shape} must have the same shape (align the columns first)")
     return (1 - weight) * knn + weight * probs
 
 
 def rank_scores(scores: np.ndarray, ids: Sequence[str], top: int = CUTOFF) -> list[Ranking]:
     """Per row, the ``top`` ids with the highest score, best first, ties to the earlier id.
 
-    The same ``Ranking`` that ``identify.top_individuals`` gives, so thresholds and
+    The same ``Ranking`` that ``ranking.top_individuals`` gives, so thresholds and
     metrics work unchanged on blended scores.
     """
     scores = np.asarray(scores)
@@ -116,5 +115,34 @@ def rank_scores(scores: np.ndarray, ids: Sequence[str], top: int = CUTOFF) -> li
     if np.isnan(scores).any():
         raise UserError("scores contain NaN, which has no rank: check the embeddings for NaN")
     values, columns = _top_k_rows(scores, min(top, len(ids)))
-    return [Ranking([ids[j] for j in cols], [float(v) for v in vals])
-            for vals, cols in zip(values.tolist(), columns.tolist())]
+    return [
+        Ranking([ids[j] for j in cols], [float(v) for v in vals])
+        for vals, cols in zip(values.tolist(), columns.tolist())
+    ]
+
+
+def ranker(
+    gallery: np.ndarray,
+    gallery_ids: Sequence[str],
+    queries: np.ndarray,
+    class_cosines: np.ndarray | None = None,
+    classes: Sequence[str] = (),
+    scale: float | None = None,
+) -> Callable[..., list[Ranking]]:
+    """Rankings of every individual at any blend weight; the kNN matrix (and the head probabilities) are
+    computed once, so a search over weights costs one matrix, not one per weight.
+
+    ``class_cosines`` (queries x ``classes``) and the ArcFace ``scale`` come from a model saved with its head.
+    """
+    knn, ids = knn_scores(queries, gallery, gallery_ids)
+
+    @cache
+    def head() -> np.ndarray:  # only a blend needs it, and only models saved with their head have it
+        if class_cosines is None:
+            raise UserError("the blend needs models saved with their ArcFace head (class cosines)")
+        return align(logit_probabilities(class_cosines, scale), classes, ids)
+
+    def at(weight: float, top: int = CUTOFF) -> list[Ranking]:
+        return rank_scores(knn if weight == 0 else blend(knn, head(), weight), ids, top)
+
+    return at

@@ -1,0 +1,14 @@
+"""The ``whaleid`` command (and ``python -m whaleid``): the app's commands plus the experiments' ones."""
+
+from whaleid.app.cli import app
+from whaleid.experiments import commands  # noqa: F401  (registers train, pseudo-label, run and demo on the app)
+
+__all__ = ["app", "main"]
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -148,7 +148,8 @@ def score(parts: dict[str, Embeddings], recipe: Recipe) -> Scored:
     predictions = [r.ids for r in scorer.answer(test_rankings)]
     test_truths = truths(test.table["individual_id"].tolist(), scorer.gallery_ids)
     metrics = score_rankings(test_rankings, test_truths, scorer.threshold, species_of=scorer.species_of)
-    metrics = {**metrics, "blend": config.blend, "threshold": metrics["threshold"]}  # threshold last, as printed
+    threshold = metrics.pop("threshold")
+    metrics.update(blend=config.blend, threshold=threshold)  # threshold last, as printed
     return Scored(metrics, predictions, test_rankings, scorer.threshold)
 
 

@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-all lint install browser clean
+.PHONY: demo test test-all lint install browser postgres clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,13 @@ browser:
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) ; } || \
 		echo "chromium not installed: browser tests will be skipped"
 
+# Debian's PostgreSQL binaries: the catalog's PostgreSQL tests initdb and start their own throwaway server
+# (tests/postgres.py); without the binaries, and without root or apt to install them, those tests skip and say why.
+postgres:
+	@{ ls /usr/lib/postgresql/*/bin/initdb || command -v initdb ; } >/dev/null 2>&1 || { command -v apt-get >/dev/null 2>&1 && \
+		[ "$$(id -u)" = 0 ] && (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null) ; } || \
+		echo "PostgreSQL not installed: the PostgreSQL tests will be skipped"
+
 # House rules: lint, format, and the import layering of docs/architecture.md.
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
@@ -33,11 +40,11 @@ lint: $(STAMP)
 	$(BIN)/lint-imports
 
 # Random test order (pytest-randomly); the seed is printed so a failing order can be replayed.
-test: $(STAMP) browser lint
+test: $(STAMP) browser postgres lint
 	@seed=$$(od -An -N2 -tu2 /dev/urandom | tr -d ' '); echo "test order: -p randomly --randomly-seed=$$seed"; \
 		$(BIN)/python -m pytest -q -m "not slow" -p randomly --randomly-seed=$$seed
 
-test-all: $(STAMP) browser
+test-all: $(STAMP) browser postgres
 	$(BIN)/python -m pytest -q -m "slow or not slow"
 
 clean:

@@ -51,3 +51,51 @@ def centre_blob_masks(images, batch_size=8, clahe=False):
         m[h // 4 : 3 * h // 4, w // 4 : 3 * w // 4] = 0.9
         masks.append(m)
     return masks
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """A throwaway PostgreSQL server for the whole session (tests/postgres.py), started only when a test asks.
+
+    Yields the SQLAlchemy URL of its `whaleid` database; skips, saying why, where no server can be started.
+    """
+    from postgres import PostgresUnavailable, start
+
+    try:
+        server = start()
+    except PostgresUnavailable as e:
+        pytest.skip(f"PostgreSQL not available: {e}")
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request, tmp_path):
+    """A catalog database URL, once per backend: a fresh SQLite file, or a fresh empty PostgreSQL database.
+
+    Each PostgreSQL test gets its own `test_<random>` database on the session's server, dropped afterwards,
+    so tests never see each other's rows.
+    """
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'catalog.db'}"
+        return
+    import uuid
+
+    from sqlalchemy import create_engine, make_url, text
+    from sqlalchemy.pool import NullPool
+
+    base = make_url(request.getfixturevalue("postgres_url"))
+    name = f"test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(base.set(database="postgres"), isolation_level="AUTOCOMMIT", poolclass=NullPool)
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+        yield base.set(database=name).render_as_string(hide_password=False)
+        with admin.connect() as conn:
+            # WITH (FORCE), PostgreSQL 13+, closes connections that a test left open.
+            force = " WITH (FORCE)" if conn.dialect.server_version_info >= (13,) else ""
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}"{force}'))
+    finally:
+        admin.dispose()

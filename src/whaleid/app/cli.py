@@ -71,9 +71,9 @@ def _user_errors(command: Callable) -> Callable:
     return wrapper
 
 
-def command(*args, **kwargs) -> Callable[[Callable], Callable]:
-    """``app.command`` with :func:`_user_errors` around the function."""
-    return lambda function: app.command(*args, **kwargs)(_user_errors(function))
+def command(*args, group: typer.Typer | None = None, **kwargs) -> Callable[[Callable], Callable]:
+    """``app.command`` (or a sub-app's) with :func:`_user_errors` around the function."""
+    return lambda function: (group or app).command(*args, **kwargs)(_user_errors(function))
 
 
 @app.callback()

@@ -1,0 +1,736 @@
+"""The living catalog: photos come in, the model proposes, a reviewer decides, the gallery grows.
+
+A catalog is a folder: ``catalog.json`` (which database), ``catalog.db`` (the SQLite default),
+``photos/`` (content-addressed copies, named by sha256), ``models/v<N>/`` (the models that
+embedded them) and ``index/`` (a cache of gallery vectors, rebuilt from the database when
+missing). Every command is one transaction; photo files are written before their rows, so an
+interrupted ``add`` leaves no half rows and re-running it finishes the batch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.orm import Session, aliased
+
+from whaleid.data.catalog import read_catalog
+from whaleid.data.images import check_image
+from whaleid.errors import UserError
+from whaleid.files import atomic_path
+from whaleid.model.checkpoint import checkpoint_files, checkpoints
+from whaleid.model.embed import Embedder, embed_files
+from whaleid.preprocess.prepare import PreprocessConfig, prepare_paths
+from whaleid.search.identify import SIDECAR, Identifier, IdentifyConfig
+from whaleid.search.index import ExactIndex
+from whaleid.store.db import is_current, migrate, open_engine, sqlite_url
+from whaleid.store.exif import photo_exif
+from whaleid.store.schema import (
+    Decision,
+    Embedding,
+    Encounter,
+    Individual,
+    MatchRun,
+    Model,
+    Photo,
+    Rejected,
+    Setting,
+)
+
+CONFIG = "catalog.json"
+PHOTO_KINDS = ("confirm", "new", "unsure")
+BATCH_MATCHES = 3  # same-batch photos kept per photo: two photos of one new animal should find each other
+
+
+class ConflictError(UserError):
+    """Someone else decided on this photo first."""
+
+
+def now() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+@dataclass
+class EncounterInfo:
+    date: str | None = None
+    place: str | None = None
+    latitude: float | None = None
+    longitude: float | None = None
+    observer: str | None = None
+    notes: str | None = None
+
+    def given(self) -> bool:
+        return any(v is not None for v in vars(self).values())
+
+
+@dataclass
+class AddResult:
+    added: list[int] = field(default_factory=list)  # photo ids, in the order given
+    duplicates: list[str] = field(default_factory=list)  # names of photos already in the catalog
+    rejected: list[tuple[str, str]] = field(default_factory=list)  # (name, reason)
+
+
+@dataclass
+class QueueItem:
+    photo: int
+    name: str
+    encounter: int | None
+    candidates: list[dict]
+    batch_matches: list[dict]
+    version: int
+
+
+class CatalogStore:
+    """One catalog folder and its database; the web app and the CLI both work through this."""
+
+    def __init__(self, directory: str | os.PathLike):
+        self.dir = Path(directory)
+        config_path = self.dir / CONFIG
+        if not config_path.is_file():
+            raise UserError(f"{self.dir} is not a whaleid catalog (no {CONFIG}): make one with `whaleid catalog init`")
+        self.config = json.loads(config_path.read_text(encoding="utf-8"))
+        self.engine = open_engine(self.config.get("db") or sqlite_url(self.dir))
+        if not is_current(self.engine):
+            migrate(self.engine)  # a catalog made by an older whaleid
+        self._embedders: dict[int, Embedder] = {}
+
+    def session(self) -> Session:
+        """A session whose objects stay readable after its transaction commits (they are returned to callers)."""
+        return Session(self.engine, expire_on_commit=False)
+
+    # ------------------------------------------------------------------ creation
+
+    @classmethod
+    def create(cls, directory: str | os.PathLike, model: str | os.PathLike, db: str | None = None) -> CatalogStore:
+        """A new catalog folder with its database (SQLite in the folder unless ``db`` is a URL) and first model."""
+        directory = Path(directory)
+        if (directory / CONFIG).exists():
+            raise UserError(f"{directory} is already a catalog")
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / "photos").mkdir(exist_ok=True)
+        engine = open_engine(db or sqlite_url(directory))
+        migrate(engine)
+        engine.dispose()
+        with atomic_path(directory / CONFIG) as tmp:
+            tmp.write_text(json.dumps({"format": "whaleid.catalog/1", "db": db}, indent=2), encoding="utf-8")
+        store = cls(directory)
+        with store.session() as session, session.begin():
+            store._register_model(session, Path(model))
+        return store
+
+    def _register_model(self, session: Session, path: Path) -> Model:
+        """The model (a checkpoint, a run folder of folds, or a saved Identifier) copied in and made active."""
+        threshold, preprocess = None, None
+        if (path / SIDECAR).is_file():
+            identifier = Identifier.load(path)
+            threshold, preprocess = identifier.threshold, identifier.metadata.get("preprocess")
+            members = _members(identifier.metadata.get("source", {}))
+        else:
+            members = [str(p) for p in checkpoints(path)]
+        version = (session.scalar(select(Model.version).order_by(Model.version.desc()).limit(1)) or 0) + 1
+        copied = []
+        for i, member in enumerate(members):
+            target = self.dir / "models" / f"v{version}" / str(i)
+            target.mkdir(parents=True, exist_ok=True)
+            for file in checkpoint_files(member):
+                with atomic_path(target / file.name) as tmp:
+                    shutil.copyfile(file, tmp)
+            copied.append(f"models/v{version}/{i}/{checkpoint_files(member)[-1].name}")
+        embedder = Embedder.from_checkpoint([self.dir / c for c in copied])
+        preprocess = preprocess if preprocess is not None else embedder.preprocess
+        digest = hashlib.sha256(json.dumps(sorted(_weights(embedder))).encode()).hexdigest()[:16]
+        row = Model(
+            version=version,
+            file_hash=digest,
+            source={"checkpoints": copied},
+            created_at=now(),
+            threshold=None if threshold is None else {"value": threshold},
+            preprocess=preprocess,
+        )
+        session.add(row)
+        session.flush()
+        session.merge(Setting(key="active_model", value={"id": row.id}))
+        return row
+
+    # ------------------------------------------------------------------ models and vectors
+
+    def active_model(self, session: Session) -> Model:
+        setting = session.get(Setting, "active_model")
+        if setting is None:
+            raise UserError(f"{self.dir} has no model: run `whaleid catalog reindex {self.dir} --model MODEL`")
+        return session.get(Model, setting.value["id"])
+
+    def embedder(self, model: Model) -> Embedder:
+        if model.id not in self._embedders:
+            embedder = Embedder.from_checkpoint([self.dir / p for p in model.source["checkpoints"]], batch_size=32)
+            embedder.preprocess = model.preprocess
+            self._embedders[model.id] = embedder
+        return self._embedders[model.id]
+
+    def embed(self, model: Model, paths: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Unit vectors of photo files prepared as the model's gallery was, and which photos gave one."""
+        files, prepared = prepare_paths(paths, PreprocessConfig.from_dict(model.preprocess), self.dir / "cache")
+        embeddings, ok = embed_files(self.embedder(model), files, progress=len(files) > 50)
+        opened = prepared.copy()
+        opened[prepared] = ok
+        return embeddings.vectors, opened
+
+    def gallery(self, session: Session, model: Model) -> Identifier | None:
+        """An Identifier over every confirmed photo, from the vector cache plus what was confirmed since."""
+        rows = confirmed(session, Photo.id, Individual.catalog_id, Individual.species)
+        if not rows:
+            return None
+        ids = np.array([r[0] for r in rows], dtype=np.int64)
+        vectors = self._vectors(session, model, ids)
+        threshold = (model.threshold or {}).get("value")
+        metadata = {"preprocess": model.preprocess}
+        return Identifier(
+            ExactIndex(vectors, copy=False),
+            [r[1] for r in rows],
+            IdentifyConfig(),
+            threshold,
+            metadata,
+            [r[2] for r in rows],
+        )
+
+    def _vectors(self, session: Session, model: Model, photo_ids: np.ndarray) -> np.ndarray:
+        """Vectors of these photos: the cache file, topped up from the database (and saved) when it lacks some."""
+        path = self.dir / "index" / f"model{model.id}.npz"
+        cached_ids, cached = np.zeros(0, np.int64), np.zeros((0, 0), np.float32)
+        if path.is_file():
+            try:
+                with np.load(path, allow_pickle=False) as data:
+                    cached_ids, cached = data["ids"], data["vectors"]
+            except (OSError, ValueError, KeyError):  # damaged: rebuilt from the database below
+                cached_ids = np.zeros(0, np.int64)
+        missing = np.setdiff1d(photo_ids, cached_ids)
+        if missing.size:
+            fresh = session.execute(
+                select(Embedding.photo_id, Embedding.vector).where(
+                    Embedding.model_id == model.id, Embedding.photo_id.in_(missing.tolist())
+                )
+            ).all()
+            if len(fresh) != missing.size:
+                raise UserError(
+                    f"{missing.size - len(fresh)} confirmed photo(s) have no vector for model "
+                    f"v{model.version}: run `whaleid catalog reindex {self.dir}`"
+                )
+            new_ids = np.array([f[0] for f in fresh], np.int64)
+            new_vectors = np.stack([np.frombuffer(f[1], np.float32) for f in fresh])
+            cached_ids = np.concatenate([cached_ids, new_ids])
+            cached = new_vectors if cached.size == 0 else np.concatenate([cached, new_vectors])
+            path.parent.mkdir(exist_ok=True)
+            with atomic_path(path) as tmp, open(tmp, "wb") as f:
+                np.savez(f, ids=cached_ids, vectors=cached)
+        position = {int(p): i for i, p in enumerate(cached_ids)}
+        return cached[[position[int(p)] for p in photo_ids]]
+
+    # ------------------------------------------------------------------ photos in
+
+    def add(
+        self, paths: Sequence[str | os.PathLike], encounter: EncounterInfo | None = None, reviewer: str = "whaleid"
+    ) -> AddResult:
+        """Copy photos in, embed them, match them against the catalog and each other, queue them for review."""
+        result = AddResult()
+        with self.session() as session, session.begin():
+            model = self.active_model(session)
+            fresh = self._copy_in(session, [Path(p) for p in paths], result)
+            if not fresh:
+                return result
+            vectors, ok = self.embed(model, [str(self.dir / "photos" / f["file"]) for f in fresh])
+            for f, good in zip(fresh, ok):
+                if not good:
+                    result.rejected.append((f["original_name"], "could not be prepared or embedded"))
+                    session.add(
+                        Rejected(original_name=f["original_name"], reason="could not be embedded", added_at=now())
+                    )
+            fresh = [f for f, good in zip(fresh, ok) if good]
+            encounter_row = None
+            if encounter is not None and encounter.given():
+                encounter_row = Encounter(**vars(encounter), created_at=now())
+                session.add(encounter_row)
+                session.flush()
+            photos = [
+                Photo(
+                    **f,
+                    encounter_id=encounter_row.id if encounter_row else None,
+                    state="pending",
+                    added_at=now(),
+                    version=0,
+                )
+                for f in fresh
+            ]
+            session.add_all(photos)
+            session.flush()
+            session.add_all(
+                Embedding(photo_id=p.id, model_id=model.id, vector=v.tobytes()) for p, v in zip(photos, vectors)
+            )
+            self._match(session, model, photos, vectors)
+            result.added = [p.id for p in photos]
+        return result
+
+    def _copy_in(self, session: Session, paths: list[Path], result: AddResult) -> list[dict]:
+        """Readable photos not yet in the catalog, copied (atomically) under photos/; the rest recorded."""
+        fresh, seen = [], set()
+        for path in paths:
+            reason = check_image(path)
+            if reason is not None:
+                result.rejected.append((path.name, reason))
+                session.add(Rejected(original_name=path.name, reason=reason, added_at=now()))
+                continue
+            data = path.read_bytes()
+            digest = hashlib.sha256(data).hexdigest()
+            if digest in seen or session.scalar(select(Photo.id).where(Photo.sha256 == digest)) is not None:
+                result.duplicates.append(path.name)
+                continue
+            seen.add(digest)
+            name = digest + path.suffix.lower()[:10]
+            target = self.dir / "photos" / name
+            if not target.exists():  # a re-run after an interruption finds the file already there
+                with atomic_path(target) as tmp:
+                    tmp.write_bytes(data)
+            taken_at, latitude, longitude = photo_exif(path)
+            fresh.append(
+                {
+                    "sha256": digest,
+                    "file": name,
+                    "original_name": path.name,
+                    "size": len(data),
+                    "taken_at": taken_at,
+                    "latitude": latitude,
+                    "longitude": longitude,
+                    "crop_box": None,
+                    "crop_status": "as model" if self._has_crop(session) else "none",
+                }
+            )
+        return fresh
+
+    def _has_crop(self, session: Session) -> bool:
+        preprocess = PreprocessConfig.from_dict(self.active_model(session).preprocess)
+        return preprocess is not None and preprocess.cache.crop != "none"
+
+    def _match(self, session: Session, model: Model, photos: list[Photo], vectors: np.ndarray) -> None:
+        """Candidates from the gallery (new_individual where the threshold says), and the nearest batch photos."""
+        gallery = self.gallery(session, model)
+        answers = gallery.identify(vectors) if gallery is not None else [None] * len(photos)
+        within = vectors @ vectors.T
+        np.fill_diagonal(within, -np.inf)
+        for i, (photo, answer) in enumerate(zip(photos, answers)):
+            candidates = (
+                []
+                if answer is None
+                else [{"individual": a, "score": round(float(s), 6)} for a, s in zip(answer.ids, answer.scores)]
+            )
+            nearest = np.argsort(-within[i], kind="stable")[:BATCH_MATCHES]
+            batch = [
+                {"photo": photos[j].id, "score": round(float(within[i, j]), 6)}
+                for j in nearest
+                if np.isfinite(within[i, j])
+            ]
+            session.add(
+                MatchRun(
+                    photo_id=photo.id,
+                    model_id=model.id,
+                    candidates=candidates,
+                    batch_matches=batch,
+                    filters={"threshold": (model.threshold or {}).get("value")},
+                    created_at=now(),
+                )
+            )
+
+    def import_catalog(
+        self, csv: str | os.PathLike, images: str | os.PathLike | None = None, reviewer: str = "import"
+    ) -> AddResult:
+        """An existing labelled catalog (Happywhale CSV + images): every photo added and confirmed as labelled."""
+        catalog = read_catalog(csv, images, progress=True)
+        result = AddResult(rejected=[(r.image, r.reason) for r in catalog.problems.itertuples()])
+        with self.session() as session, session.begin():
+            model = self.active_model(session)
+            fresh = self._copy_in(session, [Path(p) for p in catalog.paths], result)
+            by_name = dict(zip(catalog.table["path"].map(lambda p: Path(p).name), catalog.table.itertuples()))
+            vectors, ok = self.embed(model, [str(self.dir / "photos" / f["file"]) for f in fresh])
+            individuals: dict[str, Individual] = {}
+            kept = [f for f, good in zip(fresh, ok) if good]
+            for f, vector in zip(kept, vectors):
+                row = by_name[f["original_name"]]
+                individual = individuals.get(row.individual_id) or self._individual(
+                    session, row.individual_id, row.species, None, reviewer
+                )
+                individuals[row.individual_id] = individual
+                photo = Photo(**f, state="confirmed", individual_id=individual.id, added_at=now(), version=1)
+                session.add(photo)
+                session.flush()
+                session.add(Embedding(photo_id=photo.id, model_id=model.id, vector=vector.tobytes()))
+                session.add(
+                    Decision(
+                        kind="confirm",
+                        photo_id=photo.id,
+                        individual_id=individual.id,
+                        reviewer=reviewer,
+                        created_at=now(),
+                    )
+                )
+                result.added.append(photo.id)
+        return result
+
+    def _individual(self, session: Session, catalog_id: str, species: str, name: str | None, reviewer: str):
+        """The individual with this catalog id, made when it does not exist yet."""
+        found = session.scalar(select(Individual).where(Individual.catalog_id == catalog_id))
+        if found is None:
+            found = Individual(catalog_id=catalog_id, species=species, name=name, created_by=reviewer, created_at=now())
+            session.add(found)
+            session.flush()
+        return found
+
+    # ------------------------------------------------------------------ review
+
+    def queue(self, limit: int | None = 50) -> list[QueueItem]:
+        """Photos awaiting a decision, oldest first, with what the model proposed for each."""
+        with self.session() as session:
+            query = select(Photo).where(Photo.state == "pending").order_by(Photo.id)
+            photos = session.scalars(query.limit(limit) if limit else query).all()
+            runs = {
+                r.photo_id: r
+                for r in session.scalars(
+                    select(MatchRun).where(MatchRun.photo_id.in_([p.id for p in photos])).order_by(MatchRun.id)
+                )
+            }
+            return [
+                QueueItem(
+                    p.id,
+                    p.original_name,
+                    p.encounter_id,
+                    runs[p.id].candidates if p.id in runs else [],
+                    runs[p.id].batch_matches if p.id in runs else [],
+                    p.version,
+                )
+                for p in photos
+            ]
+
+    def photo(self, session: Session, ref: str | int) -> Photo:
+        """A photo by id, or by a unique prefix (8+ characters) of its sha256."""
+        if isinstance(ref, int) or str(ref).isdigit():
+            found = session.get(Photo, int(ref))
+        else:
+            text = str(ref).lower()
+            if len(text) < 8:
+                raise UserError(f"photo {ref!r}: give its number or at least 8 characters of its sha256")
+            matches = session.scalars(select(Photo).where(Photo.sha256.startswith(text)).limit(2)).all()
+            if len(matches) > 1:
+                raise UserError(f"photo {ref!r} is ambiguous: give more characters of its sha256")
+            found = matches[0] if matches else None
+        if found is None:
+            raise UserError(f"no photo {ref!r} in {self.dir}")
+        return found
+
+    def decide(
+        self,
+        photo_ref: str | int,
+        *,
+        confirm: str | None = None,
+        new: bool = False,
+        unsure: bool = False,
+        name: str | None = None,
+        species: str | None = None,
+        reviewer: str = "reviewer",
+        expected_version: int | None = None,
+    ) -> Decision:
+        """One decision on a pending photo: this is individual ``confirm``, a new individual, or can't tell."""
+        if sum([confirm is not None, new, unsure]) != 1:
+            raise UserError("decide with exactly one of --confirm ID, --new or --unsure")
+        with self.session() as session, session.begin():
+            photo = self.photo(session, photo_ref)
+            version = photo.version if expected_version is None else expected_version
+            if photo.state != "pending" or photo.version != version:
+                raise ConflictError(f"photo {photo.id} was already decided ({photo.state}); undo that decision first")
+            individual = None
+            if confirm is not None:
+                individual = session.scalar(select(Individual).where(Individual.catalog_id == confirm))
+                if individual is None:
+                    raise UserError(f"no individual {confirm!r} in the catalog: check the id, or decide --new")
+                individual = self._resolve(session, individual)
+            elif new:
+                individual = self._new_individual(
+                    session, name, species or self._species_hint(session, photo), reviewer
+                )
+            kind = "confirm" if confirm is not None else "new" if new else "unsure"
+            state = "unsure" if unsure else "confirmed"
+            changed = session.execute(
+                update(Photo)
+                .where(Photo.id == photo.id, Photo.version == version)
+                .values(state=state, individual_id=individual.id if individual else None, version=version + 1)
+            ).rowcount
+            if changed != 1:
+                raise ConflictError(f"photo {photo.id} was decided by someone else meanwhile: reload and look again")
+            run = session.scalar(select(MatchRun.id).where(MatchRun.photo_id == photo.id).order_by(MatchRun.id.desc()))
+            event = Decision(
+                kind=kind,
+                photo_id=photo.id,
+                individual_id=individual.id if individual else None,
+                reviewer=reviewer,
+                created_at=now(),
+                match_run_id=run,
+            )
+            session.add(event)
+        return event
+
+    def _species_hint(self, session: Session, photo: Photo) -> str:
+        """A new individual's species: that of the photo's best known candidate, else unknown."""
+        run = session.scalar(select(MatchRun).where(MatchRun.photo_id == photo.id).order_by(MatchRun.id.desc()))
+        for candidate in run.candidates if run else []:
+            found = session.scalar(select(Individual).where(Individual.catalog_id == candidate["individual"]))
+            if found is not None:
+                return found.species
+        return "unknown"
+
+    def _new_individual(self, session: Session, name: str | None, species: str, reviewer: str) -> Individual:
+        count = session.scalar(select(Individual.id).order_by(Individual.id.desc()).limit(1)) or 0
+        catalog_id = f"WID-{count + 1:05d}"
+        while session.scalar(select(Individual.id).where(Individual.catalog_id == catalog_id)) is not None:
+            count += 1
+            catalog_id = f"WID-{count + 1:05d}"
+        return self._individual(session, catalog_id, species, name, reviewer)
+
+    def _resolve(self, session: Session, individual: Individual) -> Individual:
+        """The individual an id now stands for, following merges."""
+        seen = set()
+        while individual.merged_into_id is not None and individual.id not in seen:
+            seen.add(individual.id)
+            individual = session.get(Individual, individual.merged_into_id)
+        return individual
+
+    def merge(self, source: str, target: str, reviewer: str = "reviewer") -> Decision:
+        """Individual ``source`` is ``target``: its photos join target's, its id stays as an alias."""
+        with self.session() as session, session.begin():
+            a, b = (self._by_catalog_id(session, x) for x in (source, target))
+            a, b = self._resolve(session, a), self._resolve(session, b)
+            if a.id == b.id:
+                raise UserError(f"{source!r} and {target!r} are already one individual: nothing to merge")
+            a.merged_into_id = b.id
+            session.execute(update(Photo).where(Photo.individual_id == a.id).values(individual_id=b.id))
+            event = Decision(
+                kind="merge", individual_id=a.id, other_individual_id=b.id, reviewer=reviewer, created_at=now()
+            )
+            session.add(event)
+        return event
+
+    def _by_catalog_id(self, session: Session, catalog_id: str) -> Individual:
+        found = session.scalar(select(Individual).where(Individual.catalog_id == catalog_id))
+        if found is None:
+            raise UserError(f"no individual {catalog_id!r} in the catalog")
+        return found
+
+    def undo(self, event_id: int, reviewer: str = "reviewer") -> Decision:
+        """An event that cancels an earlier one; the photos it touched are re-derived from the decisions."""
+        with self.session() as session, session.begin():
+            event = session.get(Decision, event_id)
+            if event is None:
+                raise UserError(f"no decision {event_id} in the catalog")
+            if event.kind == "undo":
+                raise UserError(f"decision {event_id} is itself an undo: decide again instead")
+            if session.scalar(select(Decision.id).where(Decision.undoes_id == event_id)) is not None:
+                raise UserError(f"decision {event_id} was already undone")
+            undo = Decision(kind="undo", undoes_id=event.id, reviewer=reviewer, created_at=now())
+            session.add(undo)
+            session.flush()
+            if event.kind == "merge":
+                session.get(Individual, event.individual_id).merged_into_id = None
+                affected = session.scalars(select(Decision.photo_id).where(Decision.photo_id.is_not(None))).all()
+            else:
+                affected = [event.photo_id]
+            for photo_id in set(affected):
+                self._reproject(session, session.get(Photo, photo_id))
+        return undo
+
+    def _reproject(self, session: Session, photo: Photo) -> None:
+        """A photo's state and individual from its latest decision that was not undone."""
+        undone = select(Decision.undoes_id).where(Decision.undoes_id.is_not(None))
+        latest = session.scalar(
+            select(Decision)
+            .where(Decision.photo_id == photo.id, Decision.kind.in_(PHOTO_KINDS), Decision.id.not_in(undone))
+            .order_by(Decision.id.desc())
+            .limit(1)
+        )
+        if latest is None:
+            photo.state, photo.individual_id = "pending", None
+        elif latest.kind == "unsure":
+            photo.state, photo.individual_id = "unsure", None
+        else:
+            photo.state = "confirmed"
+            photo.individual_id = self._resolve(session, session.get(Individual, latest.individual_id)).id
+        photo.version += 1
+
+    # ------------------------------------------------------------------ models, exports, numbers
+
+    def reindex(self, model: str | os.PathLike | None = None) -> int:
+        """Every photo embedded again (with a new model, made active, when given); decisions stay as they are."""
+        with self.session() as session, session.begin():
+            row = self._register_model(session, Path(model)) if model is not None else self.active_model(session)
+            photos = session.scalars(select(Photo).order_by(Photo.id)).all()
+            session.execute(delete(Embedding).where(Embedding.model_id == row.id))
+            vectors, ok = self.embed(row, [str(self.dir / "photos" / p.file) for p in photos])
+            kept = [p for p, good in zip(photos, ok) if good]
+            session.add_all(
+                Embedding(photo_id=p.id, model_id=row.id, vector=v.tobytes()) for p, v in zip(kept, vectors)
+            )
+        (self.dir / "index" / f"model{row.id}.npz").unlink(missing_ok=True)
+        return len(kept)
+
+    def export(self, kind: str, path: str | os.PathLike) -> int:
+        """``happywhale`` (the grown catalog, to train the next model on), ``decisions`` (the event log) or
+        ``dwc`` (Darwin Core occurrences); returns the rows written."""
+        exporters = {"happywhale": export_happywhale, "decisions": export_decisions, "dwc": export_dwc}
+        if kind not in exporters:
+            raise UserError(f"unknown export format {kind!r}; valid: {', '.join(exporters)}")
+        with self.session() as session:
+            table = exporters[kind](session)
+        with atomic_path(Path(path)) as tmp:
+            table.to_csv(tmp, index=False)
+        return len(table)
+
+    def stats(self) -> dict:
+        """Photos by state, individuals, rejected photos, decisions per reviewer, new individuals per encounter."""
+        with self.session() as session:
+            states = dict(session.execute(select(Photo.state, func.count()).group_by(Photo.state)).all())
+            individuals = session.scalar(select(func.count()).where(Individual.merged_into_id.is_(None)))
+            reviewers = dict(session.execute(select(Decision.reviewer, func.count()).group_by(Decision.reviewer)).all())
+            discovered = session.execute(
+                select(Photo.encounter_id, func.count())
+                .join(Decision, Decision.photo_id == Photo.id)
+                .where(Decision.kind == "new")
+                .group_by(Photo.encounter_id)
+                .order_by(Photo.encounter_id)
+            ).all()
+            return {
+                "photos": sum(states.values()),
+                "confirmed": states.get("confirmed", 0),
+                "pending": states.get("pending", 0),
+                "unsure": states.get("unsure", 0),
+                "individuals": individuals,
+                "rejected": session.scalar(select(func.count()).select_from(Rejected)),
+                "decisions_per_reviewer": reviewers,
+                "new_individuals_per_encounter": {str(e): n for e, n in discovered},
+            }
+
+
+def _members(source: dict) -> list[str]:
+    if "checkpoint" in source:
+        return [source["checkpoint"]]
+    if "checkpoints" in source:
+        return list(source["checkpoints"])
+    raise UserError("a catalog needs a trained model (model.json, a run folder or a saved Identifier)")
+
+
+def _weights(embedder) -> list[str]:
+    members = getattr(embedder, "members", [embedder])
+    return [m.weights for m in members]
+
+
+__all__ = ["AddResult", "CatalogStore", "ConflictError", "EncounterInfo", "QueueItem"]
+
+
+def confirmed(session: Session, *columns) -> list:
+    """These columns of every confirmed photo and its individual, in the order photos came in."""
+    query = select(*columns).join(Individual, Photo.individual_id == Individual.id).where(Photo.state == "confirmed")
+    return session.execute(query.order_by(Photo.id)).all()
+
+
+def export_happywhale(session: Session) -> pd.DataFrame:
+    """image (under photos/), species, individual_id of every confirmed photo: `whaleid train` reads it as is."""
+    rows = confirmed(session, Photo.file, Individual.species, Individual.catalog_id)
+    return pd.DataFrame(rows, columns=["image", "species", "individual_id"])
+
+
+def export_decisions(session: Session) -> pd.DataFrame:
+    first, second = aliased(Individual), aliased(Individual)
+    rows = session.execute(
+        select(
+            Decision.id,
+            Decision.kind,
+            Photo.sha256,
+            first.catalog_id,
+            second.catalog_id,
+            Decision.undoes_id,
+            Decision.reviewer,
+            Decision.created_at,
+        )
+        .outerjoin(Photo, Decision.photo_id == Photo.id)
+        .outerjoin(first, Decision.individual_id == first.id)
+        .outerjoin(second, Decision.other_individual_id == second.id)
+        .order_by(Decision.id)
+    ).all()
+    columns = ["event", "kind", "photo_sha256", "individual", "merged_into", "undoes", "reviewer", "time"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def export_dwc(session: Session) -> pd.DataFrame:
+    """Darwin Core occurrences: one per confirmed photo, identified by the reviewer of its standing decision."""
+    undone = select(Decision.undoes_id).where(Decision.undoes_id.is_not(None))
+    standing = (
+        select(Decision.photo_id, func.max(Decision.id).label("event"))
+        .where(Decision.kind.in_(("confirm", "new")), Decision.id.not_in(undone))
+        .group_by(Decision.photo_id)
+        .subquery()
+    )
+    rows = session.execute(
+        select(
+            Photo.sha256,
+            Photo.encounter_id,
+            Individual.catalog_id,
+            Encounter.date,
+            Photo.taken_at,
+            Photo.latitude,
+            Photo.longitude,
+            Encounter.latitude,
+            Encounter.longitude,
+            Decision.reviewer,
+            Decision.created_at,
+            Photo.file,
+        )
+        .join(Individual, Photo.individual_id == Individual.id)
+        .join(standing, standing.c.photo_id == Photo.id)
+        .join(Decision, Decision.id == standing.c.event)
+        .outerjoin(Encounter, Photo.encounter_id == Encounter.id)
+        .where(Photo.state == "confirmed")
+        .order_by(Photo.id)
+    ).all()
+    table = pd.DataFrame(
+        [
+            {
+                "occurrenceID": r[0],
+                "eventID": "" if r[1] is None else f"encounter-{r[1]}",
+                "organismID": r[2],
+                "eventDate": r[3] or r[4] or "",
+                "decimalLatitude": r[5] if r[5] is not None else r[7],
+                "decimalLongitude": r[6] if r[6] is not None else r[8],
+                "identifiedBy": r[9],
+                "dateIdentified": r[10].date().isoformat(),
+                "associatedMedia": f"photos/{r[11]}",
+            }
+            for r in rows
+        ],
+        columns=DWC_COLUMNS,
+    )
+    return table
+
+
+DWC_COLUMNS = [
+    "occurrenceID",
+    "eventID",
+    "organismID",
+    "eventDate",
+    "decimalLatitude",
+    "decimalLongitude",
+    "identifiedBy",
+    "dateIdentified",
+    "associatedMedia",
+]

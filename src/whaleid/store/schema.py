@@ -1,0 +1,140 @@
+"""The catalog's tables. Decisions are append-only events; a photo's current identity is derived from them
+(and cached on the photo row in the same transaction, so the queue and the gallery are one query away)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class User(Base):
+    __tablename__ = "users"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    password_hash: Mapped[str | None] = mapped_column(String(300))
+    role: Mapped[str] = mapped_column(String(20), default="reviewer")  # reviewer | admin | viewer
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class Individual(Base):
+    __tablename__ = "individuals"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    catalog_id: Mapped[str] = mapped_column(String(200), unique=True)
+    species: Mapped[str] = mapped_column(String(200))
+    name: Mapped[str | None] = mapped_column(String(200))
+    created_by: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    merged_into_id: Mapped[int | None] = mapped_column(ForeignKey("individuals.id"))
+
+
+class Encounter(Base):
+    __tablename__ = "encounters"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    date: Mapped[str | None] = mapped_column(String(40))  # ISO date as given
+    place: Mapped[str | None] = mapped_column(String(300))
+    latitude: Mapped[float | None] = mapped_column(Float)
+    longitude: Mapped[float | None] = mapped_column(Float)
+    observer: Mapped[str | None] = mapped_column(String(200))
+    notes: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class Photo(Base):
+    __tablename__ = "photos"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    file: Mapped[str] = mapped_column(String(300))  # relative to the catalog folder
+    original_name: Mapped[str] = mapped_column(String(1000))
+    size: Mapped[int] = mapped_column(Integer)
+    taken_at: Mapped[str | None] = mapped_column(String(40))  # EXIF DateTimeOriginal
+    latitude: Mapped[float | None] = mapped_column(Float)  # EXIF GPS
+    longitude: Mapped[float | None] = mapped_column(Float)
+    encounter_id: Mapped[int | None] = mapped_column(ForeignKey("encounters.id"))
+    crop_box: Mapped[str | None] = mapped_column(String(100))
+    crop_status: Mapped[str] = mapped_column(String(40))
+    added_at: Mapped[datetime] = mapped_column(DateTime)
+    # Derived from the decisions (cached here): pending | confirmed | unsure, and the individual when confirmed.
+    state: Mapped[str] = mapped_column(String(20), index=True)
+    individual_id: Mapped[int | None] = mapped_column(ForeignKey("individuals.id"), index=True)
+    version: Mapped[int] = mapped_column(Integer, default=0)  # bumped by every decision: concurrent deciders conflict
+
+
+class Rejected(Base):
+    """A photo that could not be read: recorded with its reason, never a catalog photo."""
+
+    __tablename__ = "rejected_photos"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    original_name: Mapped[str] = mapped_column(String(1000))
+    reason: Mapped[str] = mapped_column(String(300))
+    added_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class Model(Base):
+    __tablename__ = "models"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    version: Mapped[int] = mapped_column(Integer, unique=True)
+    file_hash: Mapped[str] = mapped_column(String(200))
+    source: Mapped[dict] = mapped_column(JSON)  # checkpoint path(s) relative to the catalog folder, or zero-shot
+    threshold: Mapped[dict | None] = mapped_column(JSON)  # {"value": float | {species: float}}
+    preprocess: Mapped[dict | None] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class Embedding(Base):
+    __tablename__ = "embeddings"
+    photo_id: Mapped[int] = mapped_column(ForeignKey("photos.id"), primary_key=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id"), primary_key=True)
+    vector: Mapped[bytes] = mapped_column(LargeBinary)  # float32, unit length
+
+
+class MatchRun(Base):
+    """What the model proposed for a photo, kept exactly as shown to the reviewer."""
+
+    __tablename__ = "match_runs"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    photo_id: Mapped[int] = mapped_column(ForeignKey("photos.id"), index=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id"))
+    candidates: Mapped[list] = mapped_column(JSON)  # [{"individual": catalog id, "score": float}], best first
+    batch_matches: Mapped[list] = mapped_column(JSON)  # [{"photo": photo id, "score": float}]: same-batch photos
+    filters: Mapped[dict] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class Decision(Base):
+    """An append-only event: confirm | new | unsure (a photo), merge (two individuals), undo (an earlier event)."""
+
+    __tablename__ = "decisions"
+    __table_args__ = (UniqueConstraint("undoes_id"),)  # an event is undone at most once
+    id: Mapped[int] = mapped_column(primary_key=True)
+    kind: Mapped[str] = mapped_column(String(20))
+    photo_id: Mapped[int | None] = mapped_column(ForeignKey("photos.id"), index=True)
+    individual_id: Mapped[int | None] = mapped_column(ForeignKey("individuals.id"))
+    other_individual_id: Mapped[int | None] = mapped_column(ForeignKey("individuals.id"))  # merge: merged into this
+    undoes_id: Mapped[int | None] = mapped_column(ForeignKey("decisions.id"))
+    reviewer: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    match_run_id: Mapped[int | None] = mapped_column(ForeignKey("match_runs.id"))
+
+
+class Setting(Base):
+    """Catalog-wide values (the active model)."""
+
+    __tablename__ = "settings"
+    key: Mapped[str] = mapped_column(String(100), primary_key=True)
+    value: Mapped[dict] = mapped_column(JSON)

@@ -102,6 +102,7 @@ class CatalogStore:
         if not is_current(self.engine):
             migrate(self.engine)  # a catalog made by an older whaleid
         self._embedders: dict[int, Embedder] = {}
+        self._gallery: tuple[tuple, Identifier | None] | None = None  # (stamp, gallery), see `gallery`
 
     def session(self) -> Session:
         """A session whose objects stay readable after its transaction commits (they are returned to callers)."""
@@ -185,21 +186,37 @@ class CatalogStore:
         return embeddings.vectors, opened
 
     def gallery(self, session: Session, model: Model) -> Identifier | None:
-        """An Identifier over every confirmed photo, from the vector cache plus what was confirmed since."""
+        """An Identifier over every confirmed photo, from the vector cache plus what was confirmed since.
+
+        Kept in memory while nothing changed it (no decision, no new vectors), so a long-running
+        process (the web app, a batch of adds) builds it once.
+        """
+        if self._gallery is not None and self._gallery[0] == self._stamp(session, model):
+            return self._gallery[1]
         rows = confirmed(session, Photo.id, Individual.catalog_id, Individual.species)
-        if not rows:
-            return None
-        ids = np.array([r[0] for r in rows], dtype=np.int64)
-        vectors = self._vectors(session, model, ids)
-        threshold = (model.threshold or {}).get("value")
-        metadata = {"preprocess": model.preprocess}
-        return Identifier(
-            ExactIndex(vectors, copy=False),
-            [r[1] for r in rows],
-            IdentifyConfig(),
-            threshold,
-            metadata,
-            [r[2] for r in rows],
+        identifier = None
+        if rows:
+            vectors = self._vectors(session, model, np.array([r[0] for r in rows], dtype=np.int64))
+            threshold = (model.threshold or {}).get("value")
+            identifier = Identifier(
+                ExactIndex(vectors, copy=False),
+                [r[1] for r in rows],
+                IdentifyConfig(),
+                threshold,
+                {"preprocess": model.preprocess},
+                [r[2] for r in rows],
+            )
+        self._gallery = (self._stamp(session, model), identifier)
+        return identifier
+
+    def _stamp(self, session: Session, model: Model) -> tuple:
+        """What the gallery depends on: the model, the newest decision, the confirmed count, the vector cache file."""
+        cache = self.dir / "index" / f"model{model.id}.npz"
+        return (
+            model.id,
+            session.scalar(select(func.max(Decision.id))),
+            session.scalar(select(func.count()).where(Photo.state == "confirmed")),
+            cache.stat().st_mtime_ns if cache.exists() else None,
         )
 
     def _vectors(self, session: Session, model: Model, photo_ids: np.ndarray) -> np.ndarray:
@@ -214,11 +231,15 @@ class CatalogStore:
                 cached_ids = np.zeros(0, np.int64)
         missing = np.setdiff1d(photo_ids, cached_ids)
         if missing.size:
-            fresh = session.execute(
-                select(Embedding.photo_id, Embedding.vector).where(
-                    Embedding.model_id == model.id, Embedding.photo_id.in_(missing.tolist())
-                )
-            ).all()
+            fresh = [
+                row
+                for chunk in _chunks(missing.tolist())
+                for row in session.execute(
+                    select(Embedding.photo_id, Embedding.vector).where(
+                        Embedding.model_id == model.id, Embedding.photo_id.in_(chunk)
+                    )
+                ).all()
+            ]
             if len(fresh) != missing.size:
                 raise UserError(
                     f"{missing.size - len(fresh)} confirmed photo(s) have no vector for model "
@@ -281,15 +302,23 @@ class CatalogStore:
     def _copy_in(self, session: Session, paths: list[Path], result: AddResult) -> list[dict]:
         """Readable photos not yet in the catalog, copied (atomically) under photos/; the rest recorded."""
         fresh, seen = [], set()
+        crop_status = "as model" if self._has_crop(session) else "none"
+        readable: list[tuple[Path, str]] = []
         for path in paths:
             reason = check_image(path)
             if reason is not None:
                 result.rejected.append((path.name, reason))
                 session.add(Rejected(original_name=path.name, reason=reason, added_at=now()))
                 continue
+            readable.append((path, hashlib.sha256(path.read_bytes()).hexdigest()))
+        known = {
+            s
+            for chunk in _chunks([digest for _, digest in readable])
+            for s in session.scalars(select(Photo.sha256).where(Photo.sha256.in_(chunk)))
+        }
+        for path, digest in readable:
             data = path.read_bytes()
-            digest = hashlib.sha256(data).hexdigest()
-            if digest in seen or session.scalar(select(Photo.id).where(Photo.sha256 == digest)) is not None:
+            if digest in seen or digest in known:
                 result.duplicates.append(path.name)
                 continue
             seen.add(digest)
@@ -309,7 +338,7 @@ class CatalogStore:
                     "latitude": latitude,
                     "longitude": longitude,
                     "crop_box": None,
-                    "crop_status": "as model" if self._has_crop(session) else "none",
+                    "crop_status": crop_status,
                 }
             )
         return fresh
@@ -401,7 +430,9 @@ class CatalogStore:
             runs = {
                 r.photo_id: r
                 for r in session.scalars(
-                    select(MatchRun).where(MatchRun.photo_id.in_([p.id for p in photos])).order_by(MatchRun.id)
+                    select(MatchRun)
+                    .where(MatchRun.photo_id.in_([p.id for p in photos[:MAX_PARAMETERS]]))
+                    .order_by(MatchRun.id)
                 )
             }
             return [
@@ -620,6 +651,13 @@ class CatalogStore:
                 "decisions_per_reviewer": reviewers,
                 "new_individuals_per_encounter": {str(e): n for e, n in discovered},
             }
+
+
+MAX_PARAMETERS = 10_000  # bound parameters per query: SQLite allows 32,766 by default, psycopg 65,535
+
+
+def _chunks(values: list) -> list[list]:
+    return [values[i : i + MAX_PARAMETERS] for i in range(0, len(values), MAX_PARAMETERS)]
 
 
 def _members(source: dict) -> list[str]:

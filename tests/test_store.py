@@ -101,6 +101,14 @@ def test_a_season_is_added_matched_and_decided(tmp_path, model, database_url, ph
     with store.session() as session:
         assert session.get(Photo, queue[1].photo).individual_id == animal
     assert store.stats()["decisions_per_reviewer"] == {"import": len(known), "ana": 1, "ben": 1}
+    # the gallery grown in memory by confirmations is the one a fresh process rebuilds from the database
+    with store.session() as session:
+        grown = store.gallery(session, store.active_model(session))
+    fresh = CatalogStore(store.dir)
+    with fresh.session() as session:
+        rebuilt = fresh.gallery(session, fresh.active_model(session))
+    assert sorted(grown.gallery_ids) == sorted(rebuilt.gallery_ids) and len(grown) == len(known) + 2
+    assert sorted(map(tuple, grown.index.vectors.tolist())) == sorted(map(tuple, rebuilt.index.vectors.tolist()))
 
 
 def test_decisions_are_events_that_merge_and_undo_derive_from(tmp_path, model, database_url, photos):

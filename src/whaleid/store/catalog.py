@@ -191,8 +191,13 @@ class CatalogStore:
         Kept in memory while nothing changed it (no decision, no new vectors), so a long-running
         process (the web app, a batch of adds) builds it once.
         """
-        if self._gallery is not None and self._gallery[0] == self._stamp(session, model):
+        stamp = self._stamp(session, model)
+        if self._gallery is not None and self._gallery[0] == stamp:
             return self._gallery[1]
+        grown = self._grown(session, model, stamp)
+        if grown is not None:
+            self._gallery = (stamp, grown)
+            return grown
         rows = confirmed(session, Photo.id, Individual.catalog_id, Individual.species)
         identifier = None
         if rows:
@@ -209,6 +214,37 @@ class CatalogStore:
         self._gallery = (self._stamp(session, model), identifier)
         return identifier
 
+    def _grown(self, session: Session, model: Model, stamp: tuple) -> Identifier | None:
+        """The gallery in memory plus the photos confirmed since, when confirmations are all that happened."""
+        if self._gallery is None or self._gallery[1] is None or self._gallery[0][::3] != stamp[::3]:
+            return None  # another model, or the vector cache was rebuilt
+        since = session.execute(select(Decision.kind, Decision.photo_id).where(Decision.id > self._gallery[0][1])).all()
+        if any(kind not in ("confirm", "new") for kind, _ in since):
+            return None  # an undo, merge or unsure can move photos out: rebuild from the database
+        photo_ids = sorted({photo for _, photo in since})
+        query = select(Photo.id, Individual.catalog_id, Individual.species).join(
+            Individual, Photo.individual_id == Individual.id
+        )
+        rows = session.execute(
+            query.where(Photo.id.in_(photo_ids[:MAX_PARAMETERS]), Photo.state == "confirmed").order_by(Photo.id)
+        ).all()
+        if len(photo_ids) > MAX_PARAMETERS or stamp[2] != len(self._gallery[1]) + len(rows):
+            return None  # not simply appended (e.g. photos confirmed twice over, or very many)
+        old = self._gallery[1]
+        ids = np.array([r[0] for r in rows], np.int64)
+        fresh_ids, fresh = self._stored_vectors(session, model, ids) if len(rows) else (None, None)
+        if fresh_ids is not None:
+            fresh = fresh[np.argsort(fresh_ids)]  # rows are in photo order too
+        vectors = old.index.vectors if fresh is None else np.concatenate([old.index.vectors, fresh])
+        return Identifier(
+            ExactIndex(vectors, copy=False),
+            old.gallery_ids + [r[1] for r in rows],
+            old.config,
+            old.threshold,
+            old.metadata,
+            old.gallery_species + [r[2] for r in rows],
+        )
+
     def _stamp(self, session: Session, model: Model) -> tuple:
         """What the gallery depends on: the model, the newest decision, the confirmed count, the vector cache file."""
         cache = self.dir / "index" / f"model{model.id}.npz"
@@ -220,40 +256,44 @@ class CatalogStore:
         )
 
     def _vectors(self, session: Session, model: Model, photo_ids: np.ndarray) -> np.ndarray:
-        """Vectors of these photos: the cache file, topped up from the database (and saved) when it lacks some."""
-        path = self.dir / "index" / f"model{model.id}.npz"
-        cached_ids, cached = np.zeros(0, np.int64), np.zeros((0, 0), np.float32)
-        if path.is_file():
-            try:
-                with np.load(path, allow_pickle=False) as data:
-                    cached_ids, cached = data["ids"], data["vectors"]
-            except (OSError, ValueError, KeyError):  # damaged: rebuilt from the database below
-                cached_ids = np.zeros(0, np.int64)
-        missing = np.setdiff1d(photo_ids, cached_ids)
+        """Vectors of these photos: the cache files, topped up from the database when they lack some.
+
+        The cache is a large base file and a small delta file: a top-up rewrites only the delta,
+        until it holds a tenth of the base, when both are merged into a new base.
+        """
+        base, delta = (self.dir / "index" / f"model{model.id}{suffix}.npz" for suffix in ("", ".delta"))
+        ids, vectors = _load_vectors(base)
+        delta_ids, delta_vectors = _load_vectors(delta) if ids.size else (ids, vectors)
+        ids, vectors = _joined((ids, vectors), (delta_ids, delta_vectors))
+        missing = np.setdiff1d(photo_ids, ids)
         if missing.size:
-            fresh = [
-                row
-                for chunk in _chunks(missing.tolist())
-                for row in session.execute(
-                    select(Embedding.photo_id, Embedding.vector).where(
-                        Embedding.model_id == model.id, Embedding.photo_id.in_(chunk)
-                    )
-                ).all()
-            ]
-            if len(fresh) != missing.size:
-                raise UserError(
-                    f"{missing.size - len(fresh)} confirmed photo(s) have no vector for model "
-                    f"v{model.version}: run `whaleid catalog reindex {self.dir}`"
+            fresh = self._stored_vectors(session, model, missing)
+            ids, vectors = _joined((ids, vectors), fresh)
+            delta_ids, delta_vectors = _joined((delta_ids, delta_vectors), fresh)
+            if base.is_file() and len(delta_ids) * 10 < len(ids):
+                _save_vectors(delta, delta_ids, delta_vectors)
+            else:
+                _save_vectors(base, ids, vectors)
+                delta.unlink(missing_ok=True)
+        position = {int(p): i for i, p in enumerate(ids)}
+        return vectors[[position[int(p)] for p in photo_ids]]
+
+    def _stored_vectors(self, session: Session, model: Model, photo_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        rows = [
+            row
+            for chunk in _chunks(photo_ids.tolist())
+            for row in session.execute(
+                select(Embedding.photo_id, Embedding.vector).where(
+                    Embedding.model_id == model.id, Embedding.photo_id.in_(chunk)
                 )
-            new_ids = np.array([f[0] for f in fresh], np.int64)
-            new_vectors = np.stack([np.frombuffer(f[1], np.float32) for f in fresh])
-            cached_ids = np.concatenate([cached_ids, new_ids])
-            cached = new_vectors if cached.size == 0 else np.concatenate([cached, new_vectors])
-            path.parent.mkdir(exist_ok=True)
-            with atomic_path(path) as tmp, open(tmp, "wb") as f:
-                np.savez(f, ids=cached_ids, vectors=cached)
-        position = {int(p): i for i, p in enumerate(cached_ids)}
-        return cached[[position[int(p)] for p in photo_ids]]
+            ).all()
+        ]
+        if len(rows) != photo_ids.size:
+            raise UserError(
+                f"{photo_ids.size - len(rows)} confirmed photo(s) have no vector for model "
+                f"v{model.version}: run `whaleid catalog reindex {self.dir}`"
+            )
+        return np.array([r[0] for r in rows], np.int64), np.stack([np.frombuffer(r[1], np.float32) for r in rows])
 
     # ------------------------------------------------------------------ photos in
 
@@ -613,7 +653,8 @@ class CatalogStore:
             session.add_all(
                 Embedding(photo_id=p.id, model_id=row.id, vector=v.tobytes()) for p, v in zip(kept, vectors)
             )
-        (self.dir / "index" / f"model{row.id}.npz").unlink(missing_ok=True)
+        for suffix in ("", ".delta"):  # the vector cache of this model, rebuilt at the next add
+            (self.dir / "index" / f"model{row.id}{suffix}.npz").unlink(missing_ok=True)
         return len(kept)
 
     def export(self, kind: str, path: str | os.PathLike) -> int:
@@ -651,6 +692,28 @@ class CatalogStore:
                 "decisions_per_reviewer": reviewers,
                 "new_individuals_per_encounter": {str(e): n for e, n in discovered},
             }
+
+
+def _load_vectors(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """A vector cache file's (photo ids, vectors); nothing when missing or damaged (rebuilt from the database)."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return data["ids"], data["vectors"]
+    except (OSError, ValueError, KeyError):
+        return np.zeros(0, np.int64), np.zeros((0, 0), np.float32)
+
+
+def _joined(*parts: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    kept = [p for p in parts if p[0].size]
+    if not kept:
+        return parts[0]
+    return np.concatenate([p[0] for p in kept]), np.concatenate([p[1] for p in kept])
+
+
+def _save_vectors(path: Path, ids: np.ndarray, vectors: np.ndarray) -> None:
+    path.parent.mkdir(exist_ok=True)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, ids=ids, vectors=vectors)
 
 
 MAX_PARAMETERS = 10_000  # bound parameters per query: SQLite allows 32,766 by default, psycopg 65,535

@@ -116,6 +116,7 @@ class CatalogStore:
         directory = Path(directory)
         if (directory / CONFIG).exists():
             raise UserError(f"{directory} is already a catalog")
+        source = _model_source(Path(model))  # a bad model path fails here, before anything is written
         directory.mkdir(parents=True, exist_ok=True)
         (directory / "photos").mkdir(exist_ok=True)
         engine = open_engine(db or sqlite_url(directory))
@@ -125,18 +126,11 @@ class CatalogStore:
             tmp.write_text(json.dumps({"format": "whaleid.catalog/1", "db": db}, indent=2), encoding="utf-8")
         store = cls(directory)
         with store.session() as session, session.begin():
-            store._register_model(session, Path(model))
+            store._register_model(session, *source)
         return store
 
-    def _register_model(self, session: Session, path: Path) -> Model:
-        """The model (a checkpoint, a run folder of folds, or a saved Identifier) copied in and made active."""
-        threshold, preprocess = None, None
-        if (path / SIDECAR).is_file():
-            identifier = Identifier.load(path)
-            threshold, preprocess = identifier.threshold, identifier.metadata.get("preprocess")
-            members = _members(identifier.metadata.get("source", {}))
-        else:
-            members = [str(p) for p in checkpoints(path)]
+    def _register_model(self, session: Session, members: list[str], threshold, preprocess) -> Model:
+        """The model's checkpoint(s) (see :func:`_model_source`) copied in and made active."""
         version = (session.scalar(select(Model.version).order_by(Model.version.desc()).limit(1)) or 0) + 1
         copied = []
         for i, member in enumerate(members):
@@ -160,6 +154,8 @@ class CatalogStore:
         session.add(row)
         session.flush()
         session.merge(Setting(key="active_model", value={"id": row.id}))
+        embedder.preprocess = preprocess
+        self._embedders[row.id] = embedder  # built once, for this model's first embeddings too
         return row
 
     # ------------------------------------------------------------------ models and vectors
@@ -216,7 +212,12 @@ class CatalogStore:
 
     def _grown(self, session: Session, model: Model, stamp: tuple) -> Identifier | None:
         """The gallery in memory plus the photos confirmed since, when confirmations are all that happened."""
-        if self._gallery is None or self._gallery[1] is None or self._gallery[0][::3] != stamp[::3]:
+        model_and_cache = (stamp[0], stamp[3])
+        if (
+            self._gallery is None
+            or self._gallery[1] is None
+            or (self._gallery[0][0], self._gallery[0][3]) != model_and_cache
+        ):
             return None  # another model, or the vector cache was rebuilt
         since = session.execute(select(Decision.kind, Decision.photo_id).where(Decision.id > self._gallery[0][1])).all()
         if any(kind not in ("confirm", "new") for kind, _ in since):
@@ -297,9 +298,7 @@ class CatalogStore:
 
     # ------------------------------------------------------------------ photos in
 
-    def add(
-        self, paths: Sequence[str | os.PathLike], encounter: EncounterInfo | None = None, reviewer: str = "whaleid"
-    ) -> AddResult:
+    def add(self, paths: Sequence[str | os.PathLike], encounter: EncounterInfo | None = None) -> AddResult:
         """Copy photos in, embed them, match them against the catalog and each other, queue them for review."""
         result = AddResult()
         with self.session() as session, session.begin():
@@ -615,7 +614,8 @@ class CatalogStore:
             session.flush()
             if event.kind == "merge":
                 session.get(Individual, event.individual_id).merged_into_id = None
-                affected = session.scalars(select(Decision.photo_id).where(Decision.photo_id.is_not(None))).all()
+                target = self._resolve(session, session.get(Individual, event.other_individual_id))
+                affected = session.scalars(select(Photo.id).where(Photo.individual_id == target.id)).all()
             else:
                 affected = [event.photo_id]
             for photo_id in set(affected):
@@ -645,7 +645,7 @@ class CatalogStore:
     def reindex(self, model: str | os.PathLike | None = None) -> int:
         """Every photo embedded again (with a new model, made active, when given); decisions stay as they are."""
         with self.session() as session, session.begin():
-            row = self._register_model(session, Path(model)) if model is not None else self.active_model(session)
+            row = self._register_model(session, *_model_source(Path(model))) if model else self.active_model(session)
             photos = session.scalars(select(Photo).order_by(Photo.id)).all()
             session.execute(delete(Embedding).where(Embedding.model_id == row.id))
             vectors, ok = self.embed(row, [str(self.dir / "photos" / p.file) for p in photos])
@@ -721,6 +721,15 @@ MAX_PARAMETERS = 10_000  # bound parameters per query: SQLite allows 32,766 by d
 
 def _chunks(values: list) -> list[list]:
     return [values[i : i + MAX_PARAMETERS] for i in range(0, len(values), MAX_PARAMETERS)]
+
+
+def _model_source(path: Path) -> tuple[list[str], float | dict | None, dict | None]:
+    """A model's checkpoint files, threshold and preprocessing: from a saved Identifier, a run folder or a model.json."""
+    if (path / SIDECAR).is_file():
+        identifier = Identifier.load(path)
+        members = _members(identifier.metadata.get("source", {}))
+        return members, identifier.threshold, identifier.metadata.get("preprocess")
+    return [str(p) for p in checkpoints(path)], None, None
 
 
 def _members(source: dict) -> list[str]:

@@ -99,3 +99,15 @@ def database_url(request, tmp_path):
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}"{force}'))
     finally:
         admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def model(tmp_path_factory):
+    """ImageNet features (offline lite0 weights) at 64 px, saved as a checkpoint: real enough that
+    near-copies find each other; the catalog and web tests build their catalogs on it."""
+    from whaleid.model.checkpoint import save_checkpoint
+    from whaleid.model.network import EmbeddingModel, ModelConfig
+
+    folder = tmp_path_factory.mktemp("model")
+    network = EmbeddingModel(ModelConfig(backbone="tf_efficientnet_lite0", embedding_dim=0, img_size=64))
+    return save_checkpoint(network.eval(), folder / "model", ["x"])

@@ -20,22 +20,12 @@ from typer.testing import CliRunner
 from whaleid.__main__ import app
 from whaleid.data.catalog import read_catalog
 from whaleid.errors import UserError
-from whaleid.model.checkpoint import save_checkpoint
-from whaleid.model.network import EmbeddingModel, ModelConfig
 from whaleid.store.catalog import CatalogStore, ConflictError, EncounterInfo
 from whaleid.store.db import migrate, open_engine
 from whaleid.store.exif import photo_exif
 from whaleid.store.schema import Base, Decision, Photo
 
 FIRST = 5  # individuals imported; the rest arrive as new animals
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    """ImageNet features (offline lite0 weights) at 64 px: real enough that near-copies find each other."""
-    folder = tmp_path_factory.mktemp("model")
-    network = EmbeddingModel(ModelConfig(backbone="tf_efficientnet_lite0", embedding_dim=0, img_size=64))
-    return save_checkpoint(network.eval(), folder / "model", ["x"])
 
 
 @pytest.fixture

@@ -1,6 +1,9 @@
 """The ``whaleid`` command (and ``python -m whaleid``): the app's commands plus the experiments' ones."""
 
-from whaleid.app import catalog  # noqa: F401  (registers `whaleid catalog ...`)
+from whaleid.app import (
+    catalog,  # noqa: F401  (registers `whaleid catalog ...`)
+    serve,  # noqa: F401  (registers `whaleid serve`)
+)
 from whaleid.app.cli import app
 from whaleid.experiments import commands  # noqa: F401  (registers train, pseudo-label, run and demo on the app)
 

@@ -114,9 +114,13 @@ def undo(directory: Path, event: int, reviewer: str = ReviewerOpt):
 
 
 @command("reindex", group=catalog_app)
-def reindex(directory: Path, model: Optional[Path] = typer.Option(None, help="A new model to embed with.")):
-    """Embed every photo again (with a new model when given); decisions are kept."""
-    console.print(f"{_store(directory).reindex(model)} photos embedded")
+def reindex(
+    directory: Path,
+    model: Optional[Path] = typer.Option(None, help="A new model to embed with."),
+    version: Optional[int] = typer.Option(None, help="Go back to an earlier model of this catalog (v<N>).", min=1),
+):
+    """Embed every photo again (with a new model, or an earlier one, when given); decisions are kept."""
+    console.print(f"{_store(directory).reindex(model, version=version)} photos embedded")
 
 
 @command("export", group=catalog_app)

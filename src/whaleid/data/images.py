@@ -24,18 +24,21 @@ Decisions:
 from __future__ import annotations
 
 import errno
+import io
 import logging
 import os
 import re
 import stat
+import warnings
 from pathlib import Path
 
 import numpy as np
+import pillow_heif
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from whaleid.errors import UserError
 
-__all__ = ["ALPHA_BACKGROUND", "ImageError", "check_image", "open_image"]
+__all__ = ["ALPHA_BACKGROUND", "ImageError", "check_image", "decode_bytes", "image_suffix", "open_image"]
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +46,12 @@ log = logging.getLogger(__name__)
 ALPHA_BACKGROUND: tuple[int, int, int] = (0, 0, 0)
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False
+pillow_heif.register_heif_opener()  # iPhone photos (HEIC) open like any other
 
+#: The file suffix of each format a photo is stored as (by what the bytes are, not what the name says).
+SUFFIXES = {"JPEG": ".jpg", "PNG": ".png", "TIFF": ".tif", "HEIF": ".heic", "WEBP": ".webp", "BMP": ".bmp"}
+
+_TAIL_CHECKED = ("PNG", "JPEG", "MPO")
 _ALPHA_MODES = {"RGBA", "RGBa", "LA", "La", "PA"}
 _PNG_END = b"IEND\xaeB`\x82"  # the IEND chunk type and its (constant) checksum
 #: A JPEG marker: FF then a code; in entropy-coded data FF is only followed by 00 (a stuffed
@@ -78,6 +86,12 @@ def _guard_truncation_flag() -> None:
         ImageFile.LOAD_TRUNCATED_IMAGES = False
 
 
+pillow_heif.register_heif_opener()  # iPhone photos (HEIC) open like any other
+
+#: The file suffix of each format a photo is stored as (by what the bytes are, not what the name says).
+SUFFIXES = {"JPEG": ".jpg", "PNG": ".png", "TIFF": ".tif", "HEIF": ".heic", "WEBP": ".webp", "BMP": ".bmp"}
+
+
 def _os_reason(exc: OSError) -> str:
     """A file-system error (not a decoding one) as a short reason."""
     if isinstance(exc, FileNotFoundError):
@@ -106,7 +120,7 @@ def _file_reason(path: Path) -> str | None:
     return None
 
 
-def _tail_reason(path: Path, fmt: str | None) -> str | None:
+def _tail_reason(data: bytes, fmt: str | None) -> str | None:
     """Why a decoded PNG or JPEG is still incomplete: a tail zeroed or cut off.
 
     The decoders stop once they have every pixel, so a file whose last part was zeroed
@@ -117,13 +131,13 @@ def _tail_reason(path: Path, fmt: str | None) -> str | None:
     """
     if fmt == "PNG":
         try:
-            with Image.open(path) as again:
+            with Image.open(io.BytesIO(data)) as again:
                 again.verify()
         except Exception as exc:
-            if _PNG_END in path.read_bytes():
+            if _PNG_END in data:
                 return f"corrupt PNG ({_first_line(exc)})"
             return "truncated PNG (zeroed or cut tail)"
-    elif fmt in ("JPEG", "MPO") and not _jpeg_ends(path.read_bytes()):
+    elif fmt in ("JPEG", "MPO") and not _jpeg_ends(data):
         return f"truncated {fmt} (zeroed or cut tail)"
     return None
 
@@ -187,7 +201,7 @@ def _load(path: Path, *, draft: bool) -> Image.Image:
             # truncation and corruption are found, at a fraction of the cost.
             im.draft(im.mode, (1, 1))
         im.load()
-        reason = _tail_reason(path, fmt)
+        reason = _tail_reason(path.read_bytes(), fmt) if fmt in _TAIL_CHECKED else None
     except Exception as exc:  # Pillow raises OSError, SyntaxError, ValueError, ...
         im.close()
         raise ImageError(path, _decode_reason(exc, fmt)) from None
@@ -232,6 +246,43 @@ def _to_rgb(im: Image.Image, background: tuple[int, int, int]) -> Image.Image:
         base = Image.new("RGBA", im.size, (*background, 255))
         return Image.alpha_composite(base, im).convert("RGB")
     return im.convert("RGB")  # L, 1, P, CMYK, YCbCr, LAB, HSV, RGBX, ...
+
+
+def decode_bytes(data: bytes, max_pixels: int) -> str:
+    """The format of a photo held in memory, after decoding every pixel; :class:`ImageError` when it is
+    empty, not an image, truncated, corrupt, or has more than ``max_pixels`` pixels (checked from the
+    header, before any pixel is decoded: a decompression bomb never gets to allocate)."""
+    source = Path("<upload>")
+    if not data:
+        raise ImageError(source, "empty file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            im = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        raise ImageError(source, "not an image") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageError(source, "image too large (decompression bomb guard)") from None
+    except Exception as exc:
+        raise ImageError(source, _decode_reason(exc, None)) from None
+    with im:
+        fmt = im.format
+        if im.width * im.height > max_pixels:
+            raise ImageError(source, f"image too large ({im.width}x{im.height} pixels; at most {max_pixels:,})")
+        try:
+            im.load()
+        except Exception as exc:
+            raise ImageError(source, _decode_reason(exc, fmt)) from None
+    reason = _tail_reason(data, fmt) if fmt in _TAIL_CHECKED else None
+    if reason:
+        raise ImageError(source, reason)
+    return fmt or "unknown"
+
+
+def image_suffix(path: str | os.PathLike[str]) -> str:
+    """The suffix that names a stored copy of this photo, from its detected format (``.img`` when unusual)."""
+    with Image.open(path) as im:
+        return SUFFIXES.get(im.format or "", ".img")
 
 
 def open_image(path: str | os.PathLike[str], *, background: tuple[int, int, int] = ALPHA_BACKGROUND) -> Image.Image:

@@ -13,7 +13,7 @@ import hashlib
 import json
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,7 +24,7 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session, aliased
 
 from whaleid.data.catalog import read_catalog
-from whaleid.data.images import check_image
+from whaleid.data.images import check_image, image_suffix
 from whaleid.errors import UserError
 from whaleid.files import atomic_path
 from whaleid.model.checkpoint import checkpoint_files, checkpoints
@@ -32,7 +32,7 @@ from whaleid.model.embed import Embedder, embed_files
 from whaleid.preprocess.prepare import PreprocessConfig, prepare_paths
 from whaleid.search.identify import SIDECAR, Identifier, IdentifyConfig
 from whaleid.search.index import ExactIndex
-from whaleid.store.db import is_current, migrate, open_engine, sqlite_url
+from whaleid.store.db import is_current, migrate, open_engine, reading, sqlite_url
 from whaleid.store.exif import photo_exif
 from whaleid.store.schema import (
     Decision,
@@ -48,6 +48,7 @@ from whaleid.store.schema import (
 
 CONFIG = "catalog.json"
 PHOTO_KINDS = ("confirm", "new", "unsure")
+EMBED_CHUNK = 16  # photos embedded per step of an add's progress
 BATCH_MATCHES = 3  # same-batch photos kept per photo: two photos of one new animal should find each other
 
 
@@ -92,21 +93,27 @@ class QueueItem:
 class CatalogStore:
     """One catalog folder and its database; the web app and the CLI both work through this."""
 
-    def __init__(self, directory: str | os.PathLike):
+    def __init__(self, directory: str | os.PathLike, db: str | None = None):
+        """The catalog in ``directory``, on its own database or on ``db`` (a URL) when given."""
         self.dir = Path(directory)
         config_path = self.dir / CONFIG
         if not config_path.is_file():
             raise UserError(f"{self.dir} is not a whaleid catalog (no {CONFIG}): make one with `whaleid catalog init`")
         self.config = json.loads(config_path.read_text(encoding="utf-8"))
-        self.engine = open_engine(self.config.get("db") or sqlite_url(self.dir))
+        self.engine = open_engine(db or self.config.get("db") or sqlite_url(self.dir))
+        self.read_engine = reading(self.engine)
         if not is_current(self.engine):
             migrate(self.engine)  # a catalog made by an older whaleid
         self._embedders: dict[int, Embedder] = {}
         self._gallery: tuple[tuple, Identifier | None] | None = None  # (stamp, gallery), see `gallery`
 
     def session(self) -> Session:
-        """A session whose objects stay readable after its transaction commits (they are returned to callers)."""
+        """A session for writing, whose objects stay readable after its transaction commits (they are returned)."""
         return Session(self.engine, expire_on_commit=False)
+
+    def reader(self) -> Session:
+        """A session for reading only: on SQLite it never waits for, nor blocks, a writer."""
+        return Session(self.read_engine, expire_on_commit=False)
 
     # ------------------------------------------------------------------ creation
 
@@ -124,7 +131,7 @@ class CatalogStore:
         engine.dispose()
         with atomic_path(directory / CONFIG) as tmp:
             tmp.write_text(json.dumps({"format": "whaleid.catalog/1", "db": db}, indent=2), encoding="utf-8")
-        store = cls(directory)
+        store = cls(directory, db)
         with store.session() as session, session.begin():
             store._register_model(session, *source)
         return store
@@ -298,70 +305,117 @@ class CatalogStore:
 
     # ------------------------------------------------------------------ photos in
 
-    def add(self, paths: Sequence[str | os.PathLike], encounter: EncounterInfo | None = None) -> AddResult:
-        """Copy photos in, embed them, match them against the catalog and each other, queue them for review."""
+    def add(
+        self,
+        paths: Sequence[str | os.PathLike],
+        encounter: EncounterInfo | int | None = None,
+        *,
+        names: Sequence[str] | None = None,
+        progress: Callable[[str, int, int], None] | None = None,
+    ) -> AddResult:
+        """Copy photos in, embed them, match them against the catalog and each other, queue them for review.
+
+        ``encounter`` is a new encounter's details or an existing encounter's id; ``names`` are the
+        photos' original names when the files were staged under other names (web uploads); ``progress``
+        hears ``(stage, done, total)``. Files are checked, copied and embedded before the write
+        transaction, which then only inserts rows and matches: reviewers' decisions never wait
+        behind an embedding.
+        """
         result = AddResult()
-        with self.session() as session, session.begin():
+        paths = [Path(p) for p in paths]
+        names = [p.name for p in paths] if names is None else list(names)
+        with self.reader() as session:
             model = self.active_model(session)
-            fresh = self._copy_in(session, [Path(p) for p in paths], result)
+            fresh = self._copy_in(session, paths, names, result, progress)
+        vectors, fresh = self._embed_fresh(model, fresh, result, progress)
+        with self.session() as session, session.begin():
+            if self.active_model(session).id != model.id:
+                raise ConflictError("the catalog's model changed while these photos were embedded: add them again")
+            session.add_all(Rejected(original_name=n, reason=r, added_at=now()) for n, r in result.rejected)
+            known = self._known(session, [f["sha256"] for f in fresh])  # another add may have taken some meanwhile
+            result.duplicates += [f["original_name"] for f in fresh if f["sha256"] in known]
+            vectors = vectors[[f["sha256"] not in known for f in fresh]] if len(fresh) else vectors
+            fresh = [f for f in fresh if f["sha256"] not in known]
             if not fresh:
                 return result
-            vectors, ok = self.embed(model, [str(self.dir / "photos" / f["file"]) for f in fresh])
-            for f, good in zip(fresh, ok):
-                if not good:
-                    result.rejected.append((f["original_name"], "could not be prepared or embedded"))
-                    session.add(
-                        Rejected(original_name=f["original_name"], reason="could not be embedded", added_at=now())
-                    )
-            fresh = [f for f, good in zip(fresh, ok) if good]
-            encounter_row = None
-            if encounter is not None and encounter.given():
-                encounter_row = Encounter(**vars(encounter), created_at=now())
-                session.add(encounter_row)
-                session.flush()
-            photos = [
-                Photo(
-                    **f,
-                    encounter_id=encounter_row.id if encounter_row else None,
-                    state="pending",
-                    added_at=now(),
-                    version=0,
-                )
-                for f in fresh
-            ]
+            encounter_id = self._encounter(session, encounter)
+            photos = [Photo(**f, encounter_id=encounter_id, state="pending", added_at=now(), version=0) for f in fresh]
             session.add_all(photos)
             session.flush()
             session.add_all(
                 Embedding(photo_id=p.id, model_id=model.id, vector=v.tobytes()) for p, v in zip(photos, vectors)
             )
+            if progress:
+                progress("matching", 0, len(photos))
             self._match(session, model, photos, vectors)
             result.added = [p.id for p in photos]
         return result
 
-    def _copy_in(self, session: Session, paths: list[Path], result: AddResult) -> list[dict]:
-        """Readable photos not yet in the catalog, copied (atomically) under photos/; the rest recorded."""
-        fresh, seen = [], set()
-        crop_status = "as model" if self._has_crop(session) else "none"
-        readable: list[tuple[Path, str]] = []
-        for path in paths:
-            reason = check_image(path)
-            if reason is not None:
-                result.rejected.append((path.name, reason))
-                session.add(Rejected(original_name=path.name, reason=reason, added_at=now()))
-                continue
-            readable.append((path, hashlib.sha256(path.read_bytes()).hexdigest()))
-        known = {
+    def _encounter(self, session: Session, encounter: EncounterInfo | int | None) -> int | None:
+        if isinstance(encounter, int):
+            if session.get(Encounter, encounter) is None:
+                raise UserError(f"no encounter {encounter} in the catalog")
+            return encounter
+        if encounter is None or not encounter.given():
+            return None
+        row = Encounter(**vars(encounter), created_at=now())
+        session.add(row)
+        session.flush()
+        return row.id
+
+    def _embed_fresh(
+        self, model: Model, fresh: list[dict], result: AddResult, progress
+    ) -> tuple[np.ndarray, list[dict]]:
+        """Vectors of the copied photos, a chunk at a time (so that progress moves); the unembeddable recorded."""
+        parts, kept = [], []
+        for start in range(0, len(fresh), EMBED_CHUNK):
+            if progress:
+                progress("embedding", start, len(fresh))
+            chunk = fresh[start : start + EMBED_CHUNK]
+            vectors, ok = self.embed(model, [str(self.dir / "photos" / f["file"]) for f in chunk])
+            parts.append(vectors)
+            for f, good in zip(chunk, ok):
+                if good:
+                    kept.append(f)
+                else:
+                    result.rejected.append((f["original_name"], "could not be prepared or embedded"))
+        if progress:
+            progress("embedding", len(fresh), len(fresh))
+        return (np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)), kept
+
+    def _known(self, session: Session, digests: list[str]) -> set[str]:
+        return {
             s
-            for chunk in _chunks([digest for _, digest in readable])
+            for chunk in _chunks(digests)
             for s in session.scalars(select(Photo.sha256).where(Photo.sha256.in_(chunk)))
         }
-        for path, digest in readable:
-            data = path.read_bytes()
+
+    def _copy_in(
+        self, session: Session, paths: list[Path], names: list[str], result: AddResult, progress=None
+    ) -> list[dict]:
+        """Readable photos not yet in the catalog, copied (atomically) under photos/; the rest recorded in ``result``.
+
+        A copy is named by its content (sha256) and its detected format, never by anything the user gave.
+        """
+        fresh, seen = [], set()
+        crop_status = "as model" if self._has_crop(session) else "none"
+        readable: list[tuple[Path, str, str]] = []
+        for i, (path, name) in enumerate(zip(paths, names)):
+            if progress and i % EMBED_CHUNK == 0:
+                progress("checking", i, len(paths))
+            reason = check_image(path)
+            if reason is not None:
+                result.rejected.append((name, reason))
+                continue
+            readable.append((path, name, hashlib.sha256(path.read_bytes()).hexdigest()))
+        known = self._known(session, [digest for _, _, digest in readable])
+        for path, original, digest in readable:
             if digest in seen or digest in known:
-                result.duplicates.append(path.name)
+                result.duplicates.append(original)
                 continue
             seen.add(digest)
-            name = digest + path.suffix.lower()[:10]
+            data = path.read_bytes()
+            name = digest + image_suffix(path)
             target = self.dir / "photos" / name
             if not target.exists():  # a re-run after an interruption finds the file already there
                 with atomic_path(target) as tmp:
@@ -371,7 +425,7 @@ class CatalogStore:
                 {
                     "sha256": digest,
                     "file": name,
-                    "original_name": path.name,
+                    "original_name": original,
                     "size": len(data),
                     "taken_at": taken_at,
                     "latitude": latitude,
@@ -423,7 +477,9 @@ class CatalogStore:
         result = AddResult(rejected=[(r.image, r.reason) for r in catalog.problems.itertuples()])
         with self.session() as session, session.begin():
             model = self.active_model(session)
-            fresh = self._copy_in(session, [Path(p) for p in catalog.paths], result)
+            paths = [Path(p) for p in catalog.paths]
+            fresh = self._copy_in(session, paths, [p.name for p in paths], result)
+            session.add_all(Rejected(original_name=n, reason=r, added_at=now()) for n, r in result.rejected)
             by_name = dict(zip(catalog.table["path"].map(lambda p: Path(p).name), catalog.table.itertuples()))
             vectors, ok = self.embed(model, [str(self.dir / "photos" / f["file"]) for f in fresh])
             individuals: dict[str, Individual] = {}
@@ -463,7 +519,7 @@ class CatalogStore:
 
     def queue(self, limit: int | None = 50) -> list[QueueItem]:
         """Photos awaiting a decision, oldest first, with what the model proposed for each."""
-        with self.session() as session:
+        with self.reader() as session:
             query = select(Photo).where(Photo.state == "pending").order_by(Photo.id)
             photos = session.scalars(query.limit(limit) if limit else query).all()
             runs = {
@@ -642,36 +698,89 @@ class CatalogStore:
 
     # ------------------------------------------------------------------ models, exports, numbers
 
-    def reindex(self, model: str | os.PathLike | None = None) -> int:
-        """Every photo embedded again (with a new model, made active, when given); decisions stay as they are."""
+    def reindex(
+        self,
+        model: str | os.PathLike | None = None,
+        *,
+        version: int | None = None,
+        progress: Callable[[str, int, int], None] | None = None,
+    ) -> int:
+        """Every photo embedded again and the model made active: a new ``model`` (registered first), an
+        earlier ``version``, or the active one. Decisions stay as they are. Photos are embedded outside
+        the write transaction, so review goes on meanwhile; photos added meanwhile are embedded at the end."""
+        if model is not None:
+            with self.session() as session, session.begin():
+                version = self._register_model(session, *_model_source(Path(model))).version
+        with self.reader() as session:
+            row = self.active_model(session) if version is None else self._version(session, version)
+            photos = session.execute(select(Photo.id, Photo.file).order_by(Photo.id)).all()
+        vectors, ok = self._embed_fresh(
+            row, [{"file": f, "id": i, "original_name": f} for i, f in photos], AddResult(), progress
+        )
         with self.session() as session, session.begin():
-            row = self._register_model(session, *_model_source(Path(model))) if model else self.active_model(session)
-            photos = session.scalars(select(Photo).order_by(Photo.id)).all()
             session.execute(delete(Embedding).where(Embedding.model_id == row.id))
-            vectors, ok = self.embed(row, [str(self.dir / "photos" / p.file) for p in photos])
-            kept = [p for p, good in zip(photos, ok) if good]
-            session.add_all(
-                Embedding(photo_id=p.id, model_id=row.id, vector=v.tobytes()) for p, v in zip(kept, vectors)
-            )
+            kept = [i for (i, _), good in zip(photos, ok) if good]
+            late = session.execute(
+                select(Photo.id, Photo.file).where(Photo.id > (photos[-1][0] if photos else 0))
+            ).all()
+            if late:
+                more, more_ok = self.embed(row, [str(self.dir / "photos" / f) for _, f in late])
+                kept += [i for (i, _), good in zip(late, more_ok) if good]
+                vectors = np.concatenate([vectors, more]) if len(vectors) else more
+            session.add_all(Embedding(photo_id=i, model_id=row.id, vector=v.tobytes()) for i, v in zip(kept, vectors))
+            session.merge(Setting(key="active_model", value={"id": row.id}))
         for suffix in ("", ".delta"):  # the vector cache of this model, rebuilt at the next add
             (self.dir / "index" / f"model{row.id}{suffix}.npz").unlink(missing_ok=True)
         return len(kept)
 
-    def export(self, kind: str, path: str | os.PathLike) -> int:
+    def _version(self, session: Session, version: int) -> Model:
+        found = session.scalar(select(Model).where(Model.version == version))
+        if found is None:
+            raise UserError(f"no model v{version} in {self.dir}")
+        return found
+
+    def models(self) -> list[dict]:
+        """Every model the catalog has had, oldest first, with which one is active."""
+        with self.reader() as session:
+            active = self.active_model(session).id
+            return [
+                {
+                    "version": m.version,
+                    "active": m.id == active,
+                    "checkpoints": m.source.get("checkpoints", []),
+                    "threshold": (m.threshold or {}).get("value"),
+                    "created_at": m.created_at.isoformat(timespec="seconds"),
+                }
+                for m in session.scalars(select(Model).order_by(Model.version))
+            ]
+
+    def table(self, kind: str) -> pd.DataFrame:
         """``happywhale`` (the grown catalog, to train the next model on), ``decisions`` (the event log) or
-        ``dwc`` (Darwin Core occurrences); returns the rows written."""
+        ``dwc`` (Darwin Core occurrences)."""
         exporters = {"happywhale": export_happywhale, "decisions": export_decisions, "dwc": export_dwc}
         if kind not in exporters:
             raise UserError(f"unknown export format {kind!r}; valid: {', '.join(exporters)}")
-        with self.session() as session:
-            table = exporters[kind](session)
+        with self.reader() as session:
+            return exporters[kind](session)
+
+    def export(self, kind: str, path: str | os.PathLike) -> int:
+        """One of the :meth:`table` exports written as CSV; returns the rows written."""
+        table = self.table(kind)
         with atomic_path(Path(path)) as tmp:
             table.to_csv(tmp, index=False)
         return len(table)
 
+    def model_input(self, file: str) -> Path:
+        """A stored photo as the active model sees it: its crop from the preprocessing cache, or itself."""
+        with self.reader() as session:
+            model = self.active_model(session)
+        photo = self.dir / "photos" / file
+        files, ok = prepare_paths([str(photo)], PreprocessConfig.from_dict(model.preprocess), self.dir / "cache")
+        return Path(files[0]) if ok[0] else photo
+
     def stats(self) -> dict:
         """Photos by state, individuals, rejected photos, decisions per reviewer, new individuals per encounter."""
-        with self.session() as session:
+        with self.reader() as session:
             states = dict(session.execute(select(Photo.state, func.count()).group_by(Photo.state)).all())
             individuals = session.scalar(select(func.count()).where(Individual.merged_into_id.is_(None)))
             reviewers = dict(session.execute(select(Decision.reviewer, func.count()).group_by(Decision.reviewer)).all())

@@ -28,8 +28,19 @@ def open_engine(url: str) -> Engine:
         raise UserError(f"cannot use the database {url!r}: {error}") from None
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
-        event.listen(engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
+        event.listen(engine, "begin", _sqlite_begin)
     return engine
+
+
+def reading(engine: Engine) -> Engine:
+    """The same engine for read-only work: on SQLite its transactions take no write lock, so pages and
+    exports never wait behind an ``add`` (writers still begin IMMEDIATE and queue behind each other)."""
+    return engine.execution_options(whaleid_read_only=True)
+
+
+def _sqlite_begin(connection) -> None:
+    read_only = connection.get_execution_options().get("whaleid_read_only", False)
+    connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:

@@ -7,6 +7,7 @@ from datetime import datetime
 
 from sqlalchemy import (
     JSON,
+    Boolean,
     DateTime,
     Float,
     ForeignKey,
@@ -30,6 +31,34 @@ class User(Base):
     password_hash: Mapped[str | None] = mapped_column(String(300))
     role: Mapped[str] = mapped_column(String(20), default="reviewer")  # reviewer | admin | viewer
     created_at: Mapped[datetime] = mapped_column(DateTime)
+    must_change: Mapped[bool] = mapped_column(Boolean, default=False)  # a printed one-time password
+
+
+class LoginSession(Base):
+    """A logged-in browser: the cookie holds the token, the table only its hash (a leaked table logs nobody in)."""
+
+    __tablename__ = "login_sessions"
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    csrf: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    expires_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class Job(Base):
+    """Background work (an upload to process, a reindex): kept here so that a restarted server resumes it."""
+
+    __tablename__ = "jobs"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    kind: Mapped[str] = mapped_column(String(20))  # upload | reindex
+    state: Mapped[str] = mapped_column(String(20), index=True)  # receiving | queued | running | done | failed
+    payload: Mapped[dict] = mapped_column(JSON)  # upload: encounter id and staged files; reindex: model version
+    progress: Mapped[dict] = mapped_column(JSON)  # {"stage": str, "done": int, "total": int}
+    result: Mapped[dict | None] = mapped_column(JSON)
+    error: Mapped[str | None] = mapped_column(Text)
+    created_by: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    updated_at: Mapped[datetime] = mapped_column(DateTime)
 
 
 class Individual(Base):
@@ -65,7 +94,7 @@ class Photo(Base):
     taken_at: Mapped[str | None] = mapped_column(String(40))  # EXIF DateTimeOriginal
     latitude: Mapped[float | None] = mapped_column(Float)  # EXIF GPS
     longitude: Mapped[float | None] = mapped_column(Float)
-    encounter_id: Mapped[int | None] = mapped_column(ForeignKey("encounters.id"))
+    encounter_id: Mapped[int | None] = mapped_column(ForeignKey("encounters.id"), index=True)
     crop_box: Mapped[str | None] = mapped_column(String(100))
     crop_status: Mapped[str] = mapped_column(String(40))
     added_at: Mapped[datetime] = mapped_column(DateTime)

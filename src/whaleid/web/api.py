@@ -1,0 +1,283 @@
+"""The JSON API under /api: what the pages' scripts call, and what scripts and tests may call."""
+
+from __future__ import annotations
+
+import io
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Depends, File, Query, Request, Response, UploadFile
+from fastapi.responses import FileResponse
+from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
+
+from whaleid.store.catalog import EncounterInfo
+from whaleid.store.schema import Individual
+from whaleid.web import images, views
+from whaleid.web.jobs import Refused
+from whaleid.web.security import COOKIE, reader, writer
+from whaleid.web.users import Account, add_user, change_user, list_users, log_in, log_out
+
+router = APIRouter(prefix="/api")
+Reader = Annotated[Account, Depends(reader)]
+Reviewer = Annotated[Account, Depends(writer("reviewer"))]
+Admin = Annotated[Account, Depends(writer("admin"))]
+AnyUser = Annotated[Account, Depends(writer("viewer"))]
+Text = Annotated[str, Field(max_length=200)]
+PhotoId = Annotated[int, Field(ge=1, le=2**62)]
+
+
+class LoginBody(BaseModel):
+    name: Annotated[str, Field(max_length=64)]
+    password: Annotated[str, Field(max_length=200)]
+
+
+class DecisionBody(BaseModel):
+    kind: Literal["confirm", "new", "unsure"]
+    individual: Text | None = None  # confirm: the individual's catalog id
+    name: Text | None = None  # new: an optional name
+    version: int | None = None  # the photo's version as shown: a decision made meanwhile by someone else wins
+
+
+class MergeBody(BaseModel):
+    into: Text
+
+
+class EncounterBody(BaseModel):
+    date: Annotated[str | None, Field(max_length=40)] = None
+    place: Annotated[str | None, Field(max_length=300)] = None
+    latitude: Annotated[float | None, Field(ge=-90, le=90)] = None
+    longitude: Annotated[float | None, Field(ge=-180, le=180)] = None
+    observer: Text | None = None
+    notes: Annotated[str | None, Field(max_length=5000)] = None
+
+
+class NewUser(BaseModel):
+    name: Annotated[str, Field(max_length=64)]
+    password: Annotated[str, Field(max_length=200)]
+    role: Literal["viewer", "reviewer", "admin"] = "reviewer"
+
+
+class UserChange(BaseModel):
+    role: Literal["viewer", "reviewer", "admin"] | None = None
+    password: Annotated[str | None, Field(max_length=200)] = None
+
+
+class PasswordBody(BaseModel):
+    current: Annotated[str, Field(max_length=200)]
+    new: Annotated[str, Field(max_length=200)]
+
+
+def login_response(request: Request, name: str, password: str, response: Response) -> Account:
+    """Log in (rate limited per address and per name) and set the session cookie on ``response``."""
+    state = request.app.state
+    keys = (f"ip:{request.client.host if request.client else '?'}", f"name:{name}")
+    wait = state.limiter.blocked(*keys)
+    if wait:
+        raise Refused(429, f"too many failed logins: try again in {int(wait) + 1} s")
+    found = log_in(state.store, name, password, state.config.session_hours)
+    if found is None:
+        state.limiter.failed(*keys)
+        raise Refused(401, "wrong name or password")
+    token, user = found
+    response.set_cookie(
+        COOKIE,
+        token,
+        max_age=int(state.config.session_hours * 3600),
+        httponly=True,
+        samesite="strict",
+        secure=state.config.secure_cookies,
+        path="/",
+    )
+    return user
+
+
+@router.post("/login")
+def login(body: LoginBody, request: Request, response: Response) -> dict:
+    """Log in; the answer holds the CSRF token that every write must send as ``X-CSRF-Token``."""
+    user = login_response(request, body.name, body.password, response)
+    return {"name": user.name, "role": user.role, "csrf": user.csrf, "must_change": user.must_change}
+
+
+@router.post("/logout")
+def logout(request: Request, response: Response, user: AnyUser) -> dict:
+    log_out(request.app.state.store, request.cookies.get(COOKIE))
+    response.delete_cookie(COOKIE, path="/")
+    return {"logged_out": user.name}
+
+
+@router.get("/me")
+def me(user: Reader) -> dict:
+    return {"name": user.name, "role": user.role, "must_change": user.must_change}
+
+
+@router.post("/me/password")
+def my_password(body: PasswordBody, request: Request, user: AnyUser) -> dict:
+    """A new password (the old one proves it is you); every session of yours ends, this one included."""
+    if log_in(request.app.state.store, user.name, body.current, 0) is None:
+        raise Refused(403, "the current password is wrong")
+    change_user(request.app.state.store, user.name, password=body.new)
+    return {"changed": user.name}
+
+
+@router.get("/stats")
+def stats(request: Request, _: Reader) -> dict:
+    store = request.app.state.store
+    return {
+        **store.stats(),
+        "pending_by_encounter": views.pending_by_encounter(store),
+        "discovery_curve": views.discovery_curve(store),
+    }
+
+
+@router.get("/queue")
+def queue(request: Request, _: Reader, limit: Annotated[int, Query(ge=1, le=1000)] = 50) -> list[dict]:
+    return [vars(item) for item in request.app.state.store.queue(limit)]
+
+
+@router.get("/photos/{photo_id}")
+def photo(photo_id: PhotoId, request: Request, _: Reader) -> dict:
+    return views.review(request.app.state.store, photo_id)
+
+
+@router.get("/photos/{photo_id}/image")
+def photo_image(
+    photo_id: PhotoId, request: Request, _: Reader, size: Literal["thumb", "medium", "full", "crop"] = "medium"
+) -> FileResponse:
+    path = images.rendition(request.app.state.store, photo_id, size)
+    return FileResponse(path, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=86400"})
+
+
+@router.post("/photos/{photo_id}/decision")
+def decide(photo_id: PhotoId, body: DecisionBody, request: Request, user: Reviewer) -> dict:
+    """Confirm a candidate, make a new individual, or say you can't tell; 409 when decided meanwhile."""
+    if body.kind == "confirm" and not body.individual:
+        raise Refused(422, "confirm needs the individual's catalog id")
+    event = request.app.state.store.decide(
+        photo_id,
+        confirm=body.individual if body.kind == "confirm" else None,
+        new=body.kind == "new",
+        unsure=body.kind == "unsure",
+        name=body.name,
+        reviewer=user.name,
+        expected_version=body.version,
+    )
+    return {"decision": event.id, "kind": event.kind, "photo": photo_id, "individual": _catalog_id(request, event)}
+
+
+def _catalog_id(request: Request, event) -> str | None:
+    if event.individual_id is None:
+        return None
+    with request.app.state.store.reader() as session:
+        return session.get(Individual, event.individual_id).catalog_id
+
+
+@router.post("/decisions/{decision_id}/undo")
+def undo(decision_id: PhotoId, request: Request, user: Reviewer) -> dict:
+    event = request.app.state.store.undo(decision_id, reviewer=user.name)
+    return {"decision": event.id, "undoes": decision_id}
+
+
+@router.get("/decisions")
+def decisions(request: Request, _: Reader, limit: Annotated[int, Query(ge=1, le=500)] = 20) -> list[dict]:
+    return views.decisions(request.app.state.store, limit)
+
+
+@router.get("/individuals")
+def individuals(
+    request: Request,
+    _: Reader,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 200,
+    offset: Annotated[int, Query(ge=0, le=10**9)] = 0,
+) -> list[dict]:
+    return views.individuals(request.app.state.store, limit, offset)
+
+
+@router.get("/individuals/{catalog_id}")
+def individual(catalog_id: Text, request: Request, _: Reader) -> dict:
+    return views.individual(request.app.state.store, catalog_id)
+
+
+@router.post("/individuals/{catalog_id}/merge")
+def merge(catalog_id: Text, body: MergeBody, request: Request, user: Reviewer) -> dict:
+    """This individual is ``into``: its photos join that one's (undoable)."""
+    event = request.app.state.store.merge(catalog_id, body.into, reviewer=user.name)
+    return {"decision": event.id, "merged": catalog_id, "into": body.into}
+
+
+@router.get("/encounters")
+def encounters(request: Request, _: Reader) -> list[dict]:
+    return views.encounters(request.app.state.store)
+
+
+@router.get("/encounters/{encounter_id}")
+def encounter(encounter_id: PhotoId, request: Request, _: Reader) -> dict:
+    return views.encounter(request.app.state.store, encounter_id)
+
+
+@router.post("/uploads", status_code=201)
+def new_upload(body: EncounterBody, request: Request, user: Reviewer) -> dict:
+    """An encounter and an upload job; send its photos one per request, then start it."""
+    return request.app.state.jobs.create_upload(EncounterInfo(**body.model_dump()), user.name)
+
+
+@router.post("/uploads/{job_id}/photos", status_code=201)
+async def upload_photo(job_id: PhotoId, request: Request, _: Reviewer, file: UploadFile = File(...)) -> dict:
+    """One photo (JPEG, PNG, TIFF or HEIC) of an upload; refused with nothing stored when it cannot be used."""
+    jobs = request.app.state.jobs
+    data = await file.read(jobs.limits.file_bytes + 1)
+    return await run_in_threadpool(jobs.stage, job_id, data, file.filename or "")
+
+
+@router.post("/uploads/{job_id}/start")
+def start_upload(job_id: PhotoId, request: Request, _: Reviewer) -> dict:
+    return request.app.state.jobs.start(job_id)
+
+
+@router.get("/jobs")
+def jobs(request: Request, _: Reader) -> list[dict]:
+    return request.app.state.jobs.recent()
+
+
+@router.get("/jobs/{job_id}")
+def job(job_id: PhotoId, request: Request, _: Reader) -> dict:
+    return request.app.state.jobs.get(job_id)
+
+
+@router.get("/export/{kind}")
+def export(kind: Literal["happywhale", "decisions", "dwc"], request: Request, _: Reader) -> Response:
+    """The catalog as CSV: ``happywhale`` (train the next model on it), ``decisions`` or ``dwc`` (Darwin Core)."""
+    buffer = io.StringIO()
+    request.app.state.store.table(kind).to_csv(buffer, index=False)
+    return Response(
+        buffer.getvalue(),
+        media_type="text/csv",
+        headers={"Content-Disposition": f'attachment; filename="whaleid-{kind}.csv"'},
+    )
+
+
+@router.get("/users")
+def users(request: Request, _: Admin) -> list[dict]:
+    return list_users(request.app.state.store)
+
+
+@router.post("/users", status_code=201)
+def new_user(body: NewUser, request: Request, _: Admin) -> dict:
+    add_user(request.app.state.store, body.name, body.password, body.role)
+    return {"name": body.name, "role": body.role}
+
+
+@router.patch("/users/{name}")
+def edit_user(name: Text, body: UserChange, request: Request, _: Admin) -> dict:
+    change_user(request.app.state.store, name, role=body.role, password=body.password)
+    return {"name": name, "role": body.role}
+
+
+@router.get("/models")
+def models(request: Request, _: Reader) -> list[dict]:
+    return request.app.state.store.models()
+
+
+@router.post("/models/{version}/activate", status_code=202)
+def activate(version: PhotoId, request: Request, user: Admin) -> dict:
+    """Embed every photo with this model and make it the one that proposes matches (a background job)."""
+    return request.app.state.jobs.create_reindex(version, user.name)

@@ -1,0 +1,68 @@
+"""`whaleid serve DIR --demo`: a catalog that anyone can review within two minutes, on any machine.
+
+Synthetic dorsal fins (whaleid.data.synth): most individuals imported as the known catalog, then
+a survey waiting for review: another photo of several known fins and the photos of fins never seen.
+Features are ImageNet's (offline lite0 weights), or the model of `make demo` when it exists.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+import pandas as pd
+
+from whaleid.data.synth import make_catalog
+from whaleid.model.checkpoint import save_checkpoint
+from whaleid.model.network import EmbeddingModel, ModelConfig
+from whaleid.store.catalog import CONFIG, CatalogStore, EncounterInfo
+from whaleid.store.schema import User
+from whaleid.web.users import add_user, change_user
+
+DEMO_USER = "demo"
+TRAINED = Path("runs/demo/model")  # what `make demo` trains
+KNOWN = 0.7  # of the individuals, imported as the known catalog
+
+
+def demo_catalog(directory: Path, db: str | None = None, individuals: int = 24, size: int = 256) -> CatalogStore:
+    """The demo catalog in ``directory``, built when the folder has none yet."""
+    if (directory / CONFIG).is_file():
+        return CatalogStore(directory, db)
+    source = directory / "demo-source"
+    csv = make_catalog(
+        source, n_individuals=individuals, photos_per_individual=(4, 6), size=size, seed=7, variation=0.4
+    )
+    store = CatalogStore.create(directory, _model(source), db)
+    table = pd.read_csv(csv)
+    ids = sorted(table["individual_id"].unique())
+    known = set(ids[: int(len(ids) * KNOWN)])
+    held_out = table.groupby("individual_id").tail(1)  # the last photo of every fin comes in the survey
+    in_catalog = table[table["individual_id"].isin(known) & ~table.index.isin(held_out.index)]
+    in_catalog.to_csv(source / "known.csv", index=False)
+    store.import_catalog(source / "known.csv", csv.parent / "images")
+    survey = table[~table.index.isin(in_catalog.index)].sample(frac=1.0, random_state=0)
+    store.add(
+        [csv.parent / "images" / name for name in survey["image"]],
+        EncounterInfo(date="2026-07-14", place="demo survey (synthetic fins)", observer="whaleid demo"),
+    )
+    return store
+
+
+def _model(source: Path) -> Path:
+    if (TRAINED / "model.json").is_file():
+        return TRAINED
+    network = EmbeddingModel(ModelConfig(backbone="tf_efficientnet_lite0", embedding_dim=0, img_size=128))
+    return save_checkpoint(network.eval(), source / "model" / "model", ["zero-shot"]).parent
+
+
+def demo_reviewer(store: CatalogStore) -> str:
+    """The demo reviewer's password: ``WHALEID_DEMO_PASSWORD``, or a new random one at every start."""
+    password = os.environ.get("WHALEID_DEMO_PASSWORD") or secrets.token_urlsafe(9)
+    with store.reader() as session:
+        exists = session.query(User.id).filter(User.name == DEMO_USER).first() is not None
+    if exists:
+        change_user(store, DEMO_USER, password=password)
+    else:
+        add_user(store, DEMO_USER, password, "reviewer")
+    return password

@@ -1,0 +1,113 @@
+"""The application: the catalog, its job worker, the API and the pages, and `serve` to run them."""
+
+from __future__ import annotations
+
+import logging
+import os
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, RedirectResponse
+from fastapi.staticfiles import StaticFiles
+from filelock import FileLock, Timeout
+from starlette.exceptions import HTTPException
+
+from whaleid.errors import UserError
+from whaleid.store.catalog import CatalogStore, ConflictError
+from whaleid.web import api, pages
+from whaleid.web.config import WebConfig
+from whaleid.web.jobs import Jobs, Refused
+from whaleid.web.security import Guard, LoginRequired
+from whaleid.web.users import LoginLimiter, first_admin
+
+log = logging.getLogger(__name__)
+STATIC = Path(__file__).parent / "static"
+ADMIN_ENV = "WHALEID_ADMIN_PASSWORD"
+
+
+def create_app(store: CatalogStore, config: WebConfig | None = None) -> FastAPI:
+    """The web app over one catalog (its worker thread runs while the app runs, unless config says not)."""
+    config = config or WebConfig()
+    jobs = Jobs(store, config.limits)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        if config.start_worker:
+            jobs.start_worker()
+        try:
+            yield
+        finally:
+            jobs.stop_worker()
+
+    app = FastAPI(
+        title="whaleid",
+        summary="Review photo-identification matches and grow the catalog.",
+        version="1",
+        lifespan=lifespan,
+        docs_url="/api/docs",
+        redoc_url=None,
+        openapi_url="/api/openapi.json",
+        swagger_ui_parameters={"syntaxHighlight": False},
+    )
+    app.state.store, app.state.jobs, app.state.config = store, jobs, config
+    app.state.limiter = LoginLimiter(config.login_attempts)
+    app.include_router(api.router)
+    app.include_router(pages.router)
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    app.add_middleware(Guard, upload_bytes=config.limits.request_bytes, upload_paths=("/photos",))
+    _handlers(app)
+    return app
+
+
+def _handlers(app: FastAPI) -> None:
+    @app.exception_handler(LoginRequired)
+    async def to_login(request: Request, _error: LoginRequired):
+        return RedirectResponse(f"/login?next={request.url.path}", status_code=303)
+
+    @app.exception_handler(UserError)
+    async def user_error(_request: Request, error: UserError):
+        status = error.status if isinstance(error, Refused) else 409 if isinstance(error, ConflictError) else 400
+        if status == 400 and str(error).startswith("no "):
+            status = 404  # "no photo 7 in ...", "no individual 'X' ...", "no decision 9 ..."
+        return JSONResponse({"detail": str(error)}, status_code=status)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_request: Request, error: RequestValidationError):
+        first = error.errors()[0] if error.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
+        return JSONResponse({"detail": f"{where}: {first.get('msg', 'invalid')}"}, status_code=422)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_request: Request, error: HTTPException):
+        return JSONResponse({"detail": error.detail}, status_code=error.status_code, headers=error.headers)
+
+
+def admin_account(store: CatalogStore) -> None:
+    """The first admin (see :func:`first_admin`): the password from the environment, or printed once."""
+    password = first_admin(store, os.environ.get("WHALEID_ADMIN", "admin"), os.environ.get(ADMIN_ENV) or None)
+    if password is not None:
+        print(
+            f"first start: user 'admin' created with the one-time password  {password}\n"
+            f"(it must be changed at first login; set {ADMIN_ENV} to choose it instead)",
+            flush=True,
+        )
+
+
+def serve(directory: Path, host: str, port: int, config: WebConfig, db: str | None = None) -> None:
+    """Run the app on uvicorn until stopped; one server per catalog (a lock file says so)."""
+    import uvicorn
+
+    store = CatalogStore(directory, db)  # not a catalog: one clear line, before anything else
+    lock = FileLock(directory / ".serve.lock")
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise UserError(f"another `whaleid serve` is running on {directory}: stop it first") from None
+    try:
+        admin_account(store)
+        print(f"whaleid: serving {directory} on http://{host}:{port}/  (API docs: /api/docs)", flush=True)
+        uvicorn.run(create_app(store, config), host=host, port=port, log_level="warning", access_log=False)
+    finally:
+        lock.release()

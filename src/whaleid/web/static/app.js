@@ -1,0 +1,224 @@
+// whaleid's pages: a little JavaScript for what forms cannot do (keyboard review, zoom, upload progress).
+"use strict";
+
+const csrf = () => (document.querySelector('meta[name="csrf"]') || {}).content || "";
+
+async function api(method, url, body) {
+  const response = await fetch(url, {
+    method,
+    headers: { "X-CSRF-Token": csrf(), ...(body ? { "Content-Type": "application/json" } : {}) },
+    body: body ? JSON.stringify(body) : undefined,
+    credentials: "same-origin",
+  });
+  const data = await response.json().catch(() => ({}));
+  if (!response.ok) throw new Error(data.detail || `HTTP ${response.status}`);
+  return data;
+}
+
+// ---------------------------------------------------------------- review
+
+function setupReview(root) {
+  const photo = Number(root.dataset.photo);
+  const status = document.getElementById("review-status");
+  const say = (text, bad) => { status.textContent = text; status.classList.toggle("error", !!bad); };
+  const go = (url) => { window.location.href = url; };
+  const nextUrl = () => (root.dataset.next ? `/review/${root.dataset.next}` : "/review");
+  let busy = false;
+
+  async function decide(body, label) {
+    if (busy) return;
+    if (root.dataset.canDecide !== "yes") return say("Deciding needs the reviewer role.", true);
+    if (root.dataset.state !== "pending") return say("This photo is already decided: Z undoes that decision.", true);
+    busy = true;
+    say(`${label}…`);
+    try {
+      const done = await api("POST", `/api/photos/${photo}/decision`, { ...body, version: Number(root.dataset.version) });
+      sessionStorage.setItem("whaleid-last", JSON.stringify({ decision: done.decision, photo }));
+      say(`${label}: done (decision ${done.decision}).`);
+      go(nextUrl());
+    } catch (error) {
+      say(error.message, true);
+      busy = false;
+    }
+  }
+
+  function confirmRank(rank) {
+    const item = root.querySelector(`.candidate[data-rank="${rank}"]`);
+    if (!item) return say(`There is no candidate ${rank}.`, true);
+    const id = item.dataset.individual;
+    if (id === "new_individual") return decide({ kind: "new" }, "New individual");
+    return decide({ kind: "confirm", individual: id }, `Confirmed as ${id}`);
+  }
+
+  async function undo() {
+    if (busy) return;
+    const last = JSON.parse(sessionStorage.getItem("whaleid-last") || "null");
+    const decision = last ? last.decision : Number(root.dataset.lastDecision) || null;
+    if (!decision) return say("Nothing to undo.", true);
+    busy = true;
+    try {
+      await api("POST", `/api/decisions/${decision}/undo`);
+      sessionStorage.removeItem("whaleid-last");
+      go(`/review/${last ? last.photo : photo}`);
+    } catch (error) {
+      sessionStorage.removeItem("whaleid-last");
+      say(error.message, true);
+      busy = false;
+    }
+  }
+
+  const actions = {
+    new: () => decide({ kind: "new" }, "New individual"),
+    unsure: () => decide({ kind: "unsure" }, "Can't tell"),
+    undo,
+    next: () => go(nextUrl()),
+    previous: () => root.dataset.previous ? go(`/review/${root.dataset.previous}`) : say("This is the first photo waiting.", true),
+  };
+  document.querySelectorAll("[data-action]").forEach((el) => el.addEventListener("click", (event) => {
+    event.preventDefault();
+    const action = el.dataset.action;
+    if (action === "confirm") confirmRank(Number(el.dataset.rank));
+    else actions[action]();
+  }));
+  document.addEventListener("keydown", (event) => {
+    if (event.ctrlKey || event.metaKey || event.altKey || /INPUT|TEXTAREA|SELECT/.test(event.target.tagName)) return;
+    const key = event.key.toLowerCase();
+    if (!document.getElementById("compare").hidden) { if (key === "escape") closeCompare(); return; }
+    if (/^[1-5]$/.test(key)) confirmRank(Number(key));
+    else if (key === "n") actions.new();
+    else if (key === "u") actions.unsure();
+    else if (key === "z") actions.undo();
+    else if (key === "j") actions.next();
+    else if (key === "k") actions.previous();
+    else return;
+    event.preventDefault();
+  });
+  setupCompare();
+}
+
+// Side-by-side comparison: the query and a candidate photo, zoomed and panned together.
+const view = { scale: 1, x: 0, y: 0 };
+
+function applyView() {
+  for (const id of ["compare-left", "compare-right"]) {
+    document.getElementById(id).style.transform = `translate(${view.x}px, ${view.y}px) scale(${view.scale})`;
+  }
+}
+
+function closeCompare() { document.getElementById("compare").hidden = true; }
+
+function setupCompare() {
+  const overlay = document.getElementById("compare");
+  const query = document.getElementById("query-crop");
+  document.querySelectorAll("img.zoomable").forEach((img) => img.addEventListener("click", () => {
+    document.getElementById("compare-left").src = (img === query ? document.getElementById("query-full") : query).dataset.full;
+    document.getElementById("compare-right").src = img.dataset.full;
+    Object.assign(view, { scale: 1, x: 0, y: 0 });
+    applyView();
+    overlay.hidden = false;
+  }));
+  document.getElementById("compare-close").addEventListener("click", closeCompare);
+  let drag = null;
+  overlay.addEventListener("wheel", (event) => {
+    event.preventDefault();
+    const factor = event.deltaY < 0 ? 1.15 : 1 / 1.15;
+    view.scale = Math.min(20, Math.max(1, view.scale * factor));
+    if (view.scale === 1) Object.assign(view, { x: 0, y: 0 });
+    applyView();
+  }, { passive: false });
+  overlay.addEventListener("pointerdown", (event) => { drag = { x: event.clientX - view.x, y: event.clientY - view.y }; });
+  overlay.addEventListener("pointermove", (event) => {
+    if (!drag) return;
+    Object.assign(view, { x: event.clientX - drag.x, y: event.clientY - drag.y });
+    applyView();
+  });
+  window.addEventListener("pointerup", () => { drag = null; });
+  overlay.addEventListener("dragstart", (event) => event.preventDefault());
+}
+
+// ---------------------------------------------------------------- upload
+
+function sendFile(job, file, row) {
+  return new Promise((resolve) => {
+    const form = new FormData();
+    form.append("file", file);
+    const request = new XMLHttpRequest();
+    request.open("POST", `/api/uploads/${job}/photos`);
+    request.setRequestHeader("X-CSRF-Token", csrf());
+    const bar = row.querySelector("progress");
+    request.upload.addEventListener("progress", (event) => { if (event.lengthComputable) bar.value = event.loaded / event.total; });
+    request.addEventListener("load", () => {
+      let detail = "";
+      try { detail = JSON.parse(request.responseText).detail || ""; } catch (error) { detail = request.statusText; }
+      const ok = request.status < 300;
+      bar.value = 1;
+      row.classList.add(ok ? "ok" : "refused");
+      row.querySelector(".outcome").textContent = ok ? "received" : `refused: ${detail}`;
+      resolve(ok);
+    });
+    request.addEventListener("error", () => {
+      row.classList.add("refused");
+      row.querySelector(".outcome").textContent = "network error";
+      resolve(false);
+    });
+    request.send(form);
+  });
+}
+
+async function watchJob(job) {
+  const status = document.getElementById("job-status");
+  for (;;) {
+    const state = await api("GET", `/api/jobs/${job}`);
+    const p = state.progress;
+    status.textContent = `Processing: ${p.stage} ${p.done}/${p.total}`;
+    if (state.state === "done") {
+      const r = state.result;
+      status.textContent = `Done: ${r.added} photos added, ${r.duplicates} already in the catalog, ${r.rejected.length} could not be used.`;
+      const link = document.getElementById("review-link");
+      link.href = `/review?encounter=${state.encounter}`;
+      link.hidden = false;
+      return;
+    }
+    if (state.state === "failed") { status.textContent = `Failed: ${state.error}`; return; }
+    await new Promise((resolve) => setTimeout(resolve, 700));
+  }
+}
+
+function setupUpload(form) {
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const button = document.getElementById("upload-button");
+    button.disabled = true;
+    const fields = Object.fromEntries(["date", "place", "observer", "notes"].map((k) => [k, form.elements[k].value || null]));
+    for (const k of ["latitude", "longitude"]) fields[k] = form.elements[k].value === "" ? null : Number(form.elements[k].value);
+    const files = Array.from(document.getElementById("photos").files);
+    const list = document.getElementById("file-list");
+    const status = document.getElementById("job-status");
+    document.getElementById("upload-status").hidden = false;
+    list.replaceChildren();
+    try {
+      const job = (await api("POST", "/api/uploads", fields)).id;
+      let received = 0;
+      for (const file of files) {
+        const row = document.createElement("li");
+        row.innerHTML = '<span class="name"></span> <progress max="1" value="0"></progress> <span class="outcome"></span>';
+        row.querySelector(".name").textContent = file.name;
+        list.appendChild(row);
+        received += (await sendFile(job, file, row)) ? 1 : 0;
+      }
+      if (!received) { status.textContent = "No photo could be used."; button.disabled = false; return; }
+      await api("POST", `/api/uploads/${job}/start`);
+      await watchJob(job);
+    } catch (error) {
+      status.textContent = error.message;
+    }
+    button.disabled = false;
+  });
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  const review = document.getElementById("review");
+  if (review) setupReview(review);
+  const upload = document.getElementById("upload-form");
+  if (upload) setupUpload(upload);
+});

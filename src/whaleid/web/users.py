@@ -1,0 +1,185 @@
+"""People: argon2 password hashes, roles, login sessions held in the database, a login rate limit."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import threading
+import time
+from collections import defaultdict, deque
+from dataclasses import dataclass
+from datetime import timedelta
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+from sqlalchemy import delete, func, select
+
+from whaleid.errors import UserError
+from whaleid.store.catalog import CatalogStore, now
+from whaleid.store.schema import LoginSession, User
+
+ROLES = ("viewer", "reviewer", "admin")  # each may do what the ones before it may
+NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-@")
+MIN_PASSWORD = 10
+_hasher = PasswordHasher()
+_DUMMY = _hasher.hash("not a password")  # verified against when the name is unknown: same time either way
+
+
+@dataclass(frozen=True)
+class Account:
+    """Who is logged in, as the pages and the API see it."""
+
+    id: int
+    name: str
+    role: str
+    csrf: str
+    must_change: bool = False
+
+    def may(self, role: str) -> bool:
+        return ROLES.index(self.role) >= ROLES.index(role)
+
+
+def check_name(name: str) -> str:
+    if not 1 <= len(name) <= 64 or not set(name) <= NAME_CHARS:
+        raise UserError("a user name is 1-64 letters, digits, '.', '_', '-' or '@'")
+    return name
+
+
+def check_password(password: str) -> str:
+    if not MIN_PASSWORD <= len(password) <= 200:
+        raise UserError(f"a password is {MIN_PASSWORD}-200 characters")
+    return password
+
+
+def check_role(role: str) -> str:
+    if role not in ROLES:
+        raise UserError(f"unknown role {role!r}; valid: {', '.join(ROLES)}")
+    return role
+
+
+def add_user(store: CatalogStore, name: str, password: str, role: str = "reviewer", must_change: bool = False) -> None:
+    check_name(name)
+    check_password(password)
+    check_role(role)
+    with store.session() as session, session.begin():
+        if session.scalar(select(User.id).where(User.name == name)) is not None:
+            raise UserError(f"there is already a user {name!r}")
+        session.add(
+            User(name=name, password_hash=_hasher.hash(password), role=role, created_at=now(), must_change=must_change)
+        )
+
+
+def change_user(store: CatalogStore, name: str, *, role: str | None = None, password: str | None = None) -> None:
+    """A new role or password; either ends the user's sessions, so a demoted user keeps no old rights."""
+    with store.session() as session, session.begin():
+        user = session.scalar(select(User).where(User.name == name))
+        if user is None:
+            raise UserError(f"no user {name!r}")
+        if role is not None:
+            check_role(role)
+            admins = session.scalar(select(func.count()).where(User.role == "admin"))
+            if user.role == "admin" and role != "admin" and admins <= 1:
+                raise UserError("the last admin cannot lose the admin role")
+            user.role = role
+        if password is not None:
+            user.password_hash = _hasher.hash(check_password(password))
+            user.must_change = False
+        session.execute(delete(LoginSession).where(LoginSession.user_id == user.id))
+
+
+def list_users(store: CatalogStore) -> list[dict]:
+    with store.reader() as session:
+        return [
+            {"name": u.name, "role": u.role, "created_at": u.created_at.isoformat(timespec="seconds")}
+            for u in session.scalars(select(User).order_by(User.name))
+        ]
+
+
+def first_admin(store: CatalogStore, name: str, password: str | None) -> str | None:
+    """The first admin, when the catalog has no users: with ``password`` (from the environment), or a
+    random one-time password that is returned to be printed once and must be changed at first login."""
+    with store.reader() as session:
+        if session.scalar(select(func.count()).select_from(User)):
+            return None
+    one_time = password is None
+    password = password or secrets.token_urlsafe(12)
+    add_user(store, name, password, "admin", must_change=one_time)
+    return password if one_time else None
+
+
+def log_in(store: CatalogStore, name: str, password: str, hours: float) -> tuple[str, Account] | None:
+    """A new session token and its account, or None when the name or password is wrong."""
+    with store.session() as session, session.begin():
+        user = session.scalar(select(User).where(User.name == name))
+        try:
+            _hasher.verify(user.password_hash if user else _DUMMY, password)
+        except (VerificationError, InvalidHashError):
+            return None
+        if user is None:
+            return None
+        token, csrf = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
+        session.execute(delete(LoginSession).where(LoginSession.expires_at < now()))
+        session.add(
+            LoginSession(
+                token_hash=_digest(token),
+                user_id=user.id,
+                csrf=csrf,
+                created_at=now(),
+                expires_at=now() + timedelta(hours=hours),
+            )
+        )
+        return token, Account(user.id, user.name, user.role, csrf, user.must_change)
+
+
+def account(store: CatalogStore, token: str | None) -> Account | None:
+    """The account a session cookie stands for, or None (no cookie, unknown, expired)."""
+    if not token:
+        return None
+    with store.reader() as session:
+        row = session.execute(
+            select(User, LoginSession.csrf)
+            .join(LoginSession, LoginSession.user_id == User.id)
+            .where(LoginSession.token_hash == _digest(token), LoginSession.expires_at > now())
+        ).first()
+    if row is None:
+        return None
+    user, csrf = row
+    return Account(user.id, user.name, user.role, csrf, user.must_change)
+
+
+def log_out(store: CatalogStore, token: str | None) -> None:
+    if token:
+        with store.session() as session, session.begin():
+            session.execute(delete(LoginSession).where(LoginSession.token_hash == _digest(token)))
+
+
+def _digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class LoginLimiter:
+    """At most ``attempts`` failed logins per ``window`` seconds from one address, and for one name."""
+
+    def __init__(self, attempts: int = 5, window: float = 300.0):
+        self.attempts, self.window = attempts, window
+        self._failures: dict[str, deque] = defaultdict(deque)
+        self._lock = threading.Lock()
+
+    def blocked(self, *keys: str) -> float:
+        """Seconds to wait before trying again (0 when allowed)."""
+        with self._lock:
+            waits = [self._wait(k) for k in keys]
+        return max(waits, default=0.0)
+
+    def failed(self, *keys: str) -> None:
+        with self._lock:
+            for key in keys:
+                self._failures[key].append(time.monotonic())
+
+    def _wait(self, key: str) -> float:
+        times = self._failures[key]
+        while times and times[0] < time.monotonic() - self.window:
+            times.popleft()
+        if len(times) < self.attempts:
+            return 0.0
+        return times[0] + self.window - time.monotonic()

@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-all lint install browser postgres clean
+.PHONY: demo serve test test-all lint install browser postgres clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,7 +19,13 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/whaleid demo
 
-# Debian's chromium for the explorer's browser test (Playwright cannot download browsers here);
+# The review web app on a synthetic demo catalog (built in runs/demo-catalog the first time);
+# it prints the demo reviewer's login. PORT=8000 by default.
+PORT ?= 8000
+serve: $(STAMP)
+	$(BIN)/whaleid serve runs/demo-catalog --demo --port $(PORT)
+
+# Debian's chromium for the browser tests (explorer, web app) (Playwright cannot download browsers here);
 # without root or apt the browser test skips and says why.
 browser:
 	@command -v chromium >/dev/null 2>&1 || { command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && \

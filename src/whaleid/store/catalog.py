@@ -328,6 +328,8 @@ class CatalogStore:
             model = self.active_model(session)
             fresh = self._copy_in(session, paths, names, result, progress)
         vectors, fresh = self._embed_fresh(model, fresh, result, progress)
+        if progress:  # (never inside the transaction: a listener may write progress to the same database)
+            progress("matching", 0, len(fresh))
         with self.session() as session, session.begin():
             if self.active_model(session).id != model.id:
                 raise ConflictError("the catalog's model changed while these photos were embedded: add them again")
@@ -345,8 +347,6 @@ class CatalogStore:
             session.add_all(
                 Embedding(photo_id=p.id, model_id=model.id, vector=v.tobytes()) for p, v in zip(photos, vectors)
             )
-            if progress:
-                progress("matching", 0, len(photos))
             self._match(session, model, photos, vectors)
             result.added = [p.id for p in photos]
         return result

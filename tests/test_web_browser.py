@@ -77,6 +77,8 @@ def test_upload_review_with_the_keyboard_export_and_the_catalog_grows(tmp_path, 
     try:
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         url = server.url
+        hosts = set()  # every asset is served by whaleid itself: no CDN
+        page.on("request", lambda request: hosts.add(request.url.split("/")[2]))
         _log_in(page, url)
         before = page.request.get(f"{url}/api/stats").json()
         job = _upload(page, url, files, "keyboard bay")
@@ -126,6 +128,9 @@ def test_upload_review_with_the_keyboard_export_and_the_catalog_grows(tmp_path, 
         first = page.locator(".candidate").first
         assert first.get_attribute("data-individual") == fin_a
         assert float(_state(page, url, further)["candidates"][0]["score"]) > 0.95
+        page.goto(f"{url}/api/docs")  # the API's documentation, from local files too
+        page.wait_for_selector(".opblock")
+        assert hosts == {f"127.0.0.1:{server.port}"}
     finally:
         server.stop()
 

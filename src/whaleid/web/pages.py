@@ -50,6 +50,12 @@ def safe_next(target: str | None) -> str:
     return "/"
 
 
+@router.get("/api/docs")
+def api_docs(request: Request) -> HTMLResponse:
+    """The API's interactive documentation (Swagger UI from local files: no CDN)."""
+    return templates.TemplateResponse(request, "api_docs.html", {})
+
+
 @router.get("/login")
 def login_page(request: Request, next: Text | None = None) -> HTMLResponse:
     token = secrets.token_urlsafe(24)

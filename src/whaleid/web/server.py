@@ -7,6 +7,7 @@ import os
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import fastapi_offline
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse
@@ -24,6 +25,7 @@ from whaleid.web.users import LoginLimiter, first_admin
 
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
+SWAGGER_UI = Path(fastapi_offline.__file__).parent / "static"  # Swagger UI's files, vendored in a wheel
 ADMIN_ENV = "WHALEID_ADMIN_PASSWORD"
 
 
@@ -46,16 +48,16 @@ def create_app(store: CatalogStore, config: WebConfig | None = None) -> FastAPI:
         summary="Review photo-identification matches and grow the catalog.",
         version="1",
         lifespan=lifespan,
-        docs_url="/api/docs",
+        docs_url=None,  # served by pages.api_docs from local assets, not FastAPI's CDN page
         redoc_url=None,
         openapi_url="/api/openapi.json",
-        swagger_ui_parameters={"syntaxHighlight": False},
     )
     app.state.store, app.state.jobs, app.state.config = store, jobs, config
     app.state.limiter = LoginLimiter(config.login_attempts)
     app.include_router(api.router)
     app.include_router(pages.router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    app.mount("/api/docs-assets", StaticFiles(directory=SWAGGER_UI), name="docs-assets")
     app.add_middleware(Guard, upload_bytes=config.limits.request_bytes, upload_paths=("/photos",))
     _handlers(app)
     return app

@@ -14,7 +14,7 @@ from webapp import PASSWORD, build_catalog, client, wait_for_job
 from whaleid.__main__ import app as cli
 from whaleid.errors import UserError
 from whaleid.store.catalog import CatalogStore, now
-from whaleid.store.schema import Decision, Job, Photo
+from whaleid.store.schema import Decision, Job, MatchRun, Photo
 from whaleid.web.config import WebConfig
 from whaleid.web.jobs import Jobs, UploadLimits
 from whaleid.web.server import serve
@@ -168,8 +168,12 @@ def test_an_admin_switches_model_as_a_job_and_matches_record_it(store, tmp_path,
         assert wait_for_job(c.get, job["id"])["state"] == "done"
         assert [m["active"] for m in c.get("/api/models").json()] == [True, False]
         assert c.post("/api/models/9/activate").status_code == 404
+        pending = _pending(store)[0].id
+        assert c.get(f"/api/photos/{pending}").json()["model"] == 1  # proposals of the model in use
     with store.reader() as session:
         assert session.scalar(select(func.count()).select_from(Decision)) == 28  # decisions untouched
+        runs = session.execute(select(MatchRun.model_id, func.count()).group_by(MatchRun.model_id)).all()
+    assert dict(runs) == {1: 2 * 49, 2: 49}  # added (v1), switched to v2, back to v1: each recorded
 
 
 def test_every_page_renders_for_a_viewer_and_admin_pages_say_no(store):

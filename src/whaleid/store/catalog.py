@@ -729,9 +729,21 @@ class CatalogStore:
                 vectors = np.concatenate([vectors, more]) if len(vectors) else more
             session.add_all(Embedding(photo_id=i, model_id=row.id, vector=v.tobytes()) for i, v in zip(kept, vectors))
             session.merge(Setting(key="active_model", value={"id": row.id}))
-        for suffix in ("", ".delta"):  # the vector cache of this model, rebuilt at the next add
-            (self.dir / "index" / f"model{row.id}{suffix}.npz").unlink(missing_ok=True)
+            session.flush()
+            for suffix in ("", ".delta"):  # the vector cache of this model, rebuilt from these rows
+                (self.dir / "index" / f"model{row.id}{suffix}.npz").unlink(missing_ok=True)
+            self._gallery = None
+            self._rematch(session, row, dict(zip(kept, vectors)))
         return len(kept)
+
+    def _rematch(self, session: Session, model: Model, vectors: dict[int, np.ndarray]) -> None:
+        """New proposals from ``model`` for the photos still pending (each encounter a batch of its own)."""
+        batches: dict[int | None, list[Photo]] = {}
+        for photo in session.scalars(select(Photo).where(Photo.state == "pending").order_by(Photo.id)):
+            if photo.id in vectors:
+                batches.setdefault(photo.encounter_id, []).append(photo)
+        for photos in batches.values():
+            self._match(session, model, photos, np.stack([vectors[p.id] for p in photos]))
 
     def _version(self, session: Session, version: int) -> Model:
         found = session.scalar(select(Model).where(Model.version == version))

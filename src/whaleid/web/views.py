@@ -7,7 +7,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from whaleid.store.catalog import CatalogStore
-from whaleid.store.schema import Decision, Encounter, Individual, MatchRun, Photo
+from whaleid.store.schema import Decision, Encounter, Individual, MatchRun, Model, Photo
 from whaleid.web.jobs import Refused
 
 CANDIDATE_PHOTOS = 4  # catalog photos shown per candidate individual
@@ -104,6 +104,7 @@ def review(store: CatalogStore, photo_id: int) -> dict:
         return {
             "photo": {**photo_view(photo, encounters), "individual": _catalog_id(session, photo.individual_id)},
             "model": run.model_id if run else None,
+            "model_version": session.get(Model, run.model_id).version if run else None,
             "match_run": run.id if run else None,
             "candidates": candidates,
             "batch": [

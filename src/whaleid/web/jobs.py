@@ -65,7 +65,7 @@ class Jobs:
         """One photo of an upload, decoded in memory and stored under a name the server chose; refused
         (nothing written) when it is too big, not a JPEG/PNG/TIFF/HEIC, truncated, corrupt or a bomb."""
         if len(data) > self.limits.file_bytes:
-            raise Refused(413, f"{_shown(original_name)}: larger than {self.limits.file_bytes // 2**20} MB")
+            raise Refused(413, f"{_shown(original_name)}: larger than {self.limits.file_bytes / 2**20:g} MB")
         try:
             fmt = decode_bytes(data, self.limits.pixels)
         except ImageError as error:

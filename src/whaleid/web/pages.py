@@ -60,7 +60,14 @@ def api_docs(request: Request) -> HTMLResponse:
 def login_page(request: Request, next: Text | None = None) -> HTMLResponse:
     token = secrets.token_urlsafe(24)
     response = render(request, "login.html", None, login_csrf=token, next=safe_next(next))
-    response.set_cookie(LOGIN_COOKIE, token, httponly=True, samesite="strict", path="/login")
+    response.set_cookie(
+        LOGIN_COOKIE,
+        token,
+        httponly=True,
+        samesite="strict",
+        path="/login",
+        secure=request.app.state.config.secure_cookies,
+    )
     return response
 
 

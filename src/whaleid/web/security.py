@@ -54,7 +54,12 @@ def writer(role: str):
         if user is None:
             raise HTTPException(401, "log in first")
         await _check_csrf(request, user.csrf)
-        if user.must_change and request.url.path not in ("/api/me/password", "/account/password", "/logout"):
+        if user.must_change and request.url.path not in (
+            "/api/me/password",
+            "/account/password",
+            "/logout",
+            "/api/logout",
+        ):
             raise HTTPException(403, "change your one-time password first")
         if not user.may(role):
             raise HTTPException(403, f"this needs the {role} role (you are {user.role})")
@@ -115,7 +120,7 @@ class Guard:
         if not length.isdigit():
             return 400, "bad Content-Length"
         if int(length) > limit:
-            return 413, f"request too large: at most {limit // 2**20} MB"
+            return 413, f"request too large: at most {limit / 2**20:g} MB"
         return None
 
 

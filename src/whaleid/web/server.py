@@ -6,6 +6,7 @@ import logging
 import os
 from contextlib import asynccontextmanager
 from pathlib import Path
+from urllib.parse import urlencode
 
 import fastapi_offline
 from fastapi import FastAPI, Request
@@ -66,7 +67,7 @@ def create_app(store: CatalogStore, config: WebConfig | None = None) -> FastAPI:
 def _handlers(app: FastAPI) -> None:
     @app.exception_handler(LoginRequired)
     async def to_login(request: Request, _error: LoginRequired):
-        return RedirectResponse(f"/login?next={request.url.path}", status_code=303)
+        return RedirectResponse("/login?" + urlencode({"next": request.url.path}), status_code=303)
 
     @app.exception_handler(UserError)
     async def user_error(_request: Request, error: UserError):

@@ -7,6 +7,8 @@ inlier count are calibrated into probabilities on the validation individuals' pa
 Reported: top-1 and top-5 over the queries whose individual has another photo, before and after.
 
     .venv/bin/python benchmarks/rerank_probe.py --split runs/rw-check/split --json runs/rerank/zero-shot.json
+    .venv/bin/python benchmarks/rerank_probe.py --split runs/demo/split --images runs/demo/catalog/images \
+        --model runs/demo/model --img-size 128 --k 20      # the demo's synthetic fins, after `make demo`
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from whaleid.model.embed import Embedder, embed_files
 from whaleid.search.fusion import Calibration, Fusion
 from whaleid.search.local import LocalConfig, extract, inliers
 
-IMAGES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "right-whale-heads" / "images"
+RIGHT_WHALES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "right-whale-heads" / "images"
 
 
 def shortlists(vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -64,13 +66,13 @@ def summary(found: list[int | None], has_match: np.ndarray) -> dict:
     }
 
 
-def prepare(csv: Path, embedder, config: LocalConfig):
+def prepare(csv: Path, images: Path, embedder, config: LocalConfig):
     table = pd.read_csv(csv)
-    paths = [str(IMAGES / name) for name in table["image"]]
+    paths = [str(images / name) for name in table["image"]]
     embeddings, ok = embed_files(embedder, paths)
     table = table[ok].reset_index(drop=True)
     start = time.perf_counter()
-    features = [extract(cv2.cvtColor(cv2.imread(str(IMAGES / n)), cv2.COLOR_BGR2RGB), config) for n in table["image"]]
+    features = [extract(cv2.cvtColor(cv2.imread(str(images / n)), cv2.COLOR_BGR2RGB), config) for n in table["image"]]
     extract_s = time.perf_counter() - start
     ids = table["individual_id"].to_numpy()
     counts = table["individual_id"].map(table["individual_id"].value_counts()).to_numpy()
@@ -80,15 +82,17 @@ def prepare(csv: Path, embedder, config: LocalConfig):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--split", type=Path, required=True)
-    parser.add_argument("--model", type=Path, help="a checkpoint (default: zero-shot lite0 at 224 px)")
+    parser.add_argument("--images", type=Path, default=RIGHT_WHALES)
+    parser.add_argument("--model", type=Path, help="a checkpoint (default: zero-shot lite0 at --img-size)")
+    parser.add_argument("--img-size", type=int, default=224)
     parser.add_argument("--k", type=int, nargs="+", default=[20])
     parser.add_argument("--geometry", default="affine")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     config = LocalConfig(geometry=args.geometry)
-    embedder = Embedder.from_checkpoint(args.model) if args.model else Embedder.zero_shot("tf_efficientnet_lite0", 224)
-    val = prepare(args.split / "val.csv", embedder, config)
-    test = prepare(args.split / "test.csv", embedder, config)
+    embedder = Embedder.from_checkpoint(args.model) if args.model else Embedder.zero_shot("tf_efficientnet_lite0", args.img_size)
+    val = prepare(args.split / "val.csv", args.images, embedder, config)
+    test = prepare(args.split / "test.csv", args.images, embedder, config)
     report = {"config": vars(config) if hasattr(config, "__dict__") else str(config), "results": {}}
     for k in args.k:
         v_order, v_cos = shortlists(val[0], k)

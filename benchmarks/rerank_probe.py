@@ -86,11 +86,15 @@ def main() -> None:
     parser.add_argument("--model", type=Path, help="a checkpoint (default: zero-shot lite0 at --img-size)")
     parser.add_argument("--img-size", type=int, default=224)
     parser.add_argument("--k", type=int, nargs="+", default=[20])
-    parser.add_argument("--geometry", default="affine")
+    parser.add_argument("--geometry", default="similarity", choices=["similarity", "affine"])
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     config = LocalConfig(geometry=args.geometry)
-    embedder = Embedder.from_checkpoint(args.model) if args.model else Embedder.zero_shot("tf_efficientnet_lite0", args.img_size)
+    embedder = (
+        Embedder.from_checkpoint(args.model)
+        if args.model
+        else Embedder.zero_shot("tf_efficientnet_lite0", args.img_size)
+    )
     val = prepare(args.split / "val.csv", args.images, embedder, config)
     test = prepare(args.split / "test.csv", args.images, embedder, config)
     report = {"config": vars(config) if hasattr(config, "__dict__") else str(config), "results": {}}

@@ -583,7 +583,7 @@ class CatalogStore:
                 individual = session.scalar(select(Individual).where(Individual.catalog_id == confirm))
                 if individual is None:
                     raise UserError(f"no individual {confirm!r} in the catalog: check the id, or decide --new")
-                individual = self._resolve(session, individual)
+                individual = self.resolve(session, individual)
             elif new:
                 individual = self._new_individual(
                     session, name, species or self._species_hint(session, photo), reviewer
@@ -626,7 +626,7 @@ class CatalogStore:
             catalog_id = f"WID-{count + 1:05d}"
         return self._individual(session, catalog_id, species, name, reviewer)
 
-    def _resolve(self, session: Session, individual: Individual) -> Individual:
+    def resolve(self, session: Session, individual: Individual) -> Individual:
         """The individual an id now stands for, following merges."""
         seen = set()
         while individual.merged_into_id is not None and individual.id not in seen:
@@ -638,7 +638,7 @@ class CatalogStore:
         """Individual ``source`` is ``target``: its photos join target's, its id stays as an alias."""
         with self.session() as session, session.begin():
             a, b = (self._by_catalog_id(session, x) for x in (source, target))
-            a, b = self._resolve(session, a), self._resolve(session, b)
+            a, b = self.resolve(session, a), self.resolve(session, b)
             if a.id == b.id:
                 raise UserError(f"{source!r} and {target!r} are already one individual: nothing to merge")
             a.merged_into_id = b.id
@@ -670,7 +670,7 @@ class CatalogStore:
             session.flush()
             if event.kind == "merge":
                 session.get(Individual, event.individual_id).merged_into_id = None
-                target = self._resolve(session, session.get(Individual, event.other_individual_id))
+                target = self.resolve(session, session.get(Individual, event.other_individual_id))
                 affected = session.scalars(select(Photo.id).where(Photo.individual_id == target.id)).all()
             else:
                 affected = [event.photo_id]
@@ -693,7 +693,7 @@ class CatalogStore:
             photo.state, photo.individual_id = "unsure", None
         else:
             photo.state = "confirmed"
-            photo.individual_id = self._resolve(session, session.get(Individual, latest.individual_id)).id
+            photo.individual_id = self.resolve(session, session.get(Individual, latest.individual_id)).id
         photo.version += 1
 
     # ------------------------------------------------------------------ models, exports, numbers

@@ -15,7 +15,7 @@ from whaleid.store.schema import Individual
 from whaleid.web import images, views
 from whaleid.web.jobs import Refused
 from whaleid.web.security import COOKIE, reader, writer
-from whaleid.web.users import Account, add_user, change_user, list_users, log_in, log_out
+from whaleid.web.users import Account, add_user, change_user, list_users, log_in, log_out, verified
 
 router = APIRouter(prefix="/api")
 Reader = Annotated[Account, Depends(reader)]
@@ -113,7 +113,7 @@ def me(user: Reader) -> dict:
 @router.post("/me/password")
 def my_password(body: PasswordBody, request: Request, user: AnyUser) -> dict:
     """A new password (the old one proves it is you); every session of yours ends, this one included."""
-    if log_in(request.app.state.store, user.name, body.current, 0) is None:
+    if verified(request.app.state.store, user.name, body.current) is None:
         raise Refused(403, "the current password is wrong")
     change_user(request.app.state.store, user.name, password=body.new)
     return {"changed": user.name}

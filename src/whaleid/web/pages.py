@@ -15,7 +15,7 @@ from whaleid.errors import UserError
 from whaleid.web import views
 from whaleid.web.api import PhotoId, Text, login_response
 from whaleid.web.security import COOKIE, LOGIN_COOKIE, login_csrf_ok, page_reader, writer
-from whaleid.web.users import Account, add_user, change_user, list_users, log_in, log_out
+from whaleid.web.users import Account, add_user, change_user, list_users, log_out, verified
 
 templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
 router = APIRouter(include_in_schema=False)
@@ -237,7 +237,7 @@ def password_form(
     new_password: Annotated[str, Form(max_length=200)],
 ) -> RedirectResponse:
     store = request.app.state.store
-    if log_in(store, user.name, current_password, 0) is None:
+    if verified(store, user.name, current_password) is None:
         return back("/account", error="the current password is wrong")
     try:
         change_user(store, user.name, password=new_password)

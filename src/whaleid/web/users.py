@@ -107,14 +107,20 @@ def first_admin(store: CatalogStore, name: str, password: str | None) -> str | N
     return password if one_time else None
 
 
-def log_in(store: CatalogStore, name: str, password: str, hours: float) -> tuple[str, Account] | None:
-    """A new session token and its account, or None when the name or password is wrong."""
+def verified(store: CatalogStore, name: str, password: str) -> User | None:
+    """The user when ``password`` is theirs, else None (an unknown name costs the same time)."""
     with store.reader() as session:  # the (slow, on purpose) hash check holds no write lock
         user = session.scalar(select(User).where(User.name == name))
     try:
         _hasher.verify(user.password_hash if user else _DUMMY, password)
     except (VerificationError, InvalidHashError):
         return None
+    return user
+
+
+def log_in(store: CatalogStore, name: str, password: str, hours: float) -> tuple[str, Account] | None:
+    """A new session token and its account, or None when the name or password is wrong."""
+    user = verified(store, name, password)
     if user is None:
         return None
     token, csrf = secrets.token_urlsafe(32), secrets.token_urlsafe(32)

@@ -34,17 +34,10 @@ def _encounters(session: Session, ids) -> dict[int, Encounter]:
     return {e.id: e for e in session.scalars(select(Encounter).where(Encounter.id.in_(ids)))} if ids else {}
 
 
-def _resolved(session: Session, catalog_ids: list[str]) -> dict[str, Individual]:
+def _resolved(store: CatalogStore, session: Session, catalog_ids: list[str]) -> dict[str, Individual]:
     """Each catalog id's individual now (following merges)."""
-    found = {i.catalog_id: i for i in session.scalars(select(Individual).where(Individual.catalog_id.in_(catalog_ids)))}
-    out = {}
-    for key, individual in found.items():
-        seen = set()
-        while individual.merged_into_id is not None and individual.id not in seen:
-            seen.add(individual.id)
-            individual = session.get(Individual, individual.merged_into_id)
-        out[key] = individual
-    return out
+    found = session.scalars(select(Individual).where(Individual.catalog_id.in_(catalog_ids)))
+    return {i.catalog_id: store.resolve(session, i) for i in found}
 
 
 def review(store: CatalogStore, photo_id: int) -> dict:
@@ -58,7 +51,7 @@ def review(store: CatalogStore, photo_id: int) -> dict:
             select(MatchRun).where(MatchRun.photo_id == photo.id).order_by(MatchRun.id.desc()).limit(1)
         )
         proposed = run.candidates if run else []
-        individuals = _resolved(session, [c["individual"] for c in proposed])
+        individuals = _resolved(store, session, [c["individual"] for c in proposed])
         candidates = []
         for rank, c in enumerate(proposed, 1):
             individual = individuals.get(c["individual"])
@@ -217,7 +210,7 @@ def discovery_curve(store: CatalogStore) -> list[tuple[int, int]]:
 
 def individual(store: CatalogStore, catalog_id: str) -> dict:
     with store.reader() as session:
-        found = _resolved(session, [catalog_id]).get(catalog_id)
+        found = _resolved(store, session, [catalog_id]).get(catalog_id)
         if found is None:
             raise Refused(404, f"no individual {catalog_id!r}")
         photos = session.scalars(

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from whaleid.errors import UserError
-from whaleid.search.local import Keypoints, LocalConfig, extract, inliers
+from whaleid.model.keypoints import KeypointConfig, Keypoints, KeypointSet, extract, extract_files
+from whaleid.search.local import MatchConfig, inliers
 
 
 @pytest.fixture(scope="module")
@@ -24,11 +25,13 @@ def transformed(image: np.ndarray) -> np.ndarray:
     return recoloured.astype(np.uint8)
 
 
-def test_a_transformed_copy_matches_by_many_inliers_and_an_unrelated_photo_by_few(photos):
-    config = LocalConfig()
+@pytest.mark.parametrize("detector", ["sift", "orb"])
+@pytest.mark.parametrize("matcher", ["ratio", "mutual"])
+def test_a_transformed_copy_matches_by_many_inliers_and_an_unrelated_photo_by_few(photos, detector, matcher):
+    config, match = KeypointConfig(detector=detector), MatchConfig(matcher=matcher)
     query = extract(photos[0], config)
-    same = inliers(query, extract(transformed(photos[0]), config), config)
-    others = [inliers(query, extract(p, config), config) for p in photos[10:20]]
+    same = inliers(query, extract(transformed(photos[0]), config), match)
+    others = [inliers(query, extract(p, config), match) for p in photos[10:20]]
     assert len(query) > 50
     assert same >= 20, same
     assert same > 3 * max(others), (same, others)
@@ -36,15 +39,15 @@ def test_a_transformed_copy_matches_by_many_inliers_and_an_unrelated_photo_by_fe
 
 def test_both_geometries_find_the_copy(photos):
     for geometry in ("affine", "similarity"):
-        config = LocalConfig(geometry=geometry)
-        assert inliers(extract(photos[1], config), extract(transformed(photos[1]), config), config) >= 20
+        match = MatchConfig(geometry=geometry)
+        assert inliers(extract(photos[1]), extract(transformed(photos[1])), match) >= 20
 
 
 def test_a_mask_keeps_keypoints_on_the_animal_only(photos):
     image = photos[2]
     mask = np.zeros(image.shape[:2], np.uint8)
     mask[: image.shape[0] // 2] = 255  # the top half only
-    found = extract(image, LocalConfig(), mask)
+    found = extract(image, KeypointConfig(), mask)
     assert len(found) > 0 and found.xy[:, 1].max() <= 0.5 + 0.01
 
 
@@ -59,6 +62,26 @@ def test_rootsift_descriptors_are_unit_length_and_blank_photos_have_none(photos)
 
 def test_bad_settings_are_refused_with_the_valid_ones():
     with pytest.raises(UserError, match="similarity, affine"):
-        LocalConfig(geometry="homography")
+        MatchConfig(geometry="homography")
+    with pytest.raises(UserError, match="ratio, mutual"):
+        MatchConfig(matcher="flann")
     with pytest.raises(UserError, match="ratio"):
-        LocalConfig(ratio=1.5)
+        MatchConfig(ratio=1.5)
+    with pytest.raises(UserError, match="sift, orb"):
+        KeypointConfig(detector="akaze")
+
+
+def test_a_keypoint_set_keeps_each_photo_through_save_take_and_concat(tmp_path, synth_csv, photos):
+    paths = sorted((synth_csv.parent / "images").glob("*.jpg"))[:3] + [tmp_path / "missing.jpg"]
+    found = extract_files(paths, KeypointConfig(), threads=2)
+    assert len(found) == 4 and len(found[3]) == 0  # a photo that does not open has no keypoints, in its place
+    assert np.array_equal(found[1].xy, extract(photos[1]).xy)  # the same as one photo alone, in order
+    loaded = KeypointSet.load(found.save(tmp_path / "k.npz"), KeypointConfig())
+    joined = KeypointSet.concat([loaded.take([2, 0]), found.take([1])])
+    for got, want in zip((joined[i] for i in range(3)), (found[2], found[0], found[1])):
+        assert np.array_equal(got.xy, want.xy) and np.array_equal(got.descriptors, want.descriptors)
+    with pytest.raises(UserError, match="does not hold keypoints"):
+        KeypointSet.load(tmp_path / "k.npz", KeypointConfig(detector="orb"))  # 128 float16 columns are not ORB's
+    (tmp_path / "bad.npz").write_bytes(b"not an archive")
+    with pytest.raises(UserError, match="not a keypoints file"):
+        KeypointSet.load(tmp_path / "bad.npz", KeypointConfig())

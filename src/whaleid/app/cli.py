@@ -83,6 +83,13 @@ def _options(debug: bool = typer.Option(False, "--debug", help=f"Show tracebacks
 
 
 ImagesOpt = typer.Option(None, "--images", help="Photo folder (default: images/ beside the CSV).")
+RerankOpt = typer.Option(
+    0,
+    min=0,
+    help="Re-rank this many nearest photos by local-feature matches fused with the cosine "
+    "(0: off; the embeddings need --keypoints; docs/results/local-features.md).",
+)
+LocalWeightOpt = typer.Option(0.5, min=0.0, max=1.0, help="With --rerank: weight of the local score in the fusion.")
 CropOpt = typer.Option(
     None,
     "--crop",
@@ -216,11 +223,16 @@ def embed(
     boxes: Optional[list[Path]] = BoxesOpt,
     background: Optional[str] = BackgroundOpt,
     cache_root: Path = CacheRootOpt,
+    keypoints: bool = typer.Option(
+        False, help="Also extract SIFT keypoints (keypoints.npz), for `identify --rerank` and `openset --rerank`."
+    ),
 ):
     """Embed every photo of a catalog (labels optional)."""
+    from whaleid.model.keypoints import KeypointConfig
     from whaleid.preprocess.prepare import PreprocessConfig
 
     embedder = embedder_for(model, zero_shot, img_size, tta, batch_size, ensemble)
+    embedder.keypoints = KeypointConfig() if keypoints else None
     recorded = PreprocessConfig.from_dict(embedder.preprocess)
     preprocess = PreprocessConfig.from_options(crop, background, None, embedder.config.img_size, recorded)
     embedder.preprocess = None if preprocess is None else preprocess.to_dict()
@@ -258,6 +270,8 @@ def identify(
         help="Weight of the ArcFace-logit probabilities blended with kNN scores (0: kNN only; needs models saved with their head). --calibrate then ranks the validation photos against the gallery.",
     ),
     index: str = typer.Option("exact", help="exact or faiss."),
+    rerank: int = RerankOpt,
+    local_weight: float = LocalWeightOpt,
     tta: bool = typer.Option(False, help="Flip TTA when embedding a query CSV."),
     save: Optional[Path] = typer.Option(
         None, help="Also save the Identifier (index, ids, scorer, threshold, model) here."
@@ -275,8 +289,12 @@ def identify(
     if per_species and calibrate is None:
         raise typer.BadParameter("--per-species needs --calibrate VAL_EMBEDDINGS")
     policy = "per-species" if per_species else "rate" if new_rate is not None and calibrate is None else "sweep"
-    config = IdentifyConfig(blend=blend or None, threshold=policy, new_rate=new_rate, index=index)
-    identifier = Identifier.from_embeddings(Embeddings.load(gallery), config, threshold=threshold)
+    g = Embeddings.load(gallery)
+    reranking = rerank_config(g, rerank, local_weight)
+    config = IdentifyConfig(blend=blend or None, threshold=policy, new_rate=new_rate, index=index, rerank=reranking)
+    if reranking is not None and calibrate is None:
+        raise typer.BadParameter("--rerank learns its fusion on labelled photos: give --calibrate VAL_EMBEDDINGS")
+    identifier = Identifier.from_embeddings(g, config, threshold=threshold)
     if queries.is_dir():
         q = Embeddings.load(queries)
     else:  # embedded with the gallery's model, its photos prepared as the gallery's were
@@ -288,6 +306,18 @@ def identify(
     if submission:
         predictions.write_submission(submission)
     console.print(f"{len(predictions)} queries -> {out} (threshold: {_rounded(identifier.threshold)})")
+
+
+def rerank_config(embeddings, shortlist: int, local_weight: float):
+    """The re-ranking settings for ``--rerank``, reading the keypoint settings the embeddings were made with."""
+    from whaleid.model.embed import keypoint_config
+    from whaleid.search.rerank import RerankConfig
+
+    if not shortlist:
+        return None
+    if embeddings.keypoints is None:
+        raise typer.BadParameter(f"--rerank needs keypoints: embed {embeddings.directory} again with --keypoints")
+    return RerankConfig(shortlist=shortlist, local_weight=local_weight, keypoints=keypoint_config(embeddings.meta))
 
 
 def _rounded(threshold):
@@ -331,6 +361,8 @@ def openset(
     test: Path = typer.Argument(..., help="Embeddings of held-out individuals: each photo queries all the others."),
     val: Path = typer.Option(..., help="Embeddings of validation individuals, to choose the threshold."),
     out: Optional[Path] = typer.Option(None, help="Write the metrics here as JSON."),
+    rerank: int = RerankOpt,
+    local_weight: float = LocalWeightOpt,
 ):
     """The demo's open-set score for any embeddings: threshold from val, metrics on test."""
     from whaleid.model.embed import Embeddings
@@ -340,7 +372,7 @@ def openset(
     v.require_labels("the validation embeddings")
     t.require_labels("the test embeddings")
     v.require_compatible(t, "the test embeddings", own="the validation embeddings")
-    metrics, _, _ = calibrated_open_set(v, t)
+    metrics, _, _ = calibrated_open_set(v, t, rerank_config(v, rerank, local_weight))
     console.print(metrics_table("open set (leave-one-out)", {str(test): metrics}))
     if out is not None:
         save_json(metrics, out)

@@ -21,6 +21,7 @@ from whaleid.files import atomic_path
 from whaleid.model.embed import Embedder
 from whaleid.search.metrics import cell, json_float, plot_threshold_sweep, write_submission
 from whaleid.search.openset import calibrated_open_set
+from whaleid.search.rerank import RerankConfig
 from whaleid.settings import from_dict, load_yaml
 from whaleid.train import TrainConfig, train
 
@@ -37,6 +38,7 @@ class DemoConfig:
     val_fraction: float  # individuals of the rest that choose the threshold (val)
     seed: int
     train: TrainConfig = field(default_factory=TrainConfig)
+    rerank: RerankConfig | None = None  # also score each model with its shortlist re-ranked by local features
 
 
 def load_demo_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> DemoConfig:
@@ -64,12 +66,17 @@ def demo_catalog(config: DemoConfig, out_dir: Path, data: Path | None = None) ->
 
 
 def score_embedder(
-    embedder: Embedder, split: OpenSetSplit, progress: bool = True
-) -> tuple[dict, pd.DataFrame, list[list[str]], list[str]]:
-    """Threshold from the validation individuals, metrics on the held-out ones."""
-    test = embedder.embed_catalog(split.test, progress=progress)
-    metrics, sweep, predictions = calibrated_open_set(embedder.embed_catalog(split.val, progress=progress), test)
-    return metrics, sweep, predictions, test.table["image"].tolist()
+    embedder: Embedder, split: OpenSetSplit, rerank: RerankConfig | None = None, progress: bool = True
+) -> dict[str, tuple[dict, pd.DataFrame, list[list[str]], list[str]]]:
+    """Threshold from the validation individuals, metrics on the held-out ones: by the embeddings
+    alone ("") and, with ``rerank``, re-ranked (" + re-ranking"). Each: metrics, sweep, predictions, images."""
+    embedder.keypoints = None if rerank is None else rerank.keypoints
+    val, test = (embedder.embed_catalog(part, progress=progress) for part in (split.val, split.test))
+    images = test.table["image"].tolist()
+    scored = {"": (*calibrated_open_set(val, test), images)}
+    if rerank is not None:
+        scored[" + re-ranking"] = (*calibrated_open_set(val, test, rerank), images)
+    return scored
 
 
 def run_open_set(
@@ -84,15 +91,15 @@ def run_open_set(
     report: dict = {"split": split.sizes(), "train_config": asdict(config), "results": {}}
 
     zero_shot = Embedder.zero_shot(config.model.backbone, config.model.img_size, batch_size=64)
-    metrics, _, _, _ = score_embedder(zero_shot, split, progress)
-    report["results"]["zero-shot"] = metrics
+    for suffix, (metrics, *_) in score_embedder(zero_shot, split, demo.rerank, progress).items():
+        report["results"][f"zero-shot{suffix}"] = metrics
 
     trained = train(split.fit, config, out_dir / "model", val_catalog=split.val, resume=resume, progress=progress)
-    metrics, sweep, predictions, images = score_embedder(
-        Embedder.from_checkpoint(trained.checkpoint, batch_size=64), split, progress
-    )
-    metrics["train_seconds"] = trained.seconds
-    report["results"]["fine-tuned"] = metrics
+    scored = score_embedder(Embedder.from_checkpoint(trained.checkpoint, batch_size=64), split, demo.rerank, progress)
+    for suffix, (metrics, *_) in scored.items():
+        metrics["train_seconds"] = trained.seconds
+        report["results"][f"fine-tuned{suffix}"] = metrics
+    _, sweep, predictions, images = list(scored.values())[-1]  # the files show the last stage: re-ranked when it runs
 
     with atomic_path(out_dir / "threshold_sweep.csv") as tmp:
         sweep.to_csv(tmp, index=False)

@@ -31,6 +31,7 @@ from whaleid.experiments.pseudo import pseudo_labels, save_pseudo_labels, with_p
 from whaleid.files import atomic_path
 from whaleid.model.checkpoint import checkpoints
 from whaleid.model.embed import ENSEMBLES, Embedder, Embeddings, ensemble
+from whaleid.model.keypoints import KeypointSet
 from whaleid.preprocess.prepare import PreprocessConfig
 from whaleid.search.identify import Identifier, IdentifyConfig
 from whaleid.search.metrics import evaluate, json_float
@@ -80,7 +81,8 @@ class Recipe:
     ensemble: str = "concat"
     tta: bool = True  # flip TTA on gallery and queries
     # blend: weight of the ArcFace-logit probabilities, or "auto" to choose it on validation;
-    # threshold: sweep | rate | per-species; new_rate null: the share of new individuals among validation queries
+    # threshold: sweep | rate | per-species; new_rate null: the share of new individuals among validation queries;
+    # rerank: the shortlist re-ranked by local features (shortlist K, local_weight, keypoints, match), fused on val
     identify: IdentifyConfig = field(default_factory=_recipe_scoring)
     pseudo_rounds: int = 0
     pseudo_confidence: float = 0.7
@@ -139,11 +141,14 @@ def score(parts: dict[str, Embeddings], recipe: Recipe) -> Scored:
         )
     if config.threshold == "rate" and config.new_rate is None:
         config = replace(config, new_rate=float(np.mean([t == NEW_INDIVIDUAL for t in val_truths])))
-    scorer = Identifier.from_embeddings(gallery, config)
+    on_fit = Identifier.from_embeddings(fit, config)
+    if config.rerank is not None:
+        on_fit.fit_fusion(val)
+    scorer = Identifier.from_embeddings(gallery, config, fusion=on_fit.fusion)
     if config.threshold == "rate":
         scorer.calibrate(queries=test)
     else:
-        scorer.threshold = Identifier.from_embeddings(fit, config).calibrate(val)
+        scorer.threshold = on_fit.calibrate(val)
     test_rankings = scorer.rank(test)
     predictions = [r.ids for r in scorer.answer(test_rankings)]
     test_truths = truths(test.table["individual_id"].tolist(), scorer.gallery_ids)
@@ -162,6 +167,7 @@ def embed_split(embedder: Embedder, split: OpenSetSplit, progress: bool = True) 
         pd.concat([fit.table, val.table], ignore_index=True),
         meta=fit.meta,
         class_cosines=None if fit.class_cosines is None else np.concatenate([fit.class_cosines, val.class_cosines]),
+        keypoints=None if fit.keypoints is None else KeypointSet.concat([fit.keypoints, val.keypoints]),
     )
     return parts
 
@@ -206,9 +212,10 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, progress: bool = True) -> di
     species_of = dict(zip(gallery["individual_id"], gallery["species"]))
     for round_ in range(recipe.pseudo_rounds + 1):
         paths, seconds = train_models(training, recipe, out_dir / f"round{round_}", split.val, progress=progress)
-        members = [
-            embed_split(Embedder.from_checkpoint(p, tta_flip=recipe.tta, batch_size=64), split, progress) for p in paths
-        ]
+        embedders = [Embedder.from_checkpoint(p, tta_flip=recipe.tta, batch_size=64) for p in paths]
+        rerank = recipe.identify.rerank
+        embedders[0].keypoints = None if rerank is None else rerank.keypoints  # of the photos: once, not per model
+        members = [embed_split(embedder, split, progress) for embedder in embedders]
         scored = score(combine(members, recipe.ensemble), recipe)
         metrics = {**scored.metrics, "train_photos": len(training), "train_seconds": seconds}
         report["rounds"].append({k: (json_float(v) if isinstance(v, float) else v) for k, v in metrics.items()})

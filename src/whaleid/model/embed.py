@@ -29,7 +29,9 @@ from whaleid.errors import UserError
 from whaleid.files import atomic_path
 from whaleid.model.augment import PhotoDataset, collate_skipping, eval_transform
 from whaleid.model.checkpoint import load_checkpoint
+from whaleid.model.keypoints import KeypointConfig, KeypointSet, extract_files
 from whaleid.model.network import DEFAULT_BACKBONE, EmbeddingModel, ModelConfig
+from whaleid.settings import from_dict
 
 
 def default_workers() -> int:
@@ -38,6 +40,7 @@ def default_workers() -> int:
 
 
 FILES = ("vectors.npy", "photos.csv", "failures.csv", "embeddings.json")
+KEYPOINTS = "keypoints.npz"  # optional: local features of the same photos, their settings in meta["keypoints"]
 
 
 @dataclass
@@ -50,6 +53,7 @@ class Embeddings:
     meta: dict = field(default_factory=dict)
     class_cosines: np.ndarray | None = None  # (photos, meta["classes"]) cosine to each trained individual's centre
     directory: Path | None = None  # the folder it was loaded from, named in errors
+    keypoints: KeypointSet | None = None  # one photo's local features per vector, for re-ranking
 
     def __len__(self) -> int:
         return len(self.vectors)
@@ -73,6 +77,10 @@ class Embeddings:
                 np.save(f, self.class_cosines)
         else:
             (directory / "class_cosines.npy").unlink(missing_ok=True)
+        if self.keypoints is not None:
+            self.keypoints.save(directory / KEYPOINTS)
+        else:
+            (directory / KEYPOINTS).unlink(missing_ok=True)
         with atomic_path(directory / "embeddings.json") as tmp:  # last: a folder with it is complete
             tmp.write_text(json.dumps(self.meta, indent=2))
         return directory
@@ -128,7 +136,13 @@ class Embeddings:
                     f"{directory / 'class_cosines.npy'} (shape {cosines.shape}) does not fit "
                     f"{len(vectors)} photos and {len(meta.get('classes', []))} classes: {again}"
                 )
-        return cls(vectors, table, _load_table(directory / "failures.csv", again), meta, cosines, directory)
+        keypoints = None
+        if isinstance(meta.get("keypoints"), dict) and (directory / KEYPOINTS).is_file():
+            keypoints = KeypointSet.load(directory / KEYPOINTS, keypoint_config(meta, again))
+            if len(keypoints) != len(vectors):
+                raise UserError(f"{directory / KEYPOINTS} holds {len(keypoints)} photos, not {len(vectors)}: {again}")
+        failures = _load_table(directory / "failures.csv", again)
+        return cls(vectors, table, failures, meta, cosines, directory, keypoints)
 
     def _named(self, what: str) -> str:
         return f"{what} {self.directory}" if self.directory else what
@@ -148,6 +162,15 @@ class Embeddings:
     def require_compatible(self, other: Embeddings, what: str, own: str = "the gallery") -> None:
         """Refuse ``other`` (named ``what`` in the error) unless it was made like these vectors (named ``own``)."""
         require_same_model(self.meta, self.dim, other.meta, other.dim, other._named(what), self._named(own))
+
+
+def keypoint_config(meta: dict, again: str = "extract them again") -> KeypointConfig:
+    """The keypoint settings recorded in a sidecar's meta."""
+    recorded = dict(meta["keypoints"])
+    version = recorded.pop("version", None)
+    if version != KeypointConfig().to_dict()["version"]:
+        raise UserError(f"keypoints of another whaleid version (format {version}): {again}")
+    return from_dict(KeypointConfig, recorded, "keypoints")
 
 
 def _first_line(exc: BaseException) -> str:
@@ -281,6 +304,7 @@ class Embedder:
         self.preprocess: dict | None = (
             None  # how photos were cropped for the model (whaleid.preprocess.cache), recorded with the vectors
         )
+        self.keypoints: KeypointConfig | None = None  # also extract local features, for re-ranking
 
     @classmethod
     def from_checkpoint(
@@ -378,7 +402,19 @@ class Embedder:
         meta["fingerprint"] = fingerprint(meta)
         if cosines is not None:
             meta["classes"], meta["arcface_scale"] = self.classes, float(self.head["scale"])
-        return Embeddings(vectors, table.loc[ok, columns].reset_index(drop=True), failures, meta, cosines)
+        embeddings = Embeddings(vectors, table.loc[ok, columns].reset_index(drop=True), failures, meta, cosines)
+        return with_keypoints(embeddings, table.loc[ok, "path"].tolist(), self.keypoints, progress)
+
+
+def with_keypoints(
+    embeddings: Embeddings, paths: Sequence[str], config: KeypointConfig | None, progress: bool = False
+) -> Embeddings:
+    """The embeddings with the local features of their photos (``paths``, one per vector) when ``config``."""
+    if config is None:
+        return embeddings
+    embeddings.keypoints = extract_files(paths, config, progress=progress)
+    embeddings.meta["keypoints"] = config.to_dict()
+    return embeddings
 
 
 def ensemble(members: Sequence[Embeddings], mode: str = "concat") -> Embeddings:
@@ -427,7 +463,8 @@ def ensemble(members: Sequence[Embeddings], mode: str = "concat") -> Embeddings:
         cosines = np.where(count > 0, total / count.clip(min=1), -1.0).astype(np.float32)
         meta["classes"] = classes
     failures = pd.concat([m.failures for m in members], ignore_index=True).drop_duplicates("image")
-    return Embeddings(vectors.astype(np.float32), table, failures, meta, cosines)
+    keypoints = None if first.keypoints is None else first.keypoints.take(rows[0])  # photos, not models
+    return Embeddings(vectors.astype(np.float32), table, failures, meta, cosines, keypoints=keypoints)
 
 
 class Ensemble:
@@ -439,6 +476,7 @@ class Ensemble:
         self.members, self.mode = list(members), mode
         self.config = self.members[0].config
         self.source = {"checkpoints": [m.source.get("checkpoint") for m in self.members], "ensemble": mode}
+        self.keypoints: KeypointConfig | None = None
 
     @property
     def preprocess(self) -> dict | None:
@@ -450,7 +488,9 @@ class Ensemble:
             m.preprocess = value
 
     def embed_catalog(self, catalog: Catalog, progress: bool = True) -> Embeddings:
-        return ensemble([m.embed_catalog(catalog, progress) for m in self.members], self.mode)
+        joined = ensemble([m.embed_catalog(catalog, progress) for m in self.members], self.mode)
+        paths = catalog.table.set_index("image").loc[joined.table["image"], "path"].tolist()
+        return with_keypoints(joined, paths, self.keypoints, progress)
 
     def embed_paths(self, paths: list[str], progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
         embeddings, ok = embed_files(self, paths, progress)

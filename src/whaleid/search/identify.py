@@ -2,7 +2,8 @@
 
 It bundles a gallery index and its labels with how queries are scored (kNN over the
 nearest photos, or every individual scored and blended with the ArcFace-logit
-probabilities), the new_individual threshold and its policy, and the model(s) and photo
+probabilities, and optionally the shortlist re-ranked by local-feature matches fused with
+the cosine), the new_individual threshold and its policy, and the model(s) and photo
 preparation that made the gallery, so photos can be identified from its folder alone.
 """
 
@@ -24,8 +25,10 @@ from whaleid.errors import UserError
 from whaleid.files import atomic_path
 from whaleid.model.checkpoint import checkpoint_files
 from whaleid.model.embed import Embedder, Embeddings, embed_files, require_same_model
+from whaleid.model.keypoints import KeypointSet
 from whaleid.preprocess.cache import DEFAULT_ROOT
 from whaleid.preprocess.prepare import PreprocessConfig, prepare, prepare_paths
+from whaleid.search.fusion import Fusion
 from whaleid.search.index import ExactIndex, Index, build_index, load_index
 from whaleid.search.predictions import Predictions
 from whaleid.search.ranking import (
@@ -39,6 +42,7 @@ from whaleid.search.ranking import (
     top_individuals,
     truths,
 )
+from whaleid.search.rerank import RerankConfig, fit_fusion, pair_inliers
 from whaleid.search.scoring import ranker
 from whaleid.search.threshold import calibrate_per_species, calibrate_threshold
 from whaleid.settings import from_dict, to_dict
@@ -49,9 +53,11 @@ SIDECAR = "identifier.json"
 INDEX_FILE = "index.npz"
 IDS_FILE = "gallery_ids.json"
 SPECIES_FILE = "gallery_species.json"
+KEYPOINTS_FILE = "keypoints.npz"
 MODELS_DIR = "models"
 FORMAT = "whaleid.identifier"
-FORMAT_VERSION = 3  # 3: the scorer and threshold policy (IdentifyConfig), every ensemble member copied
+FORMAT_VERSION = 4  # 4: re-ranking (keypoints + fusion); 3: the scorer and threshold policy, every member copied
+READABLE = (3, 4)  # a version-3 folder is a version 4 without re-ranking
 POLICIES = ("sweep", "rate", "per-species")
 INDEX_KINDS = ("exact", "faiss", "faiss-flat", "faiss-hnsw", "faiss-ivf")
 
@@ -68,6 +74,7 @@ class IdentifyConfig:
     neighbours: int = 100
     index: str = "exact"
     min_species_queries: int = 20  # per-species: fewer validation queries fall back to the overall threshold
+    rerank: RerankConfig | None = None  # second stage: the shortlist re-scored by local-feature matches
 
     def __post_init__(self) -> None:
         if self.threshold not in POLICIES:
@@ -88,6 +95,8 @@ class IdentifyConfig:
             )
         if self.blend is not None and self.index != "exact":
             raise UserError("the blend scores every individual over the whole gallery: use the exact index with it")
+        if self.rerank is not None and self.blend not in (None, 0, 0.0):
+            raise UserError("re-ranking fuses the plain cosine with local matches: set blend to 0 or null with rerank")
 
 
 def _share(value: Any) -> bool:
@@ -111,6 +120,8 @@ class Identifier:
         threshold: float | dict[str, float] | None = None,
         metadata: dict[str, Any] | None = None,
         gallery_species: Sequence[str] | None = None,
+        keypoints: KeypointSet | None = None,
+        fusion: Fusion | None = None,
     ):
         ids = check_gallery_ids(gallery_ids)
         if len(ids) != len(index):
@@ -128,6 +139,24 @@ class Identifier:
             None if gallery_species is None else check_species(gallery_species, len(ids), "gallery_species")
         )
         self._species_of = None if self.gallery_species is None else species_by_individual(ids, self.gallery_species)
+        rerank = self.config.rerank
+        if rerank is not None:
+            if keypoints is None:
+                raise UserError(
+                    "re-ranking needs the gallery photos' keypoints: embed the gallery with keypoints "
+                    "(`whaleid embed ... --keypoints`)"
+                )
+            if len(keypoints) != len(ids):
+                raise UserError(f"{len(keypoints)} photos' keypoints for a gallery of {len(ids)}: extract them again")
+            if keypoints.config != rerank.keypoints:
+                raise UserError(
+                    f"the gallery's keypoints were extracted with {keypoints.config}, not the re-ranking's "
+                    f"{rerank.keypoints}: extract them again"
+                )
+        self.keypoints = keypoints if rerank is not None else None
+        if fusion is not None and rerank is not None:  # the config's weight is the one that fuses
+            fusion = Fusion(fusion.cosine, fusion.inliers, rerank.local_weight)
+        self.fusion = fusion
 
     @classmethod
     def from_embeddings(cls, gallery: Embeddings, config: IdentifyConfig | None = None, **kwargs: Any) -> Identifier:
@@ -141,6 +170,7 @@ class Identifier:
             config,
             metadata=gallery.meta,
             gallery_species=species,
+            keypoints=gallery.keypoints,
             **kwargs,
         )
 
@@ -171,13 +201,16 @@ class Identifier:
     def __repr__(self) -> str:
         return (
             f"Identifier(kind={self.index.kind!r}, n={len(self)}, individuals={self.n_individuals}, "
-            f"blend={self.config.blend}, threshold={self.threshold})"
+            f"blend={self.config.blend}, rerank={self.config.rerank is not None}, threshold={self.threshold})"
         )
 
     # ------------------------------------------------------------------ ranking
 
     def rank(self, queries: Embeddings | np.ndarray, top: int = CUTOFF) -> list[Ranking]:
         """Known individuals only, best first, by this Identifier's scorer: the input to thresholds."""
+        if self.config.rerank is not None:
+            scores, indices = self._shortlist(_vectors(queries), own=False)
+            return self._fused(scores, indices, _keypoints(queries), top, own=False)
         if self.config.blend is None:
             vectors = queries.vectors if isinstance(queries, Embeddings) else queries
             scores, indices = self.index.search(vectors, self.config.neighbours)
@@ -199,15 +232,66 @@ class Identifier:
         return ranker(self.index.vectors, self.gallery_ids, queries)
 
     def leave_one_out(self) -> tuple[list[Ranking], list[str]]:
-        """Each gallery photo ranked against all the others, and the truths they should match (kNN)."""
+        """Each gallery photo ranked against all the others, and the truths they should match (kNN, re-ranked
+        when this Identifier re-ranks)."""
         if len(self) < 2:
             raise UserError(f"leave-one-out scoring needs at least 2 photos (each queries the others), got {len(self)}")
-        vectors = self.index.vectors
-        k = min(self.config.neighbours + 1, len(self))
-        scores, indices = self.index.search(vectors, k)
-        own = indices == np.arange(len(self))[:, None]  # wherever it landed: ties can move it off rank 1
-        scores, indices = np.where(own, -np.inf, scores), np.where(own, -1, indices)
+        scores, indices = self._shortlist(self.index.vectors, own=True)
+        if self.config.rerank is not None:
+            return self._fused(scores, indices, self.keypoints, CUTOFF, own=True), truths(self.gallery_ids)
         return top_individuals(scores, indices, self.gallery_ids), truths(self.gallery_ids)
+
+    def _shortlist(self, vectors: np.ndarray, own: bool) -> tuple[np.ndarray, np.ndarray]:
+        """The nearest gallery photos by cosine; with ``own`` the queries are the gallery, each one's own slot
+        emptied (index -1) wherever ties put it."""
+        rerank = self.config.rerank
+        k = max(self.config.neighbours, rerank.shortlist if rerank else 0) + own
+        scores, indices = self.index.search(vectors, min(k, len(self)))
+        if own:
+            mine = indices == np.arange(len(self))[:, None]
+            scores, indices = np.where(mine, -np.inf, scores), np.where(mine, -1, indices)
+        return scores, indices
+
+    def _inliers(self, indices: np.ndarray, queries: KeypointSet, own: bool) -> np.ndarray:
+        """Inlier counts of each query against its first ``shortlist`` photos (one more where its own
+        slot was emptied), 0 beyond."""
+        width = self.config.rerank.shortlist + own
+        counts = np.zeros(indices.shape, np.float64)
+        counts[:, :width] = pair_inliers(queries, self.keypoints, indices[:, :width], self.config.rerank)
+        return counts
+
+    def _fused(
+        self, scores: np.ndarray, indices: np.ndarray, queries: KeypointSet, top: int, own: bool
+    ) -> list[Ranking]:
+        if self.fusion is None:
+            raise UserError(
+                "re-ranking fuses scores calibrated on labelled validation photos: fit the fusion first "
+                "(`--calibrate` on the command line, Identifier.fit_fusion in Python)"
+            )
+        fused = self.fusion(scores, self._inliers(indices, queries, own))
+        return top_individuals(np.where(indices >= 0, fused, -np.inf), indices, self.gallery_ids, top=top)
+
+    def fit_fusion(self, val: Embeddings, leave_one_out: bool = False) -> Fusion:
+        """Calibrate the cosine and the inlier count into P(same individual) on labelled validation photos'
+        shortlists: against this gallery, or ``leave_one_out`` among themselves (new individuals allowed)."""
+        if self.config.rerank is None:
+            raise UserError("this Identifier does not re-rank: give its config a rerank section")
+        val.require_labels("the calibration embeddings")
+        val_ids = val.table["individual_id"].tolist()
+        gallery = (
+            Identifier(ExactIndex(val.vectors), val_ids, self.config, keypoints=_keypoints(val))
+            if leave_one_out
+            else self
+        )
+        scores, indices = gallery._shortlist(val.vectors, own=leave_one_out)
+        counts = gallery._inliers(indices, _keypoints(val), own=leave_one_out)
+        width = self.config.rerank.shortlist + leave_one_out  # the pairs that were matched
+        scores, counts, indices = scores[:, :width], counts[:, :width], indices[:, :width]
+        matched = indices >= 0
+        labels = np.asarray(gallery.gallery_ids, dtype=object)[indices[matched]]
+        same = labels == np.repeat(np.asarray(val_ids, dtype=object), matched.sum(axis=1))
+        self.fusion = fit_fusion(scores[matched], counts[matched], same, self.config.rerank.local_weight)
+        return self.fusion
 
     # ------------------------------------------------------------------ threshold
 
@@ -227,7 +311,10 @@ class Identifier:
         val.require_labels("the calibration embeddings")
         val_ids = val.table["individual_id"].tolist()
         if leave_one_out:
-            rankings, val_truths = Identifier(ExactIndex(val.vectors), val_ids, self.config).leave_one_out()
+            among = Identifier(
+                ExactIndex(val.vectors), val_ids, self.config, keypoints=val.keypoints, fusion=self.fusion
+            )
+            rankings, val_truths = among.leave_one_out()
         else:
             rankings, val_truths = self.rank(val), truths(val_ids, self.gallery_ids)
         if policy == "per-species":
@@ -280,6 +367,7 @@ class Identifier:
             self.metadata.get("source", {}), self.metadata.get("model", {}).get("img_size", 224), **options
         )
         embedder.preprocess = self.metadata.get("preprocess")  # as the gallery was embedded, options included
+        embedder.keypoints = None if self.config.rerank is None else self.config.rerank.keypoints
         return embedder
 
     def embed(
@@ -325,6 +413,10 @@ class Identifier:
             (directory / SPECIES_FILE).unlink(missing_ok=True)  # not another save's leftover
         else:
             _write_json(directory / SPECIES_FILE, self.gallery_species)
+        if self.keypoints is None:
+            (directory / KEYPOINTS_FILE).unlink(missing_ok=True)
+        else:
+            self.keypoints.save(directory / KEYPOINTS_FILE)
         sidecar = {
             "format": FORMAT,
             "version": FORMAT_VERSION,
@@ -334,6 +426,7 @@ class Identifier:
             "n_individuals": self.n_individuals,
             "config": to_dict(self.config),
             "threshold": self.threshold,
+            "fusion": None if self.fusion is None else self.fusion.to_dict(),
             "per_photo_species": self.gallery_species is not None,
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
             "metadata": _copy_models(self.metadata, directory),
@@ -357,7 +450,11 @@ class Identifier:
             species = json.loads((directory / SPECIES_FILE).read_text(encoding="utf-8"))
         metadata = _resolve_models(dict(sidecar.get("metadata") or {}), directory)
         config = from_dict(IdentifyConfig, sidecar["config"], "identifier config")
-        return cls(index, ids, config, sidecar["threshold"], metadata, species)
+        keypoints = None
+        if config.rerank is not None:
+            keypoints = KeypointSet.load(directory / KEYPOINTS_FILE, config.rerank.keypoints)
+        fusion = Fusion.from_dict(sidecar["fusion"]) if sidecar.get("fusion") else None
+        return cls(index, ids, config, sidecar["threshold"], metadata, species, keypoints, fusion)
 
 
 def identify_queries(identifier: Identifier, queries: Embeddings, calibration: Embeddings | None = None) -> Predictions:
@@ -369,10 +466,26 @@ def identify_queries(identifier: Identifier, queries: Embeddings, calibration: E
     """
     if calibration is not None:
         identifier.require_compatible(calibration, "the calibration embeddings")
+        if identifier.config.rerank is not None:
+            identifier.fit_fusion(calibration, leave_one_out=identifier.config.blend is None)
         identifier.calibrate(calibration, leave_one_out=identifier.config.blend is None)
     elif identifier.config.threshold == "rate" and identifier.config.new_rate is not None:
         identifier.calibrate(queries=queries)
     return identifier.predict(queries)
+
+
+def _vectors(queries: Embeddings | np.ndarray) -> np.ndarray:
+    return queries.vectors if isinstance(queries, Embeddings) else queries
+
+
+def _keypoints(queries: Embeddings | np.ndarray) -> KeypointSet:
+    """The queries' local features, which re-ranking needs beside their vectors."""
+    if not isinstance(queries, Embeddings) or queries.keypoints is None:
+        raise UserError(
+            "re-ranking needs the query photos' keypoints: embed them with keypoints "
+            "(`whaleid embed ... --keypoints`, or the Identifier's own embedder)"
+        )
+    return queries.keypoints
 
 
 def _write_json(path: Path, value: Any) -> None:
@@ -390,7 +503,7 @@ def _read_sidecar(directory: Path) -> dict:
         raise UserError(f"{path} is not readable JSON ({error}): save the Identifier again") from None
     if not isinstance(sidecar, dict) or sidecar.get("format") != FORMAT:
         raise UserError(f"{path} is not a whaleid identifier sidecar")
-    if sidecar.get("version", 0) != FORMAT_VERSION:
+    if sidecar.get("version", 0) not in READABLE:
         raise UserError(
             f"{directory} was written by {'a newer' if sidecar.get('version', 0) > FORMAT_VERSION else 'an older'} "
             "whaleid: save the Identifier again with this version (`whaleid identify --save`)"

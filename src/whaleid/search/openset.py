@@ -12,10 +12,11 @@ import numpy as np
 import pandas as pd
 
 from whaleid.model.embed import Embeddings
-from whaleid.search.identify import Identifier
+from whaleid.search.identify import Identifier, IdentifyConfig
 from whaleid.search.index import ExactIndex
 from whaleid.search.metrics import evaluate, map_at_5, threshold_sweep
 from whaleid.search.ranking import NEW_INDIVIDUAL, Ranking, apply_threshold
+from whaleid.search.rerank import RerankConfig
 from whaleid.search.threshold import calibrate_threshold
 
 
@@ -68,13 +69,19 @@ def score_rankings(
     }
 
 
-def calibrated_open_set(val: Embeddings, test: Embeddings) -> tuple[dict, pd.DataFrame, list[list[str]]]:
-    """Threshold chosen on the validation individuals, metrics on the test ones.
+def calibrated_open_set(
+    val: Embeddings, test: Embeddings, rerank: RerankConfig | None = None
+) -> tuple[dict, pd.DataFrame, list[list[str]]]:
+    """Threshold (and, with ``rerank``, the fusion) chosen on the validation individuals, metrics on the test ones.
 
     Returns the metrics, the validation threshold sweep, and the test predictions.
     """
-    val_rankings, val_truths = leave_one_out(val.vectors, val.table["individual_id"].tolist())
+    config = IdentifyConfig(rerank=rerank)
+    among_val = Identifier.from_embeddings(val, config)
+    if rerank is not None:
+        among_val.fit_fusion(val, leave_one_out=True)
+    val_rankings, val_truths = among_val.leave_one_out()
     threshold = calibrate_threshold(val_rankings, val_truths, "sweep")
-    rankings, truths = leave_one_out(test.vectors, test.table["individual_id"].tolist())
+    rankings, truths = Identifier.from_embeddings(test, config, fusion=among_val.fusion).leave_one_out()
     metrics = score_rankings(rankings, truths, threshold)
     return metrics, threshold_sweep(val_rankings, val_truths), [r.ids for r in apply_threshold(rankings, threshold)]

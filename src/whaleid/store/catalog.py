@@ -28,10 +28,14 @@ from whaleid.data.images import check_image, image_suffix
 from whaleid.errors import UserError
 from whaleid.files import atomic_path
 from whaleid.model.checkpoint import checkpoint_files, checkpoints
-from whaleid.model.embed import Embedder, embed_files
+from whaleid.model.embed import Embedder, Embeddings, embed_files
+from whaleid.model.keypoints import KeypointFiles
 from whaleid.preprocess.prepare import PreprocessConfig, prepare_paths
+from whaleid.search.fusion import Fusion
 from whaleid.search.identify import SIDECAR, Identifier, IdentifyConfig
 from whaleid.search.index import ExactIndex
+from whaleid.search.rerank import RerankConfig
+from whaleid.settings import from_dict, to_dict
 from whaleid.store.db import is_current, migrate, open_engine, reading, sqlite_url
 from whaleid.store.exif import photo_exif
 from whaleid.store.schema import (
@@ -136,7 +140,9 @@ class CatalogStore:
             store._register_model(session, *source)
         return store
 
-    def _register_model(self, session: Session, members: list[str], threshold, preprocess) -> Model:
+    def _register_model(
+        self, session: Session, members: list[str], threshold, preprocess, reranking: dict | None = None
+    ) -> Model:
         """The model's checkpoint(s) (see :func:`_model_source`) copied in and made active."""
         version = (session.scalar(select(Model.version).order_by(Model.version.desc()).limit(1)) or 0) + 1
         copied = []
@@ -155,7 +161,7 @@ class CatalogStore:
             file_hash=digest,
             source={"checkpoints": copied},
             created_at=now(),
-            threshold=None if threshold is None else {"value": threshold},
+            threshold=None if threshold is None and not reranking else {"value": threshold, **(reranking or {})},
             preprocess=preprocess,
         )
         session.add(row)
@@ -181,12 +187,26 @@ class CatalogStore:
         return self._embedders[model.id]
 
     def embed(self, model: Model, paths: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        """Unit vectors of photo files prepared as the model's gallery was, and which photos gave one."""
+        """Unit vectors of photo files prepared as the model's gallery was, and which photos gave one
+        (and, when the model re-ranks, their keypoints stored under the photos' content names)."""
         files, prepared = prepare_paths(paths, PreprocessConfig.from_dict(model.preprocess), self.dir / "cache")
         embeddings, ok = embed_files(self.embedder(model), files, progress=len(files) > 50)
         opened = prepared.copy()
         opened[prepared] = ok
+        keypoints = self._keypoints(model)
+        if keypoints is not None:
+            names = [Path(p).stem for p, good in zip(paths, opened) if good]
+            keypoints.write(names, [f for f, good in zip(files, ok) if good])
         return embeddings.vectors, opened
+
+    def _keypoints(self, model: Model, files: Sequence[str] = ()) -> KeypointFiles | None:
+        """The stored keypoints of these photo files (by content name), when the model re-ranks."""
+        rerank = _reranking(model)[0]
+        if rerank is None:
+            return None
+        return KeypointFiles(
+            self.dir / "index" / f"keypoints{model.id}", rerank.keypoints, [Path(f).stem for f in files]
+        )
 
     def gallery(self, session: Session, model: Model) -> Identifier | None:
         """An Identifier over every confirmed photo, from the vector cache plus what was confirmed since.
@@ -201,18 +221,21 @@ class CatalogStore:
         if grown is not None:
             self._gallery = (stamp, grown)
             return grown
-        rows = confirmed(session, Photo.id, Individual.catalog_id, Individual.species)
+        rows = confirmed(session, Photo.id, Individual.catalog_id, Individual.species, Photo.file)
         identifier = None
         if rows:
             vectors = self._vectors(session, model, np.array([r[0] for r in rows], dtype=np.int64))
             threshold = (model.threshold or {}).get("value")
+            rerank, fusion = _reranking(model)
             identifier = Identifier(
                 ExactIndex(vectors, copy=False),
                 [r[1] for r in rows],
-                IdentifyConfig(),
+                IdentifyConfig(rerank=rerank),
                 threshold,
                 {"preprocess": model.preprocess},
                 [r[2] for r in rows],
+                self._keypoints(model, [r[3] for r in rows]),
+                fusion,
             )
         self._gallery = (self._stamp(session, model), identifier)
         return identifier
@@ -230,7 +253,7 @@ class CatalogStore:
         if any(kind not in ("confirm", "new") for kind, _ in since):
             return None  # an undo, merge or unsure can move photos out: rebuild from the database
         photo_ids = sorted({photo for _, photo in since})
-        query = select(Photo.id, Individual.catalog_id, Individual.species).join(
+        query = select(Photo.id, Individual.catalog_id, Individual.species, Photo.file).join(
             Individual, Photo.individual_id == Individual.id
         )
         rows = session.execute(
@@ -244,6 +267,9 @@ class CatalogStore:
         if fresh_ids is not None:
             fresh = fresh[np.argsort(fresh_ids)]  # rows are in photo order too
         vectors = old.index.vectors if fresh is None else np.concatenate([old.index.vectors, fresh])
+        keypoints = (
+            None if old.keypoints is None else old.keypoints.view(old.keypoints.names + [Path(r[3]).stem for r in rows])
+        )
         return Identifier(
             ExactIndex(vectors, copy=False),
             old.gallery_ids + [r[1] for r in rows],
@@ -251,6 +277,8 @@ class CatalogStore:
             old.threshold,
             old.metadata,
             old.gallery_species + [r[2] for r in rows],
+            keypoints,
+            old.fusion,
         )
 
     def _stamp(self, session: Session, model: Model) -> tuple:
@@ -443,7 +471,12 @@ class CatalogStore:
     def _match(self, session: Session, model: Model, photos: list[Photo], vectors: np.ndarray) -> None:
         """Candidates from the gallery (new_individual where the threshold says), and the nearest batch photos."""
         gallery = self.gallery(session, model)
-        answers = gallery.identify(vectors) if gallery is not None else [None] * len(photos)
+        queries = Embeddings(
+            vectors,
+            pd.DataFrame({"image": [p.file for p in photos]}),
+            keypoints=self._keypoints(model, [p.file for p in photos]),
+        )
+        answers = gallery.identify(queries) if gallery is not None else [None] * len(photos)
         within = vectors @ vectors.T
         np.fill_diagonal(within, -np.inf)
         for i, (photo, answer) in enumerate(zip(photos, answers)):
@@ -844,13 +877,24 @@ def _chunks(values: list) -> list[list]:
     return [values[i : i + MAX_PARAMETERS] for i in range(0, len(values), MAX_PARAMETERS)]
 
 
-def _model_source(path: Path) -> tuple[list[str], float | dict | None, dict | None]:
+def _model_source(path: Path) -> tuple[list[str], float | dict | None, dict | None, dict | None]:
     """A model's checkpoint files, threshold and preprocessing: from a saved Identifier, a run folder or a model.json."""
     if (path / SIDECAR).is_file():
         identifier = Identifier.load(path)
         members = _members(identifier.metadata.get("source", {}))
-        return members, identifier.threshold, identifier.metadata.get("preprocess")
-    return [str(p) for p in checkpoints(path)], None, None
+        reranking = None
+        if identifier.config.rerank is not None and identifier.fusion is not None:  # its second stage comes along
+            reranking = {"rerank": to_dict(identifier.config.rerank), "fusion": identifier.fusion.to_dict()}
+        return members, identifier.threshold, identifier.metadata.get("preprocess"), reranking
+    return [str(p) for p in checkpoints(path)], None, None, None
+
+
+def _reranking(model: Model) -> tuple[RerankConfig | None, Fusion | None]:
+    """The re-ranking stage a model came with from its saved Identifier (kept in its threshold settings)."""
+    settings = model.threshold or {}
+    if not settings.get("rerank"):
+        return None, None
+    return from_dict(RerankConfig, settings["rerank"], "re-ranking"), Fusion.from_dict(settings["fusion"])
 
 
 def _members(source: dict) -> list[str]:

@@ -15,7 +15,7 @@ from whaleid.data.synth import make_catalog
 from whaleid.errors import UserError
 from whaleid.experiments.recipe import DataConfig, embed_split, load_recipe, score
 from whaleid.model.embed import Embedder, Embeddings, embed_files
-from whaleid.model.keypoints import KeypointConfig, KeypointSet, extract
+from whaleid.model.keypoints import KeypointConfig, KeypointFiles, KeypointSet, extract
 from whaleid.search.fusion import Calibration, Fusion
 from whaleid.search.identify import Identifier, IdentifyConfig, identify_queries
 from whaleid.search.local import inliers
@@ -210,6 +210,12 @@ def test_a_catalog_made_from_a_reranking_identifier_reranks_and_keeps_keypoints_
     assert len(gallery.keypoints) == len(known) + 1  # grown in memory, the confirmed photo's keypoints with it
     item = next(i for i in store.queue(limit=None) if i.photo == second[0])
     assert item.candidates[0]["individual"] == first["individual_id"]
+    folder = stored[0].parent
+    lost = sorted(folder.glob("*.npz"))[:3]
+    for path in lost:
+        path.unlink()
+    store.reindex()  # what the error for a lost file tells the user to run
+    assert all(path.is_file() for path in lost) and len(list(folder.glob("*.npz"))) == len(known) + 2
 
 
 def test_a_recipe_fits_the_fusion_on_validation_and_reranks_its_test_queries(tmp_path, model):
@@ -227,3 +233,9 @@ def test_a_recipe_fits_the_fusion_on_validation_and_reranks_its_test_queries(tmp
     assert 0 <= reranked["threshold"] <= 1  # a fused probability, not a cosine
     with pytest.raises(UserError, match="blend to 0 or null"):
         load_recipe(None, ["identify.rerank={shortlist: 10}", "identify.blend=auto"])
+
+
+def test_a_catalog_whose_keypoint_files_were_lost_says_how_to_rebuild_them(tmp_path):
+    files = KeypointFiles(tmp_path / "kp", KeypointConfig(), ["0" * 64])
+    with pytest.raises(UserError, match="catalog reindex"):
+        files[0]

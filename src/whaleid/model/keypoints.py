@@ -214,7 +214,10 @@ class KeypointFiles:
             with np.load(path, allow_pickle=False) as data:
                 return Keypoints(data["xy"], data["descriptors"])
         except (OSError, ValueError, KeyError, EOFError):
-            raise UserError(f"the keypoints of a photo are missing or unreadable ({path}): rebuild them") from None
+            raise UserError(
+                f"the keypoints of a photo are missing or unreadable ({path}): rebuild them "
+                "(`whaleid catalog reindex CATALOG` extracts every missing one)"
+            ) from None
 
     def view(self, names: Sequence[str]) -> KeypointFiles:
         return KeypointFiles(self.directory, self.config, names)

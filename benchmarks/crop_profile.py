@@ -24,7 +24,7 @@ from PIL import Image
 
 from whaleid.data.images import open_image
 from whaleid.preprocess.crops import CropSettings
-from whaleid.preprocess.saliency import INPUT_SIZE, crop_box, saliency_masks
+from whaleid.preprocess.saliency import INPUT_SIZE, saliency_masks
 
 SAMPLE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "happywhale-sample"
 
@@ -38,17 +38,6 @@ def main() -> None:
     saliency_masks([Image.new("RGB", (64, 64))])  # the ONNX session, started outside the timings
     seconds = {"full decode": 0.0, "draft decode": 0.0, "saliency mask": 0.0, "box": 0.0}
     shifts = []
-
-    def box(mask: np.ndarray):
-        return crop_box(
-            mask,
-            settings.threshold,
-            settings.enlarge,
-            settings.square,
-            settings.min_area,
-            settings.region,
-            settings.max_area,
-        )
 
     with tempfile.TemporaryDirectory() as folder:
         for source in sorted(SAMPLE.rglob("*.jpg"))[: args.n]:
@@ -70,10 +59,10 @@ def main() -> None:
             mask = saliency_masks([photo])[0]
             seconds["saliency mask"] += time.perf_counter() - start
             start = time.perf_counter()
-            full = box(mask)
+            full = settings.box(mask)
             seconds["box"] += time.perf_counter() - start
             scaled = cv2.resize(saliency_masks([reduced])[0], photo.size, interpolation=cv2.INTER_LINEAR)
-            shifts.append(int(np.abs(np.subtract(full.box, box(scaled).box)).max()))
+            shifts.append(int(np.abs(np.subtract(full.box, settings.box(scaled).box)).max()))
     report = {f"{k} ms": round(1000 * v / args.n, 1) for k, v in seconds.items()}
     report["box shift px (draft mask), per photo"] = shifts
     print(json.dumps(report, indent=2))

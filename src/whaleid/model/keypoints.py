@@ -71,9 +71,7 @@ def _detector(config: KeypointConfig):
 
 
 def _empty(config: KeypointConfig) -> Keypoints:
-    width, dtype = (
-        (128, np.float16) if config.detector == "sift" else (32 if config.detector == "orb" else 61, np.uint8)
-    )
+    width, dtype = (128, np.float16) if config.detector == "sift" else (32, np.uint8)
     return Keypoints(np.zeros((0, 2), np.float32), np.zeros((0, width), dtype))
 
 

@@ -83,6 +83,10 @@ class CropSettings:
         if self.region not in REGIONS:
             raise UserError(f"crop setting region must be one of {', '.join(REGIONS)}, got {self.region!r}")
 
+    def box(self, mask: np.ndarray) -> Crop:
+        """Where these settings cut a photo with this saliency mask."""
+        return crop_box(mask, self.threshold, self.enlarge, self.square, self.min_area, self.region, self.max_area)
+
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -162,17 +166,7 @@ def locate(
                     yield Located(i, None, None, None, opened[k])
                     continue
                 mask = by_position[k]
-                crop = None
-                if mask is not None:
-                    crop = crop_box(
-                        mask,
-                        settings.threshold,
-                        settings.enlarge,
-                        settings.square,
-                        settings.min_area,
-                        settings.region,
-                        settings.max_area,
-                    )
+                crop = None if mask is None else settings.box(mask)
                 yield Located(i, opened[k], mask, crop)
             bar.update(len(batch))
 

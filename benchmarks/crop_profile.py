@@ -1,13 +1,14 @@
 """Where a camera-size photo's crop time goes: decoding, the saliency mask, and the box.
 
 Happywhale sample photos upscaled to 4000 px wide (as in crop_throughput.py) are timed stage by
-stage: a full JPEG decode, a draft decode (PIL's DCT scaling to at least twice the saliency input),
+stage: a full JPEG decode, a draft decode (PIL's DCT scaling at 1/``--scale``),
 `saliency_masks` on the full photo (letterbox to 224, the model, the heat map back to full
 resolution) and `crop_box` on that full-resolution mask. It also reports how far the box moves
 when the mask comes from the draft-decoded photo instead (then scaled to full resolution), which
 is what draft decoding would change.
 
     .venv/bin/python benchmarks/crop_profile.py --n 8
+    .venv/bin/python benchmarks/crop_profile.py --n 24 --scale 2
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from PIL import Image
 
 from whaleid.data.images import open_image
 from whaleid.preprocess.crops import CropSettings
-from whaleid.preprocess.saliency import INPUT_SIZE, saliency_masks
+from whaleid.preprocess.saliency import saliency_masks
 
 SAMPLE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "happywhale-sample"
 
@@ -33,6 +34,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=8)
     parser.add_argument("--width", type=int, default=4000)
+    parser.add_argument("--scale", type=int, default=4, help="the draft decode's DCT scale: 2, 4 or 8")
     args = parser.parse_args()
     settings = CropSettings()
     saliency_masks([Image.new("RGB", (64, 64))])  # the ONNX session, started outside the timings
@@ -52,7 +54,7 @@ def main() -> None:
             seconds["full decode"] += time.perf_counter() - start
             start = time.perf_counter()
             with Image.open(path) as draft:
-                draft.draft("RGB", (2 * INPUT_SIZE, 2 * INPUT_SIZE))
+                draft.draft("RGB", (draft.width // args.scale, draft.height // args.scale))
                 reduced = draft.convert("RGB")
             seconds["draft decode"] += time.perf_counter() - start
             start = time.perf_counter()

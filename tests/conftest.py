@@ -19,6 +19,12 @@ BROKEN = {
 SHARED_DATA = Path(os.environ.get("WHALEID_SHARED_DATA", ROOT.parent / "shared" / "data"))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _export_cache(tmp_path_factory):
+    """ONNX exports of weights without a checkpoint folder go to a throwaway folder, not ~/.cache."""
+    os.environ["WHALEID_CACHE"] = str(tmp_path_factory.mktemp("whaleid-cache"))
+
+
 @pytest.fixture
 def fixtures() -> Path:
     return FIXTURES

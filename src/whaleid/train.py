@@ -225,7 +225,8 @@ def validate(model: EmbeddingModel, catalog: Catalog, batch_size: int, num_worke
     metrics = {}
     for name in OUTPUTS if model.config.embedding_dim else ("neck",):
         model.config.output = name
-        embedder = Embedder(model, batch_size=batch_size, num_workers=num_workers, device=device)
+        # torch: the weights change every epoch, an ONNX export per validation would not pay
+        embedder = Embedder(model, batch_size=batch_size, num_workers=num_workers, device=device, engine="torch")
         embeddings = embedder.embed_catalog(catalog, progress=False)
         scores = score_open_set(embeddings.vectors, embeddings.table["individual_id"].tolist())
         metrics.update({(k if name == "neck" else f"{name}_{k}"): v for k, v in scores.items()})
@@ -336,6 +337,8 @@ def _prepare(catalog: Catalog, config: TrainConfig) -> _Run:
     )
     # A copy: the model sets its normalisation and output on its config, and the caller's config trains every fold.
     model = EmbeddingModel(copy.deepcopy(config.model), pretrained=config.pretrained)
+    # NHWC: EfficientNet's depthwise convolutions train 1.7x faster on CPU (docs/benchmarks.md).
+    model = model.to(memory_format=torch.channels_last)
     criterion, species_head, targets, n_species = _heads(model, catalog, config)
     heads = [model.pool, model.neck, criterion] + ([species_head] if species_head else [])
     groups, starts = param_groups(model, heads, config)
@@ -416,7 +419,7 @@ def _step(run: _Run, images: torch.Tensor, target: torch.Tensor, config: TrainCo
     """One forward/backward pass (an optimizer step once the gradients are accumulated); returns the loss."""
     accelerator, model = run.accelerator, run.model
     with accelerator.accumulate(model):
-        embeddings = model(images)
+        embeddings = model(images.contiguous(memory_format=torch.channels_last))
         ids = target // run.n_species if run.species_head else target
         loss = run.criterion(embeddings, ids)
         if run.species_head:

@@ -103,6 +103,9 @@ BoxesOpt = typer.Option(
 BackgroundOpt = typer.Option(
     None, "--background", help="Remove the background (black, blur or mean) using the saliency mask."
 )
+EngineOpt = typer.Option(
+    "auto", help="What runs the model: onnx (ONNX Runtime, CPU), torch, or auto (onnx on CPU where it exports)."
+)
 CacheRootOpt = typer.Option(Path(".cache/whaleid"), "--cache-root", help="Where cropped/resized photos are cached.")
 
 
@@ -193,7 +196,13 @@ def split(
 
 
 def embedder_for(
-    model: Optional[Path], zero_shot: Optional[str], img_size: int, tta: bool, batch_size: int, ensemble: str = "concat"
+    model: Optional[Path],
+    zero_shot: Optional[str],
+    img_size: int,
+    tta: bool,
+    batch_size: int,
+    ensemble: str = "concat",
+    engine: str = "auto",
 ):
     """The embedder of a model.json (or run folder of folds), or of a pretrained backbone."""
     from whaleid.model.checkpoint import checkpoints
@@ -202,8 +211,10 @@ def embedder_for(
     if (model is None) == (zero_shot is None):
         raise typer.BadParameter("give exactly one of --model or --zero-shot")
     if model is not None:
-        return Embedder.from_checkpoint(checkpoints(model), ensemble=ensemble, tta_flip=tta, batch_size=batch_size)
-    return Embedder.zero_shot(zero_shot, img_size, tta_flip=tta, batch_size=batch_size)
+        return Embedder.from_checkpoint(
+            checkpoints(model), ensemble=ensemble, tta_flip=tta, batch_size=batch_size, engine=engine
+        )
+    return Embedder.zero_shot(zero_shot, img_size, tta_flip=tta, batch_size=batch_size, engine=engine)
 
 
 @command()
@@ -226,12 +237,14 @@ def embed(
     keypoints: bool = typer.Option(
         False, help="Also extract SIFT keypoints (keypoints.npz), for `identify --rerank` and `openset --rerank`."
     ),
+    engine: str = EngineOpt,
 ):
     """Embed every photo of a catalog (labels optional)."""
+    from whaleid.model.embed import throughput
     from whaleid.model.keypoints import KeypointConfig
     from whaleid.preprocess.prepare import PreprocessConfig
 
-    embedder = embedder_for(model, zero_shot, img_size, tta, batch_size, ensemble)
+    embedder = embedder_for(model, zero_shot, img_size, tta, batch_size, ensemble, engine)
     embedder.keypoints = KeypointConfig() if keypoints else None
     recorded = PreprocessConfig.from_dict(embedder.preprocess)
     preprocess = PreprocessConfig.from_options(crop, background, None, embedder.config.img_size, recorded)
@@ -240,7 +253,7 @@ def embed(
         prepared(read_catalog(csv, images, require_labels=False), preprocess, boxes, cache_root)
     )
     embeddings.save(out)
-    console.print(f"{len(embeddings)} vectors of {embeddings.vectors.shape[1]} dims -> {out}")
+    console.print(f"{len(embeddings)} vectors of {embeddings.vectors.shape[1]} dims -> {out}; {throughput(embedder)}")
 
 
 @command()
@@ -273,6 +286,7 @@ def identify(
     rerank: int = RerankOpt,
     local_weight: float = LocalWeightOpt,
     tta: bool = typer.Option(False, help="Flip TTA when embedding a query CSV."),
+    engine: str = EngineOpt,
     save: Optional[Path] = typer.Option(
         None, help="Also save the Identifier (index, ids, scorer, threshold, model) here."
     ),
@@ -298,7 +312,9 @@ def identify(
     if queries.is_dir():
         q = Embeddings.load(queries)
     else:  # embedded with the gallery's model, its photos prepared as the gallery's were
-        q = identifier.embed(read_catalog(queries, images, require_labels=False), boxes, cache_root, tta_flip=tta)
+        q = identifier.embed(
+            read_catalog(queries, images, require_labels=False), boxes, cache_root, tta_flip=tta, engine=engine
+        )
     predictions = identify_queries(identifier, q, Embeddings.load(calibrate) if calibrate else None)
     predictions.save(out)
     if save:

@@ -76,7 +76,16 @@ def score_embedder(
     scored = {"": (*calibrated_open_set(val, test), images)}
     if rerank is not None:
         scored[" + re-ranking"] = (*calibrated_open_set(val, test, rerank), images)
+    for metrics, *_ in scored.values():
+        metrics["embed_photos_per_s"] = embedder.photos / embedder.seconds
     return scored
+
+
+def eager_speed(config: TrainConfig, split: OpenSetSplit, progress: bool = True) -> float:
+    """Photos/s of the zero-shot model on torch eager, the speed that ONNX Runtime's is compared with."""
+    eager = Embedder.zero_shot(config.model.backbone, config.model.img_size, batch_size=64, engine="torch")
+    eager.embed_catalog(split.test, progress=progress)
+    return eager.photos / eager.seconds
 
 
 def run_open_set(
@@ -93,6 +102,7 @@ def run_open_set(
     zero_shot = Embedder.zero_shot(config.model.backbone, config.model.img_size, batch_size=64)
     for suffix, (metrics, *_) in score_embedder(zero_shot, split, demo.rerank, progress).items():
         report["results"][f"zero-shot{suffix}"] = metrics
+    report["embedding"] = {"engine": zero_shot.runs_on, "torch_photos_per_s": eager_speed(config, split, progress)}
 
     trained = train(split.fit, config, out_dir / "model", val_catalog=split.val, resume=resume, progress=progress)
     scored = score_embedder(Embedder.from_checkpoint(trained.checkpoint, batch_size=64), split, demo.rerank, progress)
@@ -133,15 +143,19 @@ def format_report(report: dict) -> str:
         "new recall",
         "threshold",
         "CPU training",
+        "embedding",
     ]
     rows = [header]
+    engine = report.get("embedding", {}).get("engine", "")
     for name, m in report["results"].items():
         seconds = m.get("train_seconds")
+        speed = m.get("embed_photos_per_s")
         rows.append(
             [
                 name,
                 *(cell(m[k]) for k in ("map5", "top1_known", "top5_known", "new_precision", "new_recall", "threshold")),
                 "\u2013" if seconds is None else f"{seconds / 60:.1f} min",
+                "\u2013" if speed is None else f"{speed:.0f} photos/s {engine}",
             ]
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
@@ -151,4 +165,12 @@ def format_report(report: dict) -> str:
         return "| " + " | ".join(padded) + " |"
 
     rule = "|" + "|".join(":" + "-" * (w + 1) if i == 0 else "-" * (w + 1) + ":" for i, w in enumerate(widths)) + "|"
-    return "\n".join([line(header), rule, *map(line, rows[1:])]) + "\n"
+    table = "\n".join([line(header), rule, *map(line, rows[1:])]) + "\n"
+    eager, zero_shot = report.get("embedding", {}).get("torch_photos_per_s"), report["results"].get("zero-shot", {})
+    if eager and zero_shot.get("embed_photos_per_s"):
+        ratio = zero_shot["embed_photos_per_s"] / eager
+        table += (
+            f"\nembedding: {zero_shot['embed_photos_per_s']:.0f} photos/s on {engine}, "
+            f"{eager:.0f} photos/s on torch eager ({ratio:.1f}x), zero-shot model\n"
+        )
+    return table

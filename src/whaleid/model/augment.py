@@ -41,8 +41,10 @@ def train_transform(
     probability) hides the colour of the sea and the light, which differ by survey
     day rather than by animal.
     """
+    # Geometry and colour run on the PIL image, before it becomes a tensor: PIL's C code does them
+    # in half the time of the uint8 tensor ops (hue jitter above all), which on a 2-core machine
+    # is time taken from the model (docs/benchmarks.md, training throughput).
     steps = [
-        v2.ToImage(),
         v2.RandomResizedCrop((size, size), scale=crop_scale, ratio=(0.85, 1.18), antialias=True),
         v2.RandomAffine(degrees=rotation),
     ]
@@ -52,6 +54,7 @@ def train_transform(
     if grayscale:
         steps.append(v2.RandomGrayscale(grayscale))
     steps += [
+        v2.ToImage(),
         v2.ToDtype(torch.float32, scale=True),
         v2.Normalize(mean, std),
     ]

@@ -115,7 +115,7 @@ def saliency_masks(images: list[Image.Image], batch_size: int = 8, clahe: bool =
                 heat = cv2.resize(heat, (INPUT_SIZE, INPUT_SIZE), interpolation=cv2.INTER_LINEAR)
             content = heat[top : top + rh, left : left + rw]
             full = cv2.resize(content, (w, h), interpolation=cv2.INTER_LINEAR)
-            masks.append(np.clip(full, 0.0, 1.0).astype(np.float32, copy=False))
+            masks.append(np.clip(full, 0.0, 1.0, out=full))
     return masks
 
 
@@ -178,7 +178,7 @@ def crop_box(
         raise ValueError(f"unknown region {region!r}; valid: {', '.join(REGIONS)}")
     h, w = mask.shape
     full: Box = (0, 0, w, h)
-    binary = (mask > threshold).astype(np.uint8)
+    binary = np.greater(mask, threshold).view(np.uint8)  # no copy: camera-size masks are 10+ megapixels
     n, labels, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=8)
     if n <= 1:
         return Crop(full, 0.0, 0.0, STATUS_NO_REGION)
@@ -188,9 +188,10 @@ def crop_box(
         keep = np.array([best])
     else:
         keep = 1 + np.flatnonzero(areas / float(h * w) >= min_area)
-    inside = np.isin(labels, keep)
-    frac = float(inside.sum()) / float(h * w)
-    score = float(mask[inside].mean())
+    frac = float(stats[keep, cv2.CC_STAT_AREA].sum()) / float(h * w)
+    kept = np.zeros(n, dtype=np.uint8)
+    kept[keep] = 1
+    score = float(cv2.mean(mask, mask=kept[labels])[0])  # a lookup, not np.isin: 2x faster at 10 MP
     if frac < min_area:
         return Crop(full, frac, score, STATUS_TINY_REGION)
     x0 = int(stats[keep, cv2.CC_STAT_LEFT].min())

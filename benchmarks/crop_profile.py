@@ -25,9 +25,20 @@ from PIL import Image
 
 from whaleid.data.images import open_image
 from whaleid.preprocess.crops import CropSettings
-from whaleid.preprocess.saliency import saliency_masks
+from whaleid.preprocess.saliency import INPUT_SIZE, _session, saliency_masks
 
 SAMPLE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "happywhale-sample"
+
+
+def saliency_model_ms(batch: int = 8, repeats: int = 3) -> float:
+    """ms per photo of the saliency ViT alone, on batches of letterboxed input."""
+    session = _session()
+    images = np.zeros((batch, 3, INPUT_SIZE, INPUT_SIZE), dtype=np.float32)
+    session.run(None, {session.get_inputs()[0].name: images})
+    start = time.perf_counter()
+    for _ in range(repeats):
+        session.run(None, {session.get_inputs()[0].name: images})
+    return 1000 * (time.perf_counter() - start) / (batch * repeats)
 
 
 def main() -> None:
@@ -40,6 +51,7 @@ def main() -> None:
     saliency_masks([Image.new("RGB", (64, 64))])  # the ONNX session, started outside the timings
     seconds = {"full decode": 0.0, "draft decode": 0.0, "saliency mask": 0.0, "box": 0.0}
     shifts = []
+    model_alone = saliency_model_ms()
 
     with tempfile.TemporaryDirectory() as folder:
         for source in sorted(SAMPLE.rglob("*.jpg"))[: args.n]:
@@ -66,6 +78,7 @@ def main() -> None:
             scaled = cv2.resize(saliency_masks([reduced])[0], photo.size, interpolation=cv2.INTER_LINEAR)
             shifts.append(int(np.abs(np.subtract(full.box, settings.box(scaled).box)).max()))
     report = {f"{k} ms": round(1000 * v / args.n, 1) for k, v in seconds.items()}
+    report["saliency model alone ms (batch 8)"] = round(model_alone, 1)
     report["box shift px (draft mask), per photo"] = shifts
     print(json.dumps(report, indent=2))
 

@@ -6,7 +6,8 @@ what whaleid's pipeline costs (engine torch) and what ONNX Runtime gains (engine
 
     .venv/bin/python benchmarks/embed_throughput.py --csv ../shared/data/right-whale-heads/train.csv --n 512
 
-``--agree`` also embeds an open-set split with a trained model on both engines and reports
+``--settings`` times the exported model alone under ONNX Runtime's thread settings
+(``--n 0 --settings``). ``--agree`` also embeds an open-set split with a trained model on both engines and reports
 the per-photo cosine between them and whether every query's top-5 is the same:
 
     .venv/bin/python benchmarks/embed_throughput.py --n 0 --agree runs/right-whales/model \
@@ -82,6 +83,30 @@ def speed(args: argparse.Namespace) -> dict:
     return {"photos": len(paths), "export_s": export_s, **result}
 
 
+def session_settings(backbone: str, size: int, batch: int) -> dict[str, float]:
+    """Photos/s of the exported model alone (random batches) under ONNX Runtime thread settings."""
+    import onnxruntime as ort
+
+    torch.manual_seed(0)
+    embedder = Embedder(EmbeddingModel(ModelConfig(backbone=backbone, img_size=size), pretrained=False), engine="onnx")
+    path, images = embedder.onnx.path, np.random.default_rng(0).normal(size=(batch, 3, size, size)).astype(np.float32)
+    out = {}
+    for threads in (1, 2):
+        for spinning in ("1", "0"):
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = threads
+            options.add_session_config_entry("session.intra_op.allow_spinning", spinning)
+            session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+            session.run(None, {"images": images})
+            start = time.perf_counter()
+            for _ in range(4):
+                session.run(None, {"images": images})
+            name = f"{threads} thread(s), spinning {'on' if spinning == '1' else 'off'}"
+            out[name] = 4 * batch / (time.perf_counter() - start)
+            print(f"  {name:28s} {out[name]:6.1f} photos/s (model alone)")
+    return out
+
+
 def agreement(model: Path, split: Path, images: Path | None, batch: int) -> dict:
     """Per-photo cosine between the engines, and queries whose top-5 individuals differ."""
     embedded = {}
@@ -123,12 +148,15 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--agree", type=Path, help="a trained model.json: compare the engines on --split")
     parser.add_argument("--split", type=Path, help="folder with fit.csv (gallery) and test.csv (queries)")
+    parser.add_argument("--settings", action="store_true", help="also time ONNX Runtime thread settings")
     parser.add_argument("--images", type=Path, help="photo folder of the split's CSVs")
     parser.add_argument("--json")
     args = parser.parse_args()
     result = {"args": {k: str(v) for k, v in vars(args).items()}}
     if args.n:
         result["speed"] = speed(args)
+    if args.settings:
+        result["settings"] = session_settings(args.backbone, args.size, args.batch)
     if args.agree:
         result["agreement"] = agreement(args.agree, args.split, args.images, args.batch)
     if args.json:

@@ -9,6 +9,7 @@ epochs after the first (which includes start-up). Both run alone, one after the 
 process, so the ratio is what the loop costs beyond the model.
 
     .venv/bin/python benchmarks/train_throughput.py --steps 20 --epochs 3
+    .venv/bin/python benchmarks/train_throughput.py --augment-only   # ms per photo of each augmentation
 """
 
 from __future__ import annotations
@@ -54,6 +55,42 @@ def bare(config, classes: int, steps: int, channels_last: bool = False) -> float
     return batch / float(np.median(times))
 
 
+def augment_costs(config, paths: list[str]) -> dict[str, dict[str, float]]:
+    """ms per photo of each training augmentation, on PIL images (as whaleid runs them) and on uint8 tensors."""
+    from torchvision.transforms import v2
+
+    from whaleid.data.images import open_image
+    from whaleid.model.augment import train_transform
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in a loader worker
+    photos = [open_image(p) for p in paths]
+    size, mean, std = config.model.img_size, (0.5,) * 3, (0.5,) * 3
+    steps = train_transform(
+        size,
+        mean,
+        std,
+        config.hflip,
+        config.rotation,
+        (config.crop_min_scale, 1.0),
+        config.jitter,
+        config.cutout,
+        config.grayscale,
+    ).transforms
+    out = {}
+    for name, order in (
+        ("PIL", steps),
+        ("tensor", [v2.ToImage()] + [t for t in steps if not isinstance(t, v2.ToImage)]),
+    ):
+        images, out[name] = photos, {}
+        for step in order:
+            start = time.perf_counter()
+            images = [step(im) for im in images]
+            out[name][type(step).__name__] = 1000 * (time.perf_counter() - start) / len(photos)
+    torch.set_num_threads(threads)
+    return out
+
+
 def loop(config, catalog, steps: int, epochs: int) -> list[float]:
     """`train()`'s own images_per_second of each epoch of ``steps`` batches."""
     config = replace(config, epochs=epochs, max_steps_per_epoch=steps)
@@ -68,12 +105,19 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20, help="batches per epoch (and bare steps)")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--workers", type=int, help="DataLoader workers (default: the recipe's, cores - 1)")
+    parser.add_argument("--augment-only", action="store_true", help="only time the augmentations (128 photos)")
     parser.add_argument("--json")
     args = parser.parse_args()
     recipe = load_recipe(args.recipe)
     catalog = read_catalog(recipe.data.csv, check_images=False)
     config = recipe.train if args.workers is None else replace(recipe.train, num_workers=args.workers)
     classes = catalog.n_individuals
+    costs = augment_costs(config, catalog.paths[:128])
+    for name, steps in costs.items():
+        cells = ", ".join(f"{step} {ms:.2f}" for step, ms in steps.items())
+        print(f"  augmentation on {name}: {sum(steps.values()):.1f} ms/photo ({cells})")
+    if args.augment_only:
+        return
     bare_rate = bare(config, classes, args.steps)
     nhwc_rate = bare(config, classes, args.steps, channels_last=True)
     epochs = loop(config, catalog, args.steps, args.epochs)

@@ -18,7 +18,7 @@ from whaleid.data.catalog import Catalog
 from whaleid.data.splits import OpenSetSplit
 from whaleid.data.synth import make_catalog
 from whaleid.files import atomic_path
-from whaleid.model.embed import Embedder
+from whaleid.model.embed import Embedder, photos_per_second
 from whaleid.search.metrics import cell, json_float, plot_threshold_sweep, write_submission
 from whaleid.search.openset import calibrated_open_set
 from whaleid.search.rerank import RerankConfig
@@ -77,7 +77,7 @@ def score_embedder(
     if rerank is not None:
         scored[" + re-ranking"] = (*calibrated_open_set(val, test, rerank), images)
     for metrics, *_ in scored.values():
-        metrics["embed_photos_per_s"] = embedder.photos / embedder.seconds
+        metrics["embed_photos_per_s"] = photos_per_second(embedder)
     return scored
 
 
@@ -85,7 +85,7 @@ def eager_speed(config: TrainConfig, split: OpenSetSplit, progress: bool = True)
     """Photos/s of the zero-shot model on torch eager, the speed that ONNX Runtime's is compared with."""
     eager = Embedder.zero_shot(config.model.backbone, config.model.img_size, batch_size=64, engine="torch")
     eager.embed_catalog(split.test, progress=progress)
-    return eager.photos / eager.seconds
+    return photos_per_second(eager)
 
 
 def run_open_set(

@@ -560,9 +560,14 @@ class Ensemble:
         return embeddings.vectors, ok
 
 
+def photos_per_second(embedder: Embedder | Ensemble) -> float:
+    """How fast an embedder has gone so far (its export or cache load not counted)."""
+    return embedder.photos / embedder.seconds if embedder.seconds else 0.0
+
+
 def throughput(embedder: Embedder | Ensemble) -> str:
     """How fast an embedder went, in words: "212 photos in 3.1 s (68.4 photos/s on onnx)"."""
-    rate = embedder.photos / embedder.seconds if embedder.seconds else 0.0
+    rate = photos_per_second(embedder)
     return f"{embedder.photos} photos in {embedder.seconds:.1f} s ({rate:.1f} photos/s on {embedder.runs_on})"
 
 

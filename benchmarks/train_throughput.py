@@ -60,23 +60,11 @@ def augment_costs(config, paths: list[str]) -> dict[str, dict[str, float]]:
     from torchvision.transforms import v2
 
     from whaleid.data.images import open_image
-    from whaleid.model.augment import train_transform
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as in a loader worker
     photos = [open_image(p) for p in paths]
-    size, mean, std = config.model.img_size, (0.5,) * 3, (0.5,) * 3
-    steps = train_transform(
-        size,
-        mean,
-        std,
-        config.hflip,
-        config.rotation,
-        (config.crop_min_scale, 1.0),
-        config.jitter,
-        config.cutout,
-        config.grayscale,
-    ).transforms
+    steps = config.transform(0, (0.5,) * 3, (0.5,) * 3).transforms
     out = {}
     for name, order in (
         ("PIL", steps),

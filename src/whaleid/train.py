@@ -6,7 +6,7 @@ import copy
 import json
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from numbers import Integral
 from pathlib import Path
@@ -153,6 +153,20 @@ class TrainConfig:
         if not self.img_size_schedule:
             return self.model.img_size
         return self.img_size_schedule[max(e for e in self.img_size_schedule if e <= epoch)]
+
+    def transform(self, epoch: int, mean: Sequence[float], std: Sequence[float]) -> Callable:
+        """The augmentations of a 0-based epoch, for a backbone normalised with ``mean`` and ``std``."""
+        return train_transform(
+            self.size_at(epoch),
+            mean,
+            std,
+            self.hflip,
+            self.rotation,
+            (self.crop_min_scale, 1.0),
+            self.jitter,
+            self.cutout,
+            self.grayscale,
+        )
 
 
 @dataclass
@@ -337,7 +351,7 @@ def _prepare(catalog: Catalog, config: TrainConfig) -> _Run:
     )
     # A copy: the model sets its normalisation and output on its config, and the caller's config trains every fold.
     model = EmbeddingModel(copy.deepcopy(config.model), pretrained=config.pretrained)
-    # NHWC: EfficientNet's depthwise convolutions train 1.7x faster on CPU (docs/benchmarks.md).
+    # NHWC: EfficientNet's depthwise convolutions train 1.6x faster on CPU (docs/benchmarks.md).
     model = model.to(memory_format=torch.channels_last)
     criterion, species_head, targets, n_species = _heads(model, catalog, config)
     heads = [model.pool, model.neck, criterion] + ([species_head] if species_head else [])
@@ -345,18 +359,8 @@ def _prepare(catalog: Catalog, config: TrainConfig) -> _Run:
     optimizer = torch.optim.AdamW(groups)
     workers = default_workers() if config.num_workers is None else config.num_workers
 
-    def transform(epoch: int):
-        return train_transform(
-            config.size_at(epoch),
-            model.config.mean,
-            model.config.std,
-            config.hflip,
-            config.rotation,
-            (config.crop_min_scale, 1.0),
-            config.jitter,
-            config.cutout,
-            config.grayscale,
-        )
+    def transform(epoch: int) -> Callable:
+        return config.transform(epoch, model.config.mean, model.config.std)
 
     alternatives = catalog.table["alternatives"].tolist() if "alternatives" in catalog.table else None
     dataset = PhotoDataset(catalog.table["path"].tolist(), transform(0), targets, alternatives)

@@ -194,7 +194,7 @@ def test_the_admin_pages_add_users_and_change_roles(store):
     with client(store, "admin") as c:
         csrf = c.headers["X-CSRF-Token"]
         added = c.post("/users", data={"name": "erin", "password": PASSWORD, "role": "viewer", "csrf": csrf})
-        assert added.status_code == 200 and "user erin added" in added.text
+        assert added.status_code == 200 and "User added." in added.text and "<td>erin</td>" in added.text
         assert "a password is" in c.post("/users", data={"name": "x", "password": "short", "csrf": csrf}).text
         c.post("/users/erin", data={"role": "reviewer", "csrf": csrf})
         assert {"name": "erin", "role": "reviewer"}.items() <= next(

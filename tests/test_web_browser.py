@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from webapp import Server
+from webapp import PASSWORD, Server, build_catalog
 from whaleid.store.catalog import CatalogStore
 
 pytestmark = pytest.mark.browser
@@ -31,10 +31,10 @@ def browser():
         browser.close()
 
 
-def _log_in(page, url: str) -> None:
+def _log_in(page, url: str, name: str = "demo", password: str = DEMO_PASSWORD) -> None:
     page.goto(f"{url}/")
-    page.fill("input[name=name]", "demo")
-    page.fill("input[name=password]", DEMO_PASSWORD)
+    page.fill("input[name=name]", name)
+    page.fill("input[name=password]", password)
     page.click("button[type=submit]")
     page.wait_for_url(f"{url}/")
 
@@ -95,6 +95,8 @@ def test_upload_review_with_the_keyboard_export_and_the_catalog_grows(tmp_path, 
         page.wait_for_url(f"{url}/review/{photos[2]}")
         page.keyboard.press("u")  # can't tell
         page.wait_for_url(f"{url}/review/{photos[3]}")
+        page.keyboard.press("z")  # this photo has no decision: Z says which one a second Z undoes
+        page.wait_for_selector(f"#review-status:has-text('on photo {photos[2]}')")
         page.keyboard.press("z")  # undo the can't-tell
         page.wait_for_url(f"{url}/review/{photos[2]}")
         page.wait_for_selector("#photo-state:text('pending')")
@@ -188,3 +190,76 @@ def _shoot(page, name: str) -> None:
     if folder:
         Path(folder).mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(Path(folder) / name), full_page=False)
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, synth_csv, model):
+    """`whaleid serve` over the web tests' catalog (5 individuals, a survey waiting), with its users."""
+    store = build_catalog(tmp_path_factory.mktemp("served"), synth_csv, model)
+    server = Server(store.dir)
+    yield server.url
+    server.stop()
+
+
+def _reviewer(browser, url: str):
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    _log_in(page, url, "reviewer", PASSWORD)
+    return page
+
+
+def _press(page, key: str) -> None:
+    """A key that decides or undoes: the page moves on once the server has answered."""
+    with page.expect_navigation(timeout=30_000):
+        page.keyboard.press(key)
+
+
+def test_z_undoes_the_decision_of_the_photo_on_screen(browser, served):
+    page = _reviewer(browser, served)
+    decided, other = (q["photo"] for q in page.request.get(f"{served}/api/queue").json()[:2])
+    page.goto(f"{served}/review/{decided}")
+    _press(page, "n")
+    page.goto(f"{served}/review/{other}")
+    _press(page, "u")  # this tab's last decision, on another photo
+    page.goto(f"{served}/review/{decided}")
+    _press(page, "z")
+    assert page.url == f"{served}/review/{decided}"
+    assert _state(page, served, decided)["photo"]["state"] == "pending"
+    assert _state(page, served, other)["photo"]["state"] == "unsure"
+
+    page.keyboard.press("z")  # nothing to undo here now: it says what a second Z would undo, and waits
+    page.wait_for_selector(f"#review-status:has-text('on photo {other}')")
+    assert _state(page, served, other)["photo"]["state"] == "unsure"
+    _press(page, "z")
+    assert page.url == f"{served}/review/{other}"
+    assert _state(page, served, other)["photo"]["state"] == "pending"
+
+
+def test_the_comparison_says_which_side_is_which_and_1_to_5_confirm_there(browser, served):
+    page = _reviewer(browser, served)
+    photo = page.request.get(f"{served}/api/queue").json()[0]["photo"]
+    page.goto(f"{served}/review/{photo}")
+    candidate = page.locator(".candidate", has=page.locator("img.zoomable")).last
+    rank, individual = candidate.get_attribute("data-rank"), candidate.get_attribute("data-individual")
+    candidate.locator("img.zoomable").first.click()
+    page.wait_for_selector("#compare:not([hidden])")
+    assert page.locator("#compare-left-label").inner_text(timeout=5_000) == f"Query: photo {photo}"
+    assert page.locator("#compare-right-label").inner_text() == f"Candidate {rank}: {individual} ({rank} confirms)"
+    _press(page, rank)
+    decided = _state(page, served, photo)["photo"]
+    assert (decided["state"], decided["individual"]) == ("confirmed", individual)
+
+
+def test_review_these_photos_shows_only_once_an_upload_left_photos_to_review(browser, served, tmp_path):
+    page = _reviewer(browser, served)
+    page.goto(f"{served}/upload")
+    link = page.locator("#review-link")
+    page.evaluate("document.getElementById('upload-status').hidden = false")  # as while a job waits its turn
+    assert not link.is_visible()
+    useless = tmp_path / "notes.jpg"
+    useless.write_text("not a photo")
+    page.fill("input[name=place]", "nothing usable")
+    page.set_input_files("#photos", [str(useless)])
+    page.click("#upload-button")
+    page.wait_for_selector("#job-status:text('No photo could be used.')")
+    assert page.locator("#file-list li.refused").count() == 1
+    assert not link.is_visible()

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Depends, File, Query, Request, Response, UploadFi
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile as StarletteUpload
 
 from whaleid.store.catalog import EncounterInfo
 from whaleid.store.schema import Individual
@@ -67,16 +68,18 @@ class PasswordBody(BaseModel):
     new: Annotated[str, Field(max_length=200)]
 
 
+def guess_keys(request: Request, name: str) -> tuple[str, str]:
+    """The keys a password guess is counted under: the address it came from and the name it tries."""
+    return f"ip:{request.client.host if request.client else '?'}", f"name:{name}"
+
+
 def login_response(request: Request, name: str, password: str, response: Response) -> Account:
     """Log in (rate limited per address and per name) and set the session cookie on ``response``."""
     state = request.app.state
-    keys = (f"ip:{request.client.host if request.client else '?'}", f"name:{name}")
-    wait = state.limiter.blocked(*keys)
-    if wait:
-        raise Refused(429, f"too many failed logins: try again in {int(wait) + 1} s")
-    found = log_in(state.store, name, password, state.config.session_hours)
+    found = state.limiter.checked(
+        guess_keys(request, name), lambda: log_in(state.store, name, password, state.config.session_hours)
+    )
     if found is None:
-        state.limiter.failed(*keys)
         raise Refused(401, "wrong name or password")
     token, user = found
     response.set_cookie(
@@ -110,10 +113,19 @@ def me(user: Reader) -> dict:
     return {"name": user.name, "role": user.role, "must_change": user.must_change}
 
 
+def password_is(request: Request, name: str, password: str) -> bool:
+    """Whether ``password`` is ``name``'s, counted against the same limit as a login (429 past it)."""
+    store = request.app.state.store
+    return (
+        request.app.state.limiter.checked(guess_keys(request, name), lambda: verified(store, name, password))
+        is not None
+    )
+
+
 @router.post("/me/password")
 def my_password(body: PasswordBody, request: Request, user: AnyUser) -> dict:
     """A new password (the old one proves it is you); every session of yours ends, this one included."""
-    if verified(request.app.state.store, user.name, body.current) is None:
+    if not password_is(request, user.name, body.current):
         raise Refused(403, "the current password is wrong")
     change_user(request.app.state.store, user.name, password=body.new)
     return {"changed": user.name}
@@ -143,7 +155,7 @@ def photo(photo_id: PhotoId, request: Request, _: Reader) -> dict:
 def photo_image(
     photo_id: PhotoId, request: Request, _: Reader, size: Literal["thumb", "medium", "full", "crop"] = "medium"
 ) -> FileResponse:
-    path = images.rendition(request.app.state.store, photo_id, size)
+    path = images.rendition(request.app.state.store, request.app.state.jobs.budget, photo_id, size)
     return FileResponse(path, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=86400"})
 
 
@@ -222,7 +234,11 @@ def new_upload(body: EncounterBody, request: Request, user: Reviewer) -> dict:
 
 @router.post("/uploads/{job_id}/photos", status_code=201)
 async def upload_photo(job_id: PhotoId, request: Request, _: Reviewer, file: UploadFile = File(...)) -> dict:
-    """One photo (JPEG, PNG, TIFF or HEIC) of an upload; refused with nothing stored when it cannot be used."""
+    """One photo (JPEG, PNG, TIFF or HEIC) of an upload; refused with nothing stored when it cannot be used,
+    or when the request holds more than one file (each photo is answered for on its own)."""
+    sent = sum(isinstance(value, StarletteUpload) for _, value in (await request.form()).multi_items())
+    if sent > 1:
+        raise Refused(413, f"one photo per request, not {sent}: send each in its own request")
     jobs = request.app.state.jobs
     data = await file.read(jobs.limits.file_bytes + 1)
     return await run_in_threadpool(jobs.stage, job_id, data, file.filename or "")

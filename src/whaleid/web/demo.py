@@ -21,6 +21,7 @@ from whaleid.store.schema import User
 from whaleid.web.users import add_user, change_user
 
 DEMO_USER = "demo"
+DEMO_ADMIN = "admin"
 TRAINED = Path("runs/demo/model")  # what `make demo` trains
 KNOWN = 0.7  # of the individuals, imported as the known catalog
 
@@ -56,13 +57,21 @@ def _model(source: Path) -> Path:
     return save_checkpoint(network.eval(), source / "model" / "model", ["zero-shot"]).parent
 
 
-def demo_reviewer(store: CatalogStore) -> str:
-    """The demo reviewer's password: ``WHALEID_DEMO_PASSWORD``, or a new random one at every start."""
-    password = os.environ.get("WHALEID_DEMO_PASSWORD") or secrets.token_urlsafe(9)
-    with store.reader() as session:
-        exists = session.query(User.id).filter(User.name == DEMO_USER).first() is not None
-    if exists:
-        change_user(store, DEMO_USER, password=password)
-    else:
-        add_user(store, DEMO_USER, password, "reviewer")
-    return password
+def demo_logins(store: CatalogStore) -> dict[str, str]:
+    """The demo's users and their passwords, set anew at every start: a reviewer, and an admin so that the
+    Users and Model pages are reachable too (the demo has users before `serve` would make a first admin).
+    ``WHALEID_DEMO_PASSWORD`` and ``WHALEID_DEMO_ADMIN_PASSWORD`` choose them; else they are random."""
+    logins = {}
+    for name, role, variable in (
+        (DEMO_USER, "reviewer", "WHALEID_DEMO_PASSWORD"),
+        (DEMO_ADMIN, "admin", "WHALEID_DEMO_ADMIN_PASSWORD"),
+    ):
+        password = os.environ.get(variable) or secrets.token_urlsafe(9)
+        with store.reader() as session:
+            exists = session.query(User.id).filter(User.name == name).first() is not None
+        if exists:
+            change_user(store, name, role=role, password=password)
+        else:
+            add_user(store, name, password, role)
+        logins[name] = password
+    return logins

@@ -5,24 +5,41 @@ embeds and matches them; a server killed mid-job finds the job again at start an
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import secrets
 import shutil
 import threading
+import time
 import traceback
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
 
+from PIL import Image
 from sqlalchemy import select, update
 
 from whaleid.data.images import ImageError, decode_bytes
 from whaleid.errors import UserError
 from whaleid.files import atomic_path
 from whaleid.store.catalog import CatalogStore, EncounterInfo, now
+from whaleid.store.jobs import expire_uploads
 from whaleid.store.schema import Encounter, Job, Photo
 
 log = logging.getLogger(__name__)
 ACCEPTED = {"JPEG": ".jpg", "MPO": ".jpg", "PNG": ".png", "TIFF": ".tif", "HEIF": ".heic"}
 STAGING = "uploads"
+
+
+def public(store: CatalogStore, message: str) -> str:
+    """A library message as the web may show it: the library names the catalog's folder (right in a
+    terminal), but a browser must not learn the server's paths."""
+    for folder in sorted({str(store.dir.resolve()), str(store.dir)}, key=len, reverse=True):
+        message = message.replace(folder, "the catalog")
+    return message
 
 
 class Refused(UserError):
@@ -39,13 +56,51 @@ class UploadLimits:
     request_bytes: int = 60 * 2**20
     pixels: int = 100_000_000
     files_per_job: int = 5000
+    idle_hours: float = 24.0  # an upload that long without a photo (or a start) expires, its staged photos removed
+
+
+class PixelBudget:
+    """At most ``capacity`` pixels decoded at once, across requests and the worker: a decode waits for room
+    rather than adding its memory to everyone else's (each photo is bounded alone; this bounds their sum)."""
+
+    def __init__(self, capacity: int):
+        self.capacity = capacity
+        self.in_use = 0
+        self._room = threading.Condition()
+
+    @contextmanager
+    def hold(self, pixels: int, wait: float | None = 60.0) -> Iterator[None]:
+        """Room for ``pixels`` while the block runs; 503 when none came within ``wait`` seconds (None: no limit)."""
+        pixels = min(pixels, self.capacity)
+        with self._room:
+            if not self._room.wait_for(lambda: self.in_use + pixels <= self.capacity, wait):
+                raise Refused(503, "the server is busy decoding other photos: try again in a minute")
+            self.in_use += pixels
+        try:
+            yield
+        finally:
+            with self._room:
+                self.in_use -= pixels
+                self._room.notify_all()
+
+
+def header_pixels(source: bytes | Path) -> int:
+    """The pixels a photo decodes to, read from its header alone (0 when unreadable: its decode fails at once)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the size is all that is read
+            with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as im:
+                return im.width * im.height
+    except Exception:
+        return 0
 
 
 class Jobs:
     """Creates, stages, queues and runs the jobs of one catalog (one worker thread per server)."""
 
-    def __init__(self, store: CatalogStore, limits: UploadLimits, poll: float = 0.5):
-        self.store, self.limits, self.poll = store, limits, poll
+    def __init__(self, store: CatalogStore, limits: UploadLimits, poll: float = 0.5, sweep: float = 600.0):
+        self.store, self.limits, self.poll, self.sweep = store, limits, poll, sweep
+        self.budget = PixelBudget(2 * limits.pixels)  # the worker's photo and one request's, at the largest
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -66,8 +121,10 @@ class Jobs:
         (nothing written) when it is too big, not a JPEG/PNG/TIFF/HEIC, truncated, corrupt or a bomb."""
         if len(data) > self.limits.file_bytes:
             raise Refused(413, f"{_shown(original_name)}: larger than {self.limits.file_bytes / 2**20:g} MB")
+        pixels = header_pixels(data)
         try:
-            fmt = decode_bytes(data, self.limits.pixels)
+            with self.budget.hold(pixels if pixels <= self.limits.pixels else 0):  # larger: refused undecoded
+                fmt = decode_bytes(data, self.limits.pixels)
         except ImageError as error:
             status = 413 if "too large" in error.reason else 415 if error.reason == "not an image" else 422
             raise Refused(status, f"{_shown(original_name)}: {error.reason}") from None
@@ -160,6 +217,7 @@ class Jobs:
         """Jobs a killed server left running are queued again, then one thread works through the queue."""
         with self.store.session() as session, session.begin():
             session.execute(update(Job).where(Job.state == "running").values(state="queued", updated_at=now()))
+        self.expire()
         self._stop.clear()
         self._thread = threading.Thread(target=self._loop, name="whaleid-jobs", daemon=True)
         self._thread.start()
@@ -171,10 +229,21 @@ class Jobs:
             self._thread.join(timeout)
 
     def _loop(self) -> None:
+        swept = time.monotonic()
         while not self._stop.is_set():
+            if time.monotonic() - swept >= self.sweep:
+                self.expire()
+                swept = time.monotonic()
             if not self.run_next():
                 self._wake.wait(self.poll)
                 self._wake.clear()
+
+    def expire(self) -> list[int]:
+        """Uploads left waiting for photos longer than ``idle_hours`` expire, their staged photos removed."""
+        expired = expire_uploads(self.store, timedelta(hours=self.limits.idle_hours))
+        for job_id in expired:
+            shutil.rmtree(self.store.dir / STAGING / str(job_id), ignore_errors=True)
+        return expired
 
     def run_next(self) -> bool:
         """Run the oldest queued job, if any; whether there was one."""
@@ -187,7 +256,8 @@ class Jobs:
             job.state, job.updated_at = "running", now()
             job_id, kind, payload = job.id, job.kind, dict(job.payload)
         try:
-            result = self._upload(job_id, payload) if kind == "upload" else self._reindex(job_id, payload)
+            with self.budget.hold(self.limits.pixels, wait=None):  # the job's share: a photo of the largest size
+                result = self._upload(job_id, payload) if kind == "upload" else self._reindex(job_id, payload)
             self._finish(job_id, "done", result=result)
             shutil.rmtree(self.store.dir / STAGING / str(job_id), ignore_errors=True)
         except UserError as error:
@@ -231,7 +301,8 @@ class Jobs:
         with self.store.session() as session, session.begin():
             job = session.get(Job, job_id)
             total = len(job.payload.get("files", [])) or job.progress.get("total", 0)
-            job.state, job.result, job.error, job.updated_at = state, result, error, now()
+            job.state, job.result, job.updated_at = state, result, now()
+            job.error = error and public(self.store, error)
             job.progress = {
                 "stage": state,
                 "done": total if state == "done" else job.progress.get("done", 0),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import secrets
 from pathlib import Path
 from typing import Annotated
-from urllib.parse import quote, urlencode
+from urllib.parse import quote, urlencode, urlsplit
 
 from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
@@ -13,9 +13,10 @@ from fastapi.templating import Jinja2Templates
 
 from whaleid.errors import UserError
 from whaleid.web import views
-from whaleid.web.api import PhotoId, Text, login_response
-from whaleid.web.security import COOKIE, LOGIN_COOKIE, login_csrf_ok, page_reader, writer
-from whaleid.web.users import Account, add_user, change_user, list_users, log_out, verified
+from whaleid.web.api import PhotoId, Text, login_response, password_is
+from whaleid.web.jobs import Refused
+from whaleid.web.security import COOKIE, LOGIN_COOKIE, current, login_csrf_ok, page_reader, writer
+from whaleid.web.users import MIN_PASSWORD, Account, add_user, change_user, list_users, log_out
 
 templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
 router = APIRouter(include_in_schema=False)
@@ -24,23 +25,67 @@ Reviewer = Annotated[Account, Depends(writer("reviewer"))]
 Admin = Annotated[Account, Depends(writer("admin"))]
 AnyUser = Annotated[Account, Depends(writer("viewer"))]
 
+# What a page's banner may say. The address names a message by its code: a link cannot make a page say
+# anything of its own (a phishing line in a trusted banner), so an unknown code shows nothing.
+MESSAGES = {
+    "login-expired": "The login form expired: try again.",
+    "login-failed": "Wrong name or password.",
+    "login-throttled": "Too many failed logins: wait a minute, then try again.",
+    "session-ended": "Your session has ended: log in again, then send the form again.",
+    "logged-out": "Logged out.",
+    "password-changed": "Password changed: log in with the new one.",
+    "password-wrong": "The current password is wrong.",
+    "password-refused": f"Password not changed: a password is {MIN_PASSWORD}-200 characters.",
+    "merged": "Merged: the other id is now an alias of this individual.",
+    "merge-refused": "Not merged: give the catalog id of another individual of the catalog.",
+    "undone": "Decision undone.",
+    "undo-refused": "Not undone: that decision is already undone, or is itself an undo.",
+    "user-added": "User added.",
+    "user-refused": (
+        f"User not added: a name is new and 1-64 letters, digits, '.', '_', '-' or '@'; "
+        f"a password is {MIN_PASSWORD}-200 characters."
+    ),
+    "role-changed": "Role changed.",
+    "role-refused": "Role not changed: no such user, or the last admin would lose the admin role.",
+    "reindex-queued": "Reindex queued: the dashboard shows its progress.",
+    "reindex-refused": "Reindex not queued: that model is not in the catalog.",
+}
 
-def render(request: Request, name: str, user: Account | None, **context) -> HTMLResponse:
+
+def render(request: Request, name: str, user: Account | None, status_code: int = 200, **context) -> HTMLResponse:
     return templates.TemplateResponse(
         request,
         name,
         {
             "user": user,
-            "error": request.query_params.get("error"),
-            "note": request.query_params.get("note"),
+            "error": MESSAGES.get(request.query_params.get("error", "")),
+            "note": MESSAGES.get(request.query_params.get("note", "")),
             **context,
         },
+        status_code=status_code,
     )
 
 
-def back(url: str, **message: str) -> RedirectResponse:
-    """A redirect after a form post, with a short message for the next page."""
-    return RedirectResponse(f"{url}?{urlencode(message)}" if message else url, status_code=303)
+def back(url: str, **query: str) -> RedirectResponse:
+    """A redirect after a form post; ``error`` or ``note`` name a message of MESSAGES for the next page."""
+    return RedirectResponse(f"{url}?{urlencode(query)}" if query else url, status_code=303)
+
+
+def error_page(request: Request, status: int, message: str, headers: dict | None = None) -> HTMLResponse:
+    """A refusal or a missing page as a page: a browser shows it (the API answers JSON instead)."""
+    response = render(request, "error.html", current(request), status, status=status, message=message)
+    response.headers.update(headers or {})
+    return response
+
+
+def to_login(request: Request) -> RedirectResponse:
+    """Someone not logged in (or no longer) to the login page, which then comes back: to the page asked
+    for, or, for a form sent after the session ended, to the page the form was on (its action takes posts only)."""
+    if request.method == "GET":
+        return back("/login", next=request.url.path)
+    referer = urlsplit(request.headers.get("referer", ""))
+    target = referer.path if referer.netloc == request.url.netloc else "/"
+    return back("/login", next=safe_next(target), error="session-ended")
 
 
 def safe_next(target: str | None) -> str:
@@ -80,12 +125,12 @@ def login_form(
     next: Annotated[str, Form(max_length=500)] = "/",
 ):
     if not login_csrf_ok(request, csrf):
-        return back("/login", error="the login form expired: try again")
+        return back("/login", error="login-expired", next=safe_next(next))
     response = RedirectResponse(safe_next(next), status_code=303)
     try:
         user = login_response(request, name, password, response)
-    except UserError as error:
-        return back("/login", error=str(error))
+    except Refused as error:
+        return back("/login", error="login-throttled" if error.status == 429 else "login-failed", next=safe_next(next))
     if user.must_change:
         response.headers["location"] = "/account"
     return response
@@ -94,7 +139,7 @@ def login_form(
 @router.post("/logout")
 def logout_form(request: Request, _: AnyUser):
     log_out(request.app.state.store, request.cookies.get(COOKIE))
-    response = back("/login", note="logged out")
+    response = back("/login", note="logged-out")
     response.delete_cookie(COOKIE, path="/")
     return response
 
@@ -103,6 +148,7 @@ def logout_form(request: Request, _: AnyUser):
 def dashboard(request: Request, user: Viewer) -> HTMLResponse:
     store = request.app.state.store
     curve = views.discovery_curve(store)
+    jobs = request.app.state.jobs.recent(8)
     return render(
         request,
         "dashboard.html",
@@ -110,7 +156,7 @@ def dashboard(request: Request, user: Viewer) -> HTMLResponse:
         stats=store.stats(),
         pending=views.pending_by_encounter(store),
         decisions=views.decisions(store, 15),
-        jobs=request.app.state.jobs.recent(8),
+        jobs=jobs,
         curve=curve,
         curve_svg=_curve_points(curve),
     )
@@ -157,9 +203,19 @@ def merge_form(
 ) -> RedirectResponse:
     try:
         request.app.state.store.merge(catalog_id, into.strip(), reviewer=user.name)
-    except UserError as error:
-        return back(f"/individuals/{_quoted(catalog_id)}", error=str(error))
-    return back(f"/individuals/{_quoted(into.strip())}", note=f"{catalog_id} merged into {into.strip()}")
+    except UserError:
+        return back(f"/individuals/{_quoted(catalog_id)}", error="merge-refused")
+    return back(f"/individuals/{_quoted(into.strip())}", note="merged")
+
+
+@router.post("/decisions/{decision_id}/undo")
+def undo_form(decision_id: PhotoId, request: Request, user: Reviewer) -> RedirectResponse:
+    """Undo a decision from the dashboard's list (merges: the review page's Z undoes a photo's decision)."""
+    try:
+        request.app.state.store.undo(decision_id, reviewer=user.name)
+    except UserError:
+        return back("/", error="undo-refused")
+    return back("/", note="undone")
 
 
 def _quoted(catalog_id: str) -> str:
@@ -199,9 +255,9 @@ def new_user_form(
 ) -> RedirectResponse:
     try:
         add_user(request.app.state.store, name.strip(), password, role)
-    except UserError as error:
-        return back("/users", error=str(error))
-    return back("/users", note=f"user {name.strip()} added ({role})")
+    except UserError:
+        return back("/users", error="user-refused")
+    return back("/users", note="user-added")
 
 
 @router.post("/users/{name}")
@@ -210,18 +266,18 @@ def change_user_form(
 ) -> RedirectResponse:
     try:
         change_user(request.app.state.store, name, role=role)
-    except UserError as error:
-        return back("/users", error=str(error))
-    return back("/users", note=f"{name} is now {role}")
+    except UserError:
+        return back("/users", error="role-refused")
+    return back("/users", note="role-changed")
 
 
 @router.post("/models/{version}/activate")
 def activate_form(version: PhotoId, request: Request, user: Admin) -> RedirectResponse:
     try:
-        job = request.app.state.jobs.create_reindex(version, user.name)
-    except UserError as error:
-        return back("/users", error=str(error))
-    return back("/users", note=f"reindex with model v{version} queued (job {job['id']})")
+        request.app.state.jobs.create_reindex(version, user.name)
+    except UserError:
+        return back("/users", error="reindex-refused")
+    return back("/users", note="reindex-queued")
 
 
 @router.get("/account")
@@ -236,13 +292,15 @@ def password_form(
     current_password: Annotated[str, Form(max_length=200)],
     new_password: Annotated[str, Form(max_length=200)],
 ) -> RedirectResponse:
-    store = request.app.state.store
-    if verified(store, user.name, current_password) is None:
-        return back("/account", error="the current password is wrong")
     try:
-        change_user(store, user.name, password=new_password)
-    except UserError as error:
-        return back("/account", error=str(error))
-    response = back("/login", note="password changed: log in with the new one")
+        if not password_is(request, user.name, current_password):
+            return back("/account", error="password-wrong")
+    except Refused:
+        return back("/account", error="login-throttled")
+    try:
+        change_user(request.app.state.store, user.name, password=new_password)
+    except UserError:
+        return back("/account", error="password-refused")
+    response = back("/login", note="password-changed")
     response.delete_cookie(COOKIE, path="/")
     return response

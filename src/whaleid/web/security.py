@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import hmac
 import json
+from typing import Annotated
 
-from fastapi import HTTPException, Request
+from fastapi import HTTPException, Request, Security
+from fastapi.security import APIKeyHeader
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from whaleid.web.users import Account, account
@@ -14,6 +16,12 @@ COOKIE = "whaleid_session"
 LOGIN_COOKIE = "whaleid_login"  # the login form's CSRF token (double submit: no session exists yet)
 UNSAFE = {"POST", "PUT", "PATCH", "DELETE"}
 SMALL_BODY = 1 * 2**20  # every write but a photo upload
+CSRF_HEADER = APIKeyHeader(  # declared, so the OpenAPI spec (and its clients) show it on every write
+    name="X-CSRF-Token",
+    scheme_name="csrf",
+    description="The `csrf` value that POST /api/login answered; every write sends it (with the session cookie).",
+    auto_error=False,
+)
 CSP = (
     "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
     "object-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
@@ -49,11 +57,11 @@ def page_reader(request: Request) -> Account:
 def writer(role: str):
     """A dependency: a logged-in user with at least ``role`` and the session's CSRF token (header or form)."""
 
-    async def check(request: Request) -> Account:
+    async def check(request: Request, token: Annotated[str | None, Security(CSRF_HEADER)]) -> Account:
         user = current(request)
         if user is None:
             raise HTTPException(401, "log in first")
-        await _check_csrf(request, user.csrf)
+        await _check_csrf(request, token, user.csrf)
         if user.must_change and request.url.path not in (
             "/api/me/password",
             "/account/password",
@@ -68,8 +76,8 @@ def writer(role: str):
     return check
 
 
-async def _check_csrf(request: Request, expected: str) -> None:
-    token = request.headers.get("x-csrf-token")
+async def _check_csrf(request: Request, token: str | None, expected: str) -> None:
+    """The token from the header or, for a page's form, its ``csrf`` field."""
     if token is None and request.headers.get("content-type", "").startswith(
         ("application/x-www-form-urlencoded", "multipart/form-data")
     ):

@@ -6,12 +6,11 @@ import logging
 import os
 from contextlib import asynccontextmanager
 from pathlib import Path
-from urllib.parse import urlencode
 
 import fastapi_offline
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, RedirectResponse
+from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from filelock import FileLock, Timeout
 from starlette.exceptions import HTTPException
@@ -20,7 +19,7 @@ from whaleid.errors import UserError
 from whaleid.store.catalog import CatalogStore, ConflictError
 from whaleid.web import api, pages
 from whaleid.web.config import WebConfig
-from whaleid.web.jobs import Jobs, Refused
+from whaleid.web.jobs import Jobs, Refused, public
 from whaleid.web.security import Guard, LoginRequired
 from whaleid.web.users import LoginLimiter, first_admin
 
@@ -67,24 +66,37 @@ def create_app(store: CatalogStore, config: WebConfig | None = None) -> FastAPI:
 def _handlers(app: FastAPI) -> None:
     @app.exception_handler(LoginRequired)
     async def to_login(request: Request, _error: LoginRequired):
-        return RedirectResponse("/login?" + urlencode({"next": request.url.path}), status_code=303)
+        return pages.to_login(request)
 
     @app.exception_handler(UserError)
-    async def user_error(_request: Request, error: UserError):
+    async def user_error(request: Request, error: UserError):
         status = error.status if isinstance(error, Refused) else 409 if isinstance(error, ConflictError) else 400
         if status == 400 and str(error).startswith("no "):
             status = 404  # "no photo 7 in ...", "no individual 'X' ...", "no decision 9 ..."
-        return JSONResponse({"detail": str(error)}, status_code=status)
+        return _refusal(request, status, public(request.app.state.store, str(error)))
 
     @app.exception_handler(RequestValidationError)
-    async def invalid(_request: Request, error: RequestValidationError):
+    async def invalid(request: Request, error: RequestValidationError):
         first = error.errors()[0] if error.errors() else {}
         where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
-        return JSONResponse({"detail": f"{where}: {first.get('msg', 'invalid')}"}, status_code=422)
+        return _refusal(request, 422, f"{where}: {first.get('msg', 'invalid')}")
 
     @app.exception_handler(HTTPException)
-    async def http_error(_request: Request, error: HTTPException):
-        return JSONResponse({"detail": error.detail}, status_code=error.status_code, headers=error.headers)
+    async def http_error(request: Request, error: HTTPException):
+        if error.status_code == 401 and not _api(request):
+            return pages.to_login(request)  # a form sent after the session ended
+        return _refusal(request, error.status_code, error.detail, error.headers)
+
+
+def _api(request: Request) -> bool:
+    return request.url.path.startswith("/api/")
+
+
+def _refusal(request: Request, status: int, message: str, headers: dict | None = None) -> Response:
+    """The API answers JSON for its scripts; a page answers a page, since a browser shows it."""
+    if _api(request):
+        return JSONResponse({"detail": message}, status_code=status, headers=headers)
+    return pages.error_page(request, status, message, headers)
 
 
 def admin_account(store: CatalogStore) -> None:
@@ -111,6 +123,14 @@ def serve(directory: Path, host: str, port: int, config: WebConfig, db: str | No
     try:
         admin_account(store)
         print(f"whaleid: serving {directory} on http://{host}:{port}/  (API docs: /api/docs)", flush=True)
-        uvicorn.run(create_app(store, config), host=host, port=port, log_level="warning", access_log=False)
+        uvicorn.run(
+            create_app(store, config),
+            host=host,
+            port=port,
+            log_level="warning",
+            access_log=False,
+            proxy_headers=config.proxy is not None,  # uvicorn's default believes X-Forwarded-For from 127.0.0.1
+            forwarded_allow_ips=config.proxy,
+        )
     finally:
         lock.release()

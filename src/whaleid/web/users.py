@@ -7,8 +7,10 @@ import secrets
 import threading
 import time
 from collections import defaultdict, deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import TypeVar
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
@@ -17,10 +19,12 @@ from sqlalchemy import delete, func, select
 from whaleid.errors import UserError
 from whaleid.store.catalog import CatalogStore, now
 from whaleid.store.schema import LoginSession, User
+from whaleid.web.jobs import Refused
 
 ROLES = ("viewer", "reviewer", "admin")  # each may do what the ones before it may
 NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-@")
 MIN_PASSWORD = 10
+T = TypeVar("T")  # what a rate-limited password check answers
 _hasher = PasswordHasher()
 _DUMMY = _hasher.hash("not a password")  # verified against when the name is unknown: same time either way
 
@@ -165,28 +169,44 @@ def _digest(token: str) -> str:
 
 
 class LoginLimiter:
-    """At most ``attempts`` failed logins per ``window`` seconds from one address, and for one name."""
+    """At most ``attempts`` failed password checks per ``window`` seconds from one address, and for one name.
+
+    A check is counted before it runs, under one lock (so concurrent guesses cannot all pass the count
+    before any is recorded), and uncounted when it succeeds; the slow hash check runs outside the lock."""
 
     def __init__(self, attempts: int = 5, window: float = 300.0):
         self.attempts, self.window = attempts, window
         self._failures: dict[str, deque] = defaultdict(deque)
         self._lock = threading.Lock()
 
-    def blocked(self, *keys: str) -> float:
-        """Seconds to wait before trying again (0 when allowed)."""
-        with self._lock:
-            waits = [self._wait(k) for k in keys]
-        return max(waits, default=0.0)
+    def checked(self, keys: tuple[str, ...], check: Callable[[], T | None]) -> T | None:
+        """What ``check()`` answers (None: a wrong password); refused with 429 when a key has had its fill."""
+        stamp = self._reserve(keys)
+        found = check()
+        if found is not None:
+            with self._lock:
+                for key in keys:
+                    if stamp in self._failures.get(key, ()):
+                        self._failures[key].remove(stamp)
+        return found
 
-    def failed(self, *keys: str) -> None:
+    def _reserve(self, keys: tuple[str, ...]) -> float:
         with self._lock:
+            wait = max((self._wait(k) for k in keys), default=0.0)
+            if wait:
+                raise Refused(429, f"too many failed logins: try again in {int(wait) + 1} s")
+            stamp = time.monotonic()
             for key in keys:
-                self._failures[key].append(time.monotonic())
+                self._failures[key].append(stamp)
+            return stamp
 
     def _wait(self, key: str) -> float:
         times = self._failures[key]
         while times and times[0] < time.monotonic() - self.window:
             times.popleft()
+        if not times:
+            del self._failures[key]  # names and addresses tried once do not pile up
+            return 0.0
         if len(times) < self.attempts:
             return 0.0
-        return times[0] + self.window - time.monotonic()
+        return max(times[0] + self.window - time.monotonic(), 0.001)

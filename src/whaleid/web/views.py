@@ -15,6 +15,8 @@ CURVE_POINTS = 200
 
 
 def photo_view(photo: Photo, encounters: dict[int, Encounter] | None = None) -> dict:
+    """A photo as pages show it; ``seen`` is when the animal was photographed (EXIF, else the encounter's
+    date), None when unknown: never the import date, which says nothing about the animal."""
     encounter = (encounters or {}).get(photo.encounter_id)
     return {
         "id": photo.id,
@@ -22,6 +24,7 @@ def photo_view(photo: Photo, encounters: dict[int, Encounter] | None = None) -> 
         "state": photo.state,
         "version": photo.version,
         "taken_at": photo.taken_at,
+        "seen": (photo.taken_at or "")[:10] or (encounter.date if encounter else None),
         "added_at": photo.added_at.isoformat(timespec="seconds"),
         "encounter": photo.encounter_id,
         "encounter_date": encounter.date if encounter else None,

@@ -24,6 +24,7 @@ function setupReview(root) {
   const go = (url) => { window.location.href = url; };
   const nextUrl = () => (root.dataset.next ? `/review/${root.dataset.next}` : "/review");
   let busy = false;
+  let armed = false; // Z pressed once on a photo with nothing to undo: a second Z undoes the tab's last decision
 
   async function decide(body, label) {
     if (busy) return;
@@ -33,7 +34,7 @@ function setupReview(root) {
     say(`${label}…`);
     try {
       const done = await api("POST", `/api/photos/${photo}/decision`, { ...body, version: Number(root.dataset.version) });
-      sessionStorage.setItem("whaleid-last", JSON.stringify({ decision: done.decision, photo }));
+      sessionStorage.setItem("whaleid-last", JSON.stringify({ decision: done.decision, photo, label }));
       say(`${label}: done (decision ${done.decision}).`);
       go(nextUrl());
     } catch (error) {
@@ -50,18 +51,30 @@ function setupReview(root) {
     return decide({ kind: "confirm", individual: id }, `Confirmed as ${id}`);
   }
 
+  // Z undoes the decision of the photo on screen. On a photo without one, it says which decision it would
+  // undo instead (this tab's last, made on another photo) and a second Z does it.
   async function undo() {
     if (busy) return;
     const last = JSON.parse(sessionStorage.getItem("whaleid-last") || "null");
-    const decision = last ? last.decision : Number(root.dataset.lastDecision) || null;
-    if (!decision) return say("Nothing to undo.", true);
+    const own = Number(root.dataset.lastDecision) || null;
+    if (own) return undoDecision(own, photo, last && last.decision === own);
+    if (!last) return say("This photo has no decision to undo.", true);
+    if (!armed) {
+      armed = true;
+      return say(`This photo has no decision to undo. Press Z again to undo your last one: “${last.label}” on photo ${last.photo}.`);
+    }
+    return undoDecision(last.decision, last.photo, true);
+  }
+
+  async function undoDecision(decision, of, forgetLast) {
     busy = true;
+    say(`Undoing the decision on photo ${of}…`);
     try {
       await api("POST", `/api/decisions/${decision}/undo`);
-      sessionStorage.removeItem("whaleid-last");
-      go(`/review/${last ? last.photo : photo}`);
+      if (forgetLast) sessionStorage.removeItem("whaleid-last");
+      go(`/review/${of}`);
     } catch (error) {
-      sessionStorage.removeItem("whaleid-last");
+      if (forgetLast) sessionStorage.removeItem("whaleid-last");
       say(error.message, true);
       busy = false;
     }
@@ -82,9 +95,9 @@ function setupReview(root) {
   }));
   document.addEventListener("keydown", (event) => {
     if (event.ctrlKey || event.metaKey || event.altKey || /INPUT|TEXTAREA|SELECT/.test(event.target.tagName)) return;
-    const key = event.key.toLowerCase();
-    if (!document.getElementById("compare").hidden) { if (key === "escape") closeCompare(); return; }
-    if (/^[1-5]$/.test(key)) confirmRank(Number(key));
+    const key = event.key.toLowerCase(); // every key works in the comparison too: it is where one decides
+    if (key === "escape" && !document.getElementById("compare").hidden) closeCompare();
+    else if (/^[1-5]$/.test(key)) confirmRank(Number(key));
     else if (key === "n") actions.new();
     else if (key === "u") actions.unsure();
     else if (key === "z") actions.undo();
@@ -93,7 +106,7 @@ function setupReview(root) {
     else return;
     event.preventDefault();
   });
-  setupCompare();
+  setupCompare(photo);
 }
 
 // Side-by-side comparison: the query and a candidate photo, zoomed and panned together.
@@ -107,12 +120,25 @@ function applyView() {
 
 function closeCompare() { document.getElementById("compare").hidden = true; }
 
-function setupCompare() {
+// Each side says what it shows: the query (which photo, which view) and the candidate (rank, individual).
+function setupCompare(photo) {
   const overlay = document.getElementById("compare");
   const query = document.getElementById("query-crop");
+  const full = document.getElementById("query-full");
+  const show = (side, img, label) => {
+    document.getElementById(`compare-${side}`).src = img.dataset.full;
+    document.getElementById(`compare-${side}-label`).textContent = label;
+  };
   document.querySelectorAll("img.zoomable").forEach((img) => img.addEventListener("click", () => {
-    document.getElementById("compare-left").src = (img === query ? document.getElementById("query-full") : query).dataset.full;
-    document.getElementById("compare-right").src = img.dataset.full;
+    const candidate = img.closest(".candidate");
+    const other = img === query ? full : query;
+    show("left", candidate ? query : other, `Query: photo ${photo}${candidate ? "" : `, ${other.alt}`}`);
+    if (candidate) {
+      const { rank, individual } = candidate.dataset;
+      show("right", img, `Candidate ${rank}: ${individual} (${rank} confirms)`);
+    } else {
+      show("right", img, `Query: photo ${photo}, ${img.alt}`);
+    }
     Object.assign(view, { scale: 1, x: 0, y: 0 });
     applyView();
     overlay.hidden = false;
@@ -174,9 +200,11 @@ async function watchJob(job) {
     if (state.state === "done") {
       const r = state.result;
       status.textContent = `Done: ${r.added} photos added, ${r.duplicates} already in the catalog, ${r.rejected.length} could not be used.`;
-      const link = document.getElementById("review-link");
-      link.href = `/review?encounter=${state.encounter}`;
-      link.hidden = false;
+      if (r.added) { // only photos added wait for review
+        const link = document.getElementById("review-link");
+        link.href = `/review?encounter=${state.encounter}`;
+        link.hidden = false;
+      }
       return;
     }
     if (state.state === "failed") { status.textContent = `Failed: ${state.error}`; return; }
@@ -195,6 +223,7 @@ function setupUpload(form) {
     const list = document.getElementById("file-list");
     const status = document.getElementById("job-status");
     document.getElementById("upload-status").hidden = false;
+    document.getElementById("review-link").hidden = true; // until this upload's job is done with photos added
     list.replaceChildren();
     try {
       const job = (await api("POST", "/api/uploads", fields)).id;

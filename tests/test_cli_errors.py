@@ -1,7 +1,9 @@
 """Bad invocations end in one clear line and a non-zero exit, never a traceback."""
 
+import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -13,8 +15,11 @@ from typer.testing import CliRunner
 
 from whaleid.__main__ import app
 from whaleid.model.embed import Embeddings
+from whaleid.model.keypoints import KeypointConfig
+from whaleid.preprocess.crops import CROP_COLUMNS
 
 runner = CliRunner()
+MINE = "a file of the user's\n"
 TINY = [
     "--backbone",
     "test_efficientnet",
@@ -84,6 +89,26 @@ def world(tmp_path_factory):
     (root / "truth.csv").write_text("image,species,individual_id\na.jpg,x,w1\n")
     (root / "ragged.csv").write_text("image,species,individual_id\na.jpg,x,w1,extra\nb.jpg,x,w2\n")
     os.symlink("/dev/null", root / "devnull.csv")
+    (root / "a_file.txt").write_text(MINE)  # where a folder is wanted: must be refused and left as it is
+    (root / "not_weights.pth").write_bytes(b"plain text, not a torch file\n")
+    result = invoke("train", w["four"], "--out", root / "tiny", "--epochs", 1, *TINY)
+    assert result.exit_code == 0, result.output
+    w["tiny"] = root / "tiny"
+    w["std0"] = shutil.copytree(w["tiny"], root / "std0")
+    meta = json.loads((w["std0"] / "model.json").read_text())
+    meta["model"]["std"] = [0.5, 0.0, 0.5]  # the weights' digest still matches: only the JSON was edited
+    (w["std0"] / "model.json").write_text(json.dumps(meta))
+    ok_row = ["a.jpg", 0, 0, 48, 40, 48, 40, 0.5, 0.9, "ok", ""]
+    for name, cell in (("crops_ok", 0), ("crops_empty", ""), ("crops_text", "left")):
+        rows = [CROP_COLUMNS, [ok_row[0], cell, *ok_row[2:]]]
+        with open(root / f"{name}.csv", "w", newline="") as f:
+            csv.writer(f).writerows(rows)
+    w["cut_keypoints"] = vectors(root / "cut_keypoints")
+    meta = json.loads((w["cut_keypoints"] / "embeddings.json").read_text())
+    (w["cut_keypoints"] / "embeddings.json").write_text(json.dumps({**meta, "keypoints": KeypointConfig().to_dict()}))
+    (w["cut_keypoints"] / "keypoints.npz").write_bytes(b"PK\x03\x04" + bytes(200))  # a zip cut short
+    w["zip_vectors"] = vectors(root / "zip_vectors")
+    (w["zip_vectors"] / "vectors.npy").write_bytes(b"PK\x03\x04" + bytes(200))
     return w
 
 
@@ -209,6 +234,182 @@ BAD = {
     ],
     "explore sheet columns 0": lambda w: ["explore", w["four"], "--out", w["root"] / "x", "--sheet-columns", 0],
     "synth min above max": lambda w: ["synth", "--out", w["root"] / "y", "--min-photos", 5, "--max-photos", 2],
+    # an output path of the wrong kind: refused before any work, the file in the way left as it is
+    "split out is a file": lambda w: ["split", w["four"], "--out", w["root"] / "a_file.txt"],
+    "embed out is a file": lambda w: ["embed", w["four"], "--model", w["tiny"], "--out", w["root"] / "a_file.txt"],
+    "embed out under a file": lambda w: [
+        "embed",
+        w["four"],
+        "--model",
+        w["tiny"],
+        "--out",
+        w["root"] / "a_file.txt" / "e",
+    ],
+    "train out is a file": lambda w: ["train", w["four"], "--out", w["root"] / "a_file.txt", *TINY],
+    "explore out is a file": lambda w: ["explore", w["four"], "--out", w["root"] / "a_file.txt"],
+    "explore sheet is a folder": lambda w: [
+        "explore",
+        w["four"],
+        "--out",
+        w["root"] / "x",
+        "--crops",
+        w["root"] / "crops_ok.csv",
+        "--sheet",
+        w["root"] / "empty_dir",
+    ],
+    "identify out is a folder": lambda w: ["identify", w["gallery"], w["gallery"], "--out", w["root"] / "empty_dir"],
+    "identify save is a file": lambda w: [
+        "identify",
+        w["gallery"],
+        w["gallery"],
+        "--out",
+        w["root"] / "p.csv",
+        "--save",
+        w["root"] / "a_file.txt",
+    ],
+    "identify submission is a folder": lambda w: [
+        "identify",
+        w["gallery"],
+        w["gallery"],
+        "--out",
+        w["root"] / "p.csv",
+        "--submission",
+        w["root"] / "empty_dir",
+    ],
+    "evaluate out is a file": lambda w: [
+        "evaluate",
+        w["root"] / "preds.csv",
+        "--truth",
+        w["root"] / "truth.csv",
+        "--out",
+        w["root"] / "a_file.txt",
+    ],
+    "openset out is a folder": lambda w: [
+        "openset",
+        w["gallery"],
+        "--val",
+        w["gallery"],
+        "--out",
+        w["root"] / "empty_dir",
+    ],
+    "crop out is a file": lambda w: ["crop", w["four"], "--out", w["root"] / "a_file.txt"],
+    "cache root is a file": lambda w: ["cache", w["four"], "--cache-root", w["root"] / "a_file.txt"],
+    "synth out is a file": lambda w: ["synth", "--out", w["root"] / "a_file.txt"],
+    "pseudo-label out is a folder": lambda w: [
+        "pseudo-label",
+        w["tiny"],
+        w["four"],
+        w["four"],
+        "--out",
+        w["root"] / "empty_dir",
+    ],
+    # backbones and weights
+    "embed zero-shot unknown backbone": lambda w: [
+        "embed",
+        w["four"],
+        "--zero-shot",
+        "no_such_net",
+        "--out",
+        w["root"] / "e",
+    ],
+    "train unknown backbone": lambda w: [
+        "train",
+        w["four"],
+        "--out",
+        w["root"] / "t",
+        "--backbone",
+        "no_such_net",
+        "--no-pretrained",
+        "--workers",
+        0,
+    ],
+    "train weights not a torch file": lambda w: [
+        "train",
+        w["four"],
+        "--out",
+        w["root"] / "t",
+        *TINY,
+        "--weights",
+        w["root"] / "not_weights.pth",
+    ],
+    "train weights a broken zip": lambda w: [
+        "train",
+        w["four"],
+        "--out",
+        w["root"] / "t",
+        *TINY,
+        "--weights",
+        w["root"] / "junk.pt",
+    ],
+    "train weights of another model": lambda w: [
+        "train",
+        w["four"],
+        "--out",
+        w["root"] / "t",
+        *TINY,
+        "--weights",
+        w["tiny"] / "model.safetensors",
+    ],
+    "embed model with std 0": lambda w: ["embed", w["four"], "--model", w["std0"], "--out", w["root"] / "e"],
+    # damaged or edited artifacts
+    "explore crops empty box cell": lambda w: [
+        "explore",
+        w["four"],
+        "--out",
+        w["root"] / "x",
+        "--crops",
+        w["root"] / "crops_empty.csv",
+    ],
+    "explore crops box not a number": lambda w: [
+        "explore",
+        w["four"],
+        "--out",
+        w["root"] / "x",
+        "--crops",
+        w["root"] / "crops_text.csv",
+    ],
+    "identify truncated keypoints": lambda w: [
+        "identify",
+        w["gallery"],
+        w["cut_keypoints"],
+        "--out",
+        w["root"] / "p.csv",
+    ],
+    "identify vectors a broken zip": lambda w: [
+        "identify",
+        w["zip_vectors"],
+        w["gallery"],
+        "--out",
+        w["root"] / "p.csv",
+    ],
+}
+# What the line must name, where a case is about one file or option.
+SAYS = {
+    "split out is a file": "--out",
+    "embed out is a file": "a_file.txt is a file",
+    "embed out under a file": "a_file.txt is a file",
+    "train out is a file": "--out",
+    "explore out is a file": "--out",
+    "explore sheet is a folder": "--sheet",
+    "identify out is a folder": "is a folder",
+    "identify save is a file": "--save",
+    "identify submission is a folder": "--submission",
+    "evaluate out is a file": "--out",
+    "openset out is a folder": "is a folder",
+    "crop out is a file": "--out",
+    "cache root is a file": "--cache-root",
+    "synth out is a file": "--out",
+    "pseudo-label out is a folder": "is a folder",
+    "embed zero-shot unknown backbone": "Unknown timm model",
+    "train unknown backbone": "Unknown timm model",
+    "train weights not a torch file": "not_weights.pth is not a checkpoint",
+    "train weights a broken zip": "junk.pt is not a checkpoint",
+    "train weights of another model": "does not fit",
+    "embed model with std 0": "model.json",
+    "explore crops empty box cell": "crops_empty.csv: x0",
+    "explore crops box not a number": "crops_text.csv: x0",
+    "identify truncated keypoints": "keypoints.npz",
+    "identify vectors a broken zip": "vectors.npy",
 }
 
 
@@ -218,9 +419,11 @@ def test_bad_invocation_is_one_clear_line(world, case):
     assert result.exit_code == 2, (case, result.output, result.exception)
     assert isinstance(result.exception, SystemExit), result.exception
     assert "Traceback" not in result.output
-    assert "unexpected" not in result.output, result.output
+    assert "error: unexpected" not in result.output and "please report it" not in result.output, result.output
     message = [line for line in result.output.splitlines() if line.strip()]
     assert message and len(message[-1]) > 10, result.output
+    assert SAYS.get(case, "") in message[-1], result.output
+    assert (world["root"] / "a_file.txt").read_text() == MINE
 
 
 def test_unexpected_errors_are_one_line_unless_debug(tmp_path, monkeypatch):
@@ -309,3 +512,78 @@ def test_no_command_writes_outside_its_output_folder(tmp_path, monkeypatch):
     crops = pd.read_csv(work / "crops" / "crops.csv", keep_default_na=False)
     assert (crops["status"] == "ok").sum() == len(names)  # every photo read, none overwritten
     assert crops.set_index("image").loc["b.jpg", "mask"] != crops.set_index("image").loc["b.png", "mask"]
+
+
+def test_backbone_without_offline_weights_is_a_user_error(world, monkeypatch):
+    """A hub-only backbone offline: the message said what to do, but in an "unexpected ... report it" frame."""
+    import whaleid.model.pretrained
+
+    monkeypatch.setattr(whaleid.model.pretrained, "_hub_reachable", lambda: False)
+    for args in (
+        ["embed", world["four"], "--zero-shot", "resnet18", "--out", world["root"] / "e"],
+        [
+            "train",
+            world["four"],
+            "--out",
+            world["root"] / "t",
+            "--backbone",
+            "resnet18",
+            "--pretrained",
+            "--workers",
+            0,
+        ],
+    ):
+        result = invoke(*args)
+        assert result.exit_code == 2 and "unexpected" not in result.output, result.output
+        assert "huggingface.co is unreachable" in result.output and "tf_efficientnet_lite0" in result.output
+
+
+def test_disk_full_while_embed_writes(world, tmp_path, monkeypatch):
+    """numpy reports a full disk as a short write with no errno: it is the disk-full line, and no half folder."""
+
+    def full(*args, **kwargs):
+        raise OSError("15360 requested and 4064 written")
+
+    monkeypatch.setattr(np, "save", full)
+    out = tmp_path / "emb"
+    result = invoke("embed", world["four"], "--model", world["tiny"], "--out", out)
+    assert result.exit_code == 2, (result.output, result.exception)
+    assert "disk full while writing" in result.output and "vectors.npy" in result.output
+    assert "unexpected" not in result.output
+    assert not any(out.iterdir())  # neither vectors.npy, its temp file, nor an embeddings.json claiming completeness
+
+
+def test_two_cache_runs_started_together_both_finish(tmp_path):
+    """Two `whaleid cache` processes on one folder: one waits on the other's lock, both end well."""
+    csv_path = photos(tmp_path, [f"p{i}.jpg" for i in range(8)])
+    env = {k: v for k, v in os.environ.items() if k != "WHALEID_DEBUG"}
+    args = [sys.executable, "-m", "whaleid", "cache", str(csv_path), "--cache-root", str(tmp_path / "cache")]
+    args += ["--crop", "none", "--sizes", "32", "--workers", "1"]
+    runs = [
+        subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for _ in range(2)
+    ]
+    done = [(run.wait(timeout=120), *run.communicate()) for run in runs]
+    assert all(code == 0 for code, _, _ in done), done
+    assert all("Traceback" not in err for _, _, err in done), done
+    (crops,) = (tmp_path / "cache").glob("*/crops.csv")
+    assert sorted(pd.read_csv(crops)["image"]) == [f"p{i}.jpg" for i in range(8)]
+
+
+def test_a_name_with_a_carriage_return_is_one_row_of_crops_csv(tmp_path, monkeypatch):
+    """Minimal quoting leaves a bare CR, which readers take for a line end: crops.csv had rows "CR" and "name.jpg"."""
+    import whaleid.preprocess.crops
+    from conftest import centre_blob_masks
+
+    monkeypatch.setattr(whaleid.preprocess.crops, "saliency_masks", centre_blob_masks)
+    photos(tmp_path, ["a.jpg", "CR\rname.jpg"])
+    names = ["a.jpg", "CR\rname.jpg"]
+    table = pd.DataFrame({"image": names, "species": "x", "individual_id": ["i0", "i1"]})
+    table.to_csv(tmp_path / "cr.csv", index=False, quoting=csv.QUOTE_ALL)
+    result = invoke("crop", tmp_path / "cr.csv", "--out", tmp_path / "crops")
+    assert result.exit_code == 0, (result.output, result.exception)
+    crops = pd.read_csv(tmp_path / "crops" / "crops.csv", keep_default_na=False)
+    assert sorted(crops["image"]) == sorted(names)
+    result = invoke(
+        "explore", tmp_path / "cr.csv", "--out", tmp_path / "x", "--crops", tmp_path / "crops" / "crops.csv"
+    )
+    assert result.exit_code == 0, (result.output, result.exception)

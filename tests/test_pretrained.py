@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from PIL import Image
 from timm.data import create_transform
 
+from whaleid.errors import UserError
 from whaleid.model import pretrained as P
 from whaleid.model.pretrained import (
     LITE_MEAN,
@@ -240,7 +241,7 @@ def test_local_checkpoint_roundtrip(tmp_path: Path, lite0_sd):
     _assert_same_state(model.state_dict(), lite0_sd)
 
     torch.save({f"module.{k}": v for k, v in lite0_sd.items() if not k.startswith("bn1.")}, tmp_path / "cut.pt")
-    with pytest.raises(RuntimeError, match="missing=.*bn1"):
+    with pytest.raises(UserError, match="missing=.*bn1"):
         create_backbone(LITE0, pretrained=tmp_path / "cut.pt")
     with pytest.raises(FileNotFoundError):
         create_backbone(LITE0, pretrained=tmp_path / "nope.pth")
@@ -250,7 +251,7 @@ def test_local_checkpoint_roundtrip(tmp_path: Path, lite0_sd):
 
 
 def test_unknown_name_lists_similar():
-    with pytest.raises(ValueError, match="Unknown timm model") as err:
+    with pytest.raises(UserError, match="Unknown timm model") as err:
         create_backbone("tf_efficientnet_lite9")
     assert "tf_efficientnet_lite0" in str(err.value)
     with pytest.raises(ValueError, match="resnet"):
@@ -267,13 +268,13 @@ def test_hub_failure_names_offline_choices(monkeypatch):
 
     monkeypatch.setattr(timm, "create_model", offline)
     monkeypatch.setattr(P, "_hub_reachable", lambda: True)
-    with pytest.raises(RuntimeError, match="tf_efficientnet_lite0") as err:
+    with pytest.raises(UserError, match="tf_efficientnet_lite0") as err:
         create_backbone("resnet18")
     assert "huggingface" in str(err.value)
 
     # no network at all: fail at once instead of after the hub client's retries
     monkeypatch.setattr(P, "_hub_reachable", lambda: False)
-    with pytest.raises(RuntimeError, match="unreachable.*tf_efficientnet_lite0"):
+    with pytest.raises(UserError, match="unreachable.*tf_efficientnet_lite0"):
         create_backbone("resnet18")
 
 

@@ -3,11 +3,9 @@
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import threading
-import time
 
 import pandas as pd
 import pytest
@@ -17,6 +15,7 @@ from PIL import Image
 from sqlalchemy import func, inspect, select
 from typer.testing import CliRunner
 
+from processes import kill_when
 from whaleid.__main__ import app
 from whaleid.data.catalog import read_catalog
 from whaleid.errors import UserError
@@ -187,15 +186,27 @@ def test_exports_feed_training_and_darwin_core(tmp_path, model, photos):
         store.export("xml", tmp_path / "x.xml")
 
 
-def test_exif_date_and_gps_are_read(tmp_path):
+def exif_photo(path, taken: str, latitude: tuple, longitude: tuple = (70.0, 6.0, 0.0)):
+    """A JPEG whose EXIF says when (DateTimeOriginal) and where (GPS, north and west) it was taken."""
     image = Image.new("RGB", (32, 32))
     exif = image.getexif()
-    exif.get_ifd(0x8769)[0x9003] = "2025:08:14 09:30:00"
-    exif.get_ifd(0x8825).update({1: "N", 2: (41.0, 30.0, 0.0), 3: "W", 4: (70.0, 6.0, 0.0)})
-    image.save(tmp_path / "gps.jpg", exif=exif)
-    assert photo_exif(tmp_path / "gps.jpg") == ("2025-08-14T09:30:00", 41.5, -70.1)
+    exif.get_ifd(0x8769)[0x9003] = taken
+    exif.get_ifd(0x8825).update({1: "N", 2: latitude, 3: "W", 4: longitude})
+    image.save(path, exif=exif)
+    return path
+
+
+def test_exif_date_and_gps_are_read(tmp_path):
+    gps = exif_photo(tmp_path / "gps.jpg", "2025:08:14 09:30:00", (41.0, 30.0, 0.0))
+    assert photo_exif(gps) == ("2025-08-14T09:30:00", 41.5, -70.1)
     Image.new("RGB", (8, 8)).save(tmp_path / "plain.png")
     assert photo_exif(tmp_path / "plain.png") == (None, None, None)
+
+
+def test_nonsense_exif_dates_and_places_are_not_kept(tmp_path):
+    """Darwin Core exports carry them: a month 13 or a latitude of 95 is dropped, the rest kept."""
+    odd = exif_photo(tmp_path / "odd.jpg", "2025:13:45 99:00:00", (95.0, 0.0, 0.0))
+    assert photo_exif(odd) == (None, None, -70.1)
 
 
 SLOW_ADD = """
@@ -221,12 +232,7 @@ def test_add_killed_mid_batch_then_run_again_keeps_everything_once(tmp_path, mod
     batch = [str(p) for p in photos["season"][1:6]]
     marker = tmp_path / "embedded"
     child = subprocess.Popen([sys.executable, "-c", SLOW_ADD, str(store.dir), str(marker), *batch])
-    deadline = time.time() + 120
-    while not marker.exists() and time.time() < deadline and child.poll() is None:
-        time.sleep(0.2)
-    assert marker.exists(), "the child never reached the middle of its add"
-    os.kill(child.pid, signal.SIGKILL)
-    child.wait(30)
+    kill_when(marker, child, 120, "the middle of its add")
     assert store.stats()["photos"] == len(photos["known"]) + 1  # no half rows
     again = store.add(batch)
     assert len(again.added) == 5 and not again.duplicates

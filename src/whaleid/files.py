@@ -34,12 +34,16 @@ __all__ = [
     "disk_full_as_user_error",
     "inside",
     "is_disk_full",
+    "output_path",
     "read_user_csv",
     "safe_name",
+    "spreadsheet_safe",
 ]
 
 #: errno values that mean "no room left": the device, the user's quota, or the file size limit.
 DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+#: numpy's ``tofile`` (under ``np.save``) reports a full disk as a short write with no errno.
+_SHORT_WRITE = re.compile(r"\d+ requested and \d+ written")
 _TMP = re.compile(r"\.wid(\d+)\.[a-z0-9_]+\.tmp")
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
 #: Readable part of a safe name; with the hash and suffix a name stays far below the usual 255-byte limit.
@@ -82,13 +86,49 @@ def read_user_csv(path: str | os.PathLike, what: str, **kwargs) -> pd.DataFrame:
         raise UserError(f"cannot read {what} {path}: {error.strerror or error}") from None
 
 
+def spreadsheet_safe(table: pd.DataFrame) -> pd.DataFrame:
+    """``table`` with a quote before every text cell a spreadsheet would run as a formula (``=``, ``+``,
+    ``-``, ``@``, a tab or CR first): exported CSVs carry ids and notes people typed, and are opened in
+    spreadsheets. Numbers (a negative latitude) stay numbers."""
+    formula = ("=", "+", "-", "@", "\t", "\r")
+    return table.apply(
+        lambda column: (
+            column.map(lambda v: f"'{v}" if isinstance(v, str) and v.startswith(formula) else v)
+            if column.dtype == object or pd.api.types.is_string_dtype(column.dtype)
+            else column
+        )
+    )
+
+
 def is_disk_full(error: BaseException) -> bool:
-    """An errno of :data:`DISK_FULL` anywhere in the chain (libraries often wrap the OSError)."""
+    """An errno of :data:`DISK_FULL`, or numpy's errno-less short write, anywhere in the chain (libraries wrap them)."""
     chain: list[BaseException] = []
     while error is not None and error not in chain:
         chain.append(error)
         error = error.__cause__ or error.__context__
-    return any(isinstance(e, OSError) and e.errno in DISK_FULL for e in chain)
+    return any(
+        isinstance(e, OSError) and (e.errno in DISK_FULL or (e.errno is None and _SHORT_WRITE.fullmatch(str(e))))
+        for e in chain
+    )
+
+
+def output_path(path: str | os.PathLike, option: str, folder: bool) -> None:
+    """Check an output ``path`` before any work: a folder option refuses a file, a file option a folder.
+
+    Found only at the end, these cost the whole run and gave ``FileExistsError``; the
+    file in the way is left as it is. A file among its parents is refused too.
+    """
+    path = Path(path)
+    wanted = "a folder" if folder else "a file name"
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise UserError(f"{option} {path}: {parent} is a file, not a folder; give {wanted} elsewhere")
+            break
+    if folder and path.exists() and not path.is_dir():
+        raise UserError(f"{option} {path} is a file, not a folder: give a folder (it is made if missing)")
+    if not folder and path.is_dir():
+        raise UserError(f"{option} {path} is a folder: give a file name, not a folder")
 
 
 @contextlib.contextmanager

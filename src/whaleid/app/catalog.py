@@ -54,10 +54,12 @@ def import_(
 def add(
     directory: Path,
     photos: list[Path] = typer.Argument(..., help="Photo files of a survey."),
-    date: Optional[str] = typer.Option(None, "--date", help="Encounter date (ISO)."),
+    date: Optional[str] = typer.Option(
+        None, "--date", help="Encounter date, ISO 8601 (2026-07-01 or 2026-07-01T14:30)."
+    ),
     place: Optional[str] = typer.Option(None, "--place"),
-    latitude: Optional[float] = typer.Option(None, "--lat", min=-90, max=90),
-    longitude: Optional[float] = typer.Option(None, "--lon", min=-180, max=180),
+    latitude: Optional[float] = typer.Option(None, "--lat", help="Decimal degrees, -90 to 90."),
+    longitude: Optional[float] = typer.Option(None, "--lon", help="Decimal degrees, -180 to 180."),
     observer: Optional[str] = typer.Option(None, "--observer"),
     notes: Optional[str] = typer.Option(None, "--notes"),
 ):
@@ -126,11 +128,14 @@ def reindex(
 @command("export", group=catalog_app)
 def export(
     directory: Path,
-    out: Path = typer.Option(..., help="The CSV to write."),
+    out: Path = typer.Option(..., help="The CSV to write (outside the catalog folder)."),
     format_: str = typer.Option("happywhale", "--format", help="happywhale, decisions or dwc (Darwin Core)."),
+    force: bool = typer.Option(
+        False, "--force", help="Replace --out even when it is not an earlier export of this format."
+    ),
 ):
     """The grown catalog as a Happywhale CSV, the decision log, or Darwin Core occurrences."""
-    rows = _store(directory).export(format_, out)
+    rows = _store(directory).export(format_, out, force=force)
     console.print(f"{rows} rows -> {out}" + (f" (photos in {directory / 'photos'})" if format_ == "happywhale" else ""))
 
 

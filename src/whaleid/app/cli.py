@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from whaleid.errors import UserError
-from whaleid.files import atomic_path, is_disk_full
+from whaleid.files import atomic_path, is_disk_full, output_path
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False)
 console = Console()
@@ -184,6 +184,7 @@ def split(
 
     if folds == 1:
         raise typer.BadParameter("--folds must be 0 (no folds) or at least 2", param_hint="--folds")
+    output_path(out, "--out", folder=True)
     catalog = keep_min(read_catalog(csv, images), min_photos)
     known, new = open_set_split(catalog, new_fraction, seed=seed)
     known.to_csv(out / "known.csv")
@@ -244,6 +245,7 @@ def embed(
     from whaleid.model.keypoints import KeypointConfig
     from whaleid.preprocess.prepare import PreprocessConfig
 
+    output_path(out, "--out", folder=True)
     embedder = embedder_for(model, zero_shot, img_size, tta, batch_size, ensemble, engine)
     embedder.keypoints = KeypointConfig() if keypoints else None
     recorded = PreprocessConfig.from_dict(embedder.preprocess)
@@ -302,6 +304,11 @@ def identify(
 
     if per_species and calibrate is None:
         raise typer.BadParameter("--per-species needs --calibrate VAL_EMBEDDINGS")
+    output_path(out, "--out", folder=False)
+    if save:
+        output_path(save, "--save", folder=True)
+    if submission:
+        output_path(submission, "--submission", folder=False)
     policy = "per-species" if per_species else "rate" if new_rate is not None and calibrate is None else "sweep"
     g = Embeddings.load(gallery)
     reranking = rerank_config(g, rerank, local_weight)
@@ -360,6 +367,8 @@ def evaluate(
     from whaleid.model.embed import Embeddings
     from whaleid.search.predictions import Predictions
 
+    if out is not None:
+        output_path(out, "--out", folder=True)
     known = Embeddings.load(gallery).table["individual_id"].tolist() if gallery is not None else None
     report, sweep = Predictions.load(predictions).evaluate(read(truth, check_images=False).table, str(truth), known)
     console.print(
@@ -384,6 +393,8 @@ def openset(
     from whaleid.model.embed import Embeddings
     from whaleid.search.openset import calibrated_open_set
 
+    if out is not None:
+        output_path(out, "--out", folder=False)
     v, t = Embeddings.load(val), Embeddings.load(test)
     v.require_labels("the validation embeddings")
     t.require_labels("the test embeddings")
@@ -427,6 +438,7 @@ def crop(
     from whaleid.preprocess.crops import CropSettings, crop_catalog, write_crop_table
 
     settings = CropSettings(threshold, enlarge, square, min_area, region, clahe)
+    output_path(out, "--out", folder=True)
     catalog = read_catalog(csv, images, require_labels=False, check=False)
     table = crop_catalog(catalog, settings, masks_dir=out, batch_size=batch_size, workers=workers)
     crops_csv, failures_csv = write_crop_table(table, out)
@@ -461,6 +473,7 @@ def cache(
     from whaleid.preprocess.crops import CropSettings
     from whaleid.preprocess.prepare import box_table
 
+    output_path(root, "--cache-root", folder=True)
     saliency = CropSettings.from_json(crop_settings) if crop_settings else CropSettings()
     try:
         size_list = tuple(int(s) for s in sizes.split(","))
@@ -495,6 +508,9 @@ def explore(
 
     if sheet and not crops:
         raise typer.BadParameter("--sheet needs --crops")
+    output_path(out, "--out", folder=True)
+    if sheet:
+        output_path(sheet, "--sheet", folder=False)
     catalog = read_catalog(csv, images, require_labels=False)
     table = read_crop_table(crops) if crops else None
     index = build_explorer(
@@ -523,5 +539,6 @@ def synth(
     """Synthetic catalog of dorsal-fin photos, identity carried by trailing-edge nicks."""
     from whaleid.data.synth import make_catalog
 
+    output_path(out, "--out", folder=True)
     csv = make_catalog(out, individuals, (min_photos, max_photos), size, seed, progress=True)
     console.print(f"synthetic catalog -> {csv}")

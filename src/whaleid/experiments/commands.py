@@ -26,6 +26,7 @@ from whaleid.app.cli import (
     prepared,
     read_catalog,
 )
+from whaleid.files import output_path
 
 ConfigOpt = typer.Option(None, "--config", help="A recipe YAML (configs/*.yaml); its train section sets the defaults.")
 SetOpt = typer.Option(None, "--set", help="Override one setting, e.g. --set train.epochs=3 (repeatable).")
@@ -74,6 +75,7 @@ def train(
     from whaleid.experiments.recipe import load_recipe, train_models
     from whaleid.preprocess.prepare import PreprocessConfig
 
+    output_path(out, "--out", folder=True)
     recipe = load_recipe(config, set_ or [])
     model = dict(backbone=backbone, img_size=img_size, embedding_dim=embedding_dim)
     run = dict(epochs=epochs, batch_size=batch_size, lr=lr, backbone_lr=backbone_lr, seed=seed, num_workers=workers)
@@ -120,6 +122,7 @@ def pseudo_label(
     from whaleid.preprocess.prepare import PreprocessConfig
     from whaleid.search.identify import Identifier, IdentifyConfig
 
+    output_path(out, "--out", folder=False)
     embedder = embedder_for(model, None, 0, tta, 32)
     preprocess = PreprocessConfig.from_dict(embedder.preprocess)
     g = embedder.embed_catalog(prepared(read_catalog(train_csv, images), preprocess, None, cache_root))
@@ -141,6 +144,7 @@ def run(
     """A whole recipe: Happywhale-style split, (k-fold) training, scoring, pseudo-label rounds."""
     from whaleid.experiments.recipe import load_recipe, run_recipe
 
+    output_path(out, "--out", folder=True)
     report = run_recipe(load_recipe(recipe_file, set_ or []), out)
     metrics = [k for k, v in report["rounds"][0].items() if not isinstance(v, dict)]
     rows = {k: {f"round {i}": r[k] for i, r in enumerate(report["rounds"])} for k in metrics}  # one column per round
@@ -163,6 +167,7 @@ def demo(
     """Zero-shot vs fine-tuned MAP@5 on held-out individuals, end to end on CPU."""
     from whaleid.experiments.demo import demo_catalog, format_report, load_demo_config, run_open_set
 
+    output_path(out, "--out", folder=True)
     settings = load_demo_config(config, set_ or [])
     report = run_open_set(read_catalog(demo_catalog(settings, out, data), None), settings, out, resume=resume)
     console.print(format_report(report), soft_wrap=True, highlight=False)

@@ -15,6 +15,7 @@ import json
 import os
 import time
 import warnings
+import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -185,7 +186,7 @@ def _load_array(path: Path, again: str) -> np.ndarray:
     """A .npy array, never a pickle (a pickle can run code)."""
     try:
         array = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as exc:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:  # a cut-short .npz is no zip
         raise UserError(f"{path} is not a valid array file ({_first_line(exc)}): {again}") from None
     if not isinstance(array, np.ndarray):  # an .npz archive
         array.close()

@@ -11,6 +11,7 @@ better than plain SIFT at no cost. A set of photos' keypoints is stored as three
 from __future__ import annotations
 
 import os
+import zipfile
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -146,7 +147,7 @@ class KeypointSet:
         try:
             with np.load(path, allow_pickle=False) as data:
                 offsets, xy, descriptors = data["offsets"], data["xy"], data["descriptors"]
-        except (OSError, ValueError, KeyError, EOFError) as error:
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:  # cut short: not a zip
             raise UserError(f"{path} is not a keypoints file ({str(error)[:80]}): {again}") from None
         expected = _empty(config).descriptors
         if (
@@ -211,7 +212,7 @@ class KeypointFiles:
         try:
             with np.load(path, allow_pickle=False) as data:
                 return Keypoints(data["xy"], data["descriptors"])
-        except (OSError, ValueError, KeyError, EOFError):
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
             raise UserError(
                 f"the keypoints of a photo are missing or unreadable ({path}): rebuild them "
                 "(`whaleid catalog reindex CATALOG` extracts every missing one)"

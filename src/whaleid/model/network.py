@@ -6,6 +6,7 @@ Inference models output raw embeddings; `whaleid.model.embed` normalises them on
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from numbers import Integral, Real
@@ -91,6 +92,15 @@ class ModelConfig:
             raise UserError(f"grad_checkpointing must be true or false, got {self.grad_checkpointing!r}")
         if self.output not in OUTPUTS:
             raise UserError(f"output must be one of {', '.join(OUTPUTS)}, got {self.output!r}")
+        for key in ("mean", "std"):  # an edited model.json with std 0 failed only inside a DataLoader worker
+            values = getattr(self, key)
+            numbers = isinstance(values, (list, tuple)) and len(values) == 3
+            numbers = numbers and all(
+                isinstance(v, Real) and not isinstance(v, bool) and math.isfinite(v) for v in values
+            )
+            if not numbers or (key == "std" and min(values) <= 0):
+                rule = "three finite numbers above 0" if key == "std" else "three finite numbers"
+                raise UserError(f"normalisation {key} must be {rule} (one per colour channel), got {values!r}")
 
 
 class EmbeddingModel(nn.Module):

@@ -27,6 +27,8 @@ import torch
 from timm.data import resolve_model_data_config
 from timm.models import split_model_name_tag
 
+from whaleid.errors import UserError
+
 __all__ = [
     "LITE_MEAN",
     "LITE_STD",
@@ -110,7 +112,7 @@ def _check_model_name(name: str) -> None:
     if not timm.is_model(name):
         similar = _similar_models(name)
         hint = f" Similar timm models: {', '.join(similar)}." if similar else ""
-        raise ValueError(
+        raise UserError(
             f"Unknown timm model {name!r}.{hint} Models with offline ImageNet weights: {', '.join(OFFLINE_WEIGHTS)}."
         )
 
@@ -263,22 +265,34 @@ def load_offline_weights(model: torch.nn.Module, name: str) -> None:
 
 
 def _read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
-    """State dict from a file, unwrapped from training-loop containers and DDP/compile prefixes."""
+    """State dict from a file, unwrapped from training-loop containers and DDP/compile prefixes.
+
+    Tensors only (safetensors, or ``torch.load(weights_only=True)``): a pickle that holds
+    code is refused, never run, and any file that is not a checkpoint is one UserError.
+    """
     if not path.is_file():
         raise FileNotFoundError(f"Checkpoint not found: {path}")
-    if path.suffix.lower() == ".safetensors":
-        from safetensors.torch import load_file
+    try:
+        if path.suffix.lower() == ".safetensors":
+            from safetensors.torch import load_file
 
-        obj: Any = load_file(str(path), device="cpu")
-    else:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+            obj: Any = load_file(str(path), device="cpu")
+        else:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except PermissionError:
+        raise UserError(f"cannot read the weights {path}: permission denied") from None
+    except Exception:  # noqa: BLE001 - unpickling, zip, safetensors, EOF errors all mean "not weights"; torch's text misleads
+        raise UserError(
+            f"{path} is not a checkpoint (not tensors saved by torch.save or safetensors, or cut short): "
+            "give a backbone state dict"
+        ) from None
     while isinstance(obj, Mapping) and not any(isinstance(v, torch.Tensor) for v in obj.values()):
         inner = next((obj[k] for k in _WRAPPER_KEYS if isinstance(obj.get(k), Mapping)), None)
         if inner is None:
             break
         obj = inner
     if not isinstance(obj, Mapping) or not obj:
-        raise ValueError(f"{path} does not contain a state dict (got {type(obj).__name__})")
+        raise UserError(f"{path} does not contain a state dict (got {type(obj).__name__})")
     state = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
     changed = True
     while changed:
@@ -291,11 +305,16 @@ def _read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
 
 
 def _load_local(model: torch.nn.Module, name: str, path: Path) -> None:
+    """A person's weights file: one that does not fit ``name`` is their error, said as a UserError."""
     state = _read_checkpoint(path)
     arch = split_model_name_tag(name)[0]
-    if _is_lukemelas(state) and arch in OFFLINE_WEIGHTS:
-        state = _convert_lukemelas(state, arch)
-    _load_checked(model, state, str(path))
+    try:
+        if _is_lukemelas(state) and arch in OFFLINE_WEIGHTS:
+            state = _convert_lukemelas(state, arch)
+        _load_checked(model, state, str(path))
+    except (KeyError, ValueError, RuntimeError) as error:
+        reason = error.args[0] if error.args else type(error).__name__  # a KeyError's str() adds quotes
+        raise UserError(f"{reason} (give weights of a {name} backbone)") from None
 
 
 def _hub_reachable(timeout: float = 2.0) -> bool:
@@ -336,14 +355,14 @@ def create_backbone(
             "pass pretrained=<path to a local .pth/.pt/.safetensors state dict>, or pretrained=False."
         )
         if not _hub_reachable():
-            raise RuntimeError(
+            raise UserError(
                 f"Cannot get pretrained weights for {name!r}: huggingface.co is unreachable. {advice} "
                 "(Weights already in the local Hugging Face cache load with HF_HUB_OFFLINE=1.)"
             )
         try:
             model = timm.create_model(name, pretrained=True, **timm_kwargs)
         except Exception as exc:
-            raise RuntimeError(
+            raise UserError(
                 f"Could not get pretrained weights for {name!r} from the timm/Hugging Face hub "
                 f"({type(exc).__name__}: {exc}). {advice}"
             ) from exc
@@ -354,7 +373,9 @@ def create_backbone(
         if not path.is_file():
             raise FileNotFoundError(f"pretrained checkpoint not found: {path}")
         if path.suffix.lower() not in _CHECKPOINT_SUFFIXES:
-            raise ValueError(f"Unsupported checkpoint type {path.suffix!r}; expected one of {_CHECKPOINT_SUFFIXES}")
+            raise UserError(
+                f"{path}: unsupported checkpoint type {path.suffix!r}; expected one of {', '.join(_CHECKPOINT_SUFFIXES)}"
+            )
         model = timm.create_model(name, pretrained=False, **timm_kwargs)
         _load_local(model, name, path)
         use_lite_norm = _offline_arch(name) is not None

@@ -9,6 +9,7 @@ datasets did, so the doubtful photos can be reviewed or boxed by hand.
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 from collections.abc import Iterator, Sequence
@@ -47,6 +48,8 @@ __all__ = [
 ]
 
 CROP_COLUMNS = ["image", "x0", "y0", "x1", "y1", "width", "height", "mask_area", "score", "status", "mask"]
+_PIXELS = ["x0", "y0", "x1", "y1", "width", "height"]  # whole numbers; -1 in the row of a photo that failed
+_NUMBERS = [*_PIXELS, "mask_area", "score"]
 #: Longest side of the mask PNGs kept for review: enough to see the outline, tiny on disk.
 MASK_SIDE = 256
 
@@ -250,19 +253,33 @@ def failures(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def write_crop_table(table: pd.DataFrame, out_dir: str | Path) -> tuple[Path, Path]:
-    """``crops.csv`` (every photo) and ``failures.csv`` (the rest), written atomically."""
+    """``crops.csv`` (every photo) and ``failures.csv`` (the rest), written atomically.
+
+    Every cell is quoted: a name with a carriage return, which minimal quoting leaves bare,
+    came back as two rows.
+    """
     out_dir = Path(out_dir)
     paths = out_dir / "crops.csv", out_dir / "failures.csv"
     for frame, path in zip((table, failures(table)), paths):
         with atomic_path(path) as tmp:
-            frame.to_csv(tmp, index=False)
+            frame.to_csv(tmp, index=False, quoting=csv.QUOTE_ALL)
     return paths
 
 
 def read_crop_table(path: str | Path) -> pd.DataFrame:
-    """A ``crops.csv`` as written by :func:`write_crop_table`; any other file is a :class:`UserError`."""
+    """A ``crops.csv`` as written by :func:`write_crop_table`; any other file, or a cell that should hold a
+    number and does not (an edited table), is a :class:`UserError` naming the file."""
     table = read_user_csv(path, "crop table", dtype={"image": str, "status": str, "mask": str}, keep_default_na=False)
     missing = [c for c in CROP_COLUMNS if c not in table.columns]
     if missing:
         raise UserError(f"{path}: not a crop table (missing {', '.join(missing)})")
-    return table
+    numbers = table[_NUMBERS].apply(pd.to_numeric, errors="coerce").astype(float)
+    wrong = ~np.isfinite(numbers)
+    wrong[_PIXELS] |= numbers[_PIXELS] % 1 != 0
+    if wrong.to_numpy().any():
+        row, column = next((r, c) for c in _NUMBERS for r in wrong.index[wrong[c]])
+        raise UserError(
+            f"{path}: {column} of {table.at[row, 'image'][:80]!r} is {table.at[row, column]!r}, not a "
+            f"{'whole number' if column in _PIXELS else 'number'}: write the table again with `whaleid crop`"
+        )
+    return table.assign(**numbers.astype({c: "int64" for c in _PIXELS}))

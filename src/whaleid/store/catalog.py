@@ -9,11 +9,12 @@ interrupted ``add`` leaves no half rows and re-running it finishes the batch.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,10 +24,10 @@ import pandas as pd
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session, aliased
 
-from whaleid.data.catalog import read_catalog
+from whaleid.data.catalog import CatalogError, read_catalog
 from whaleid.data.images import check_image, image_suffix
 from whaleid.errors import UserError
-from whaleid.files import atomic_path
+from whaleid.files import atomic_path, inside, spreadsheet_safe
 from whaleid.model.checkpoint import checkpoint_files, checkpoints
 from whaleid.model.embed import Embedder, Embeddings, embed_files
 from whaleid.model.keypoints import KeypointFiles
@@ -36,8 +37,8 @@ from whaleid.search.identify import SIDECAR, Identifier, IdentifyConfig
 from whaleid.search.index import ExactIndex
 from whaleid.search.rerank import RerankConfig
 from whaleid.settings import from_dict, to_dict
-from whaleid.store.db import is_current, migrate, open_engine, reading, sqlite_url
-from whaleid.store.exif import photo_exif
+from whaleid.store.db import check_new, database_file, migrate, open_catalog, open_engine, reading, sqlite_url
+from whaleid.store.exif import check_encounter, photo_exif
 from whaleid.store.schema import (
     Decision,
     Embedding,
@@ -73,6 +74,11 @@ class EncounterInfo:
     observer: str | None = None
     notes: str | None = None
 
+    def __post_init__(self) -> None:
+        """Refuse what Darwin Core exports would carry wrongly (a date that is not ISO 8601, a place off the
+        globe), here, so that every way in (the CLI, the web's upload form) says the same one line."""
+        check_encounter(self.date, self.latitude, self.longitude)
+
     def given(self) -> bool:
         return any(v is not None for v in vars(self).values())
 
@@ -100,14 +106,15 @@ class CatalogStore:
     def __init__(self, directory: str | os.PathLike, db: str | None = None):
         """The catalog in ``directory``, on its own database or on ``db`` (a URL) when given."""
         self.dir = Path(directory)
+        if self.dir.exists() and not self.dir.is_dir():
+            raise UserError(f"{self.dir} is a file, not a catalog folder: give the folder `whaleid catalog init` made")
         config_path = self.dir / CONFIG
         if not config_path.is_file():
             raise UserError(f"{self.dir} is not a whaleid catalog (no {CONFIG}): make one with `whaleid catalog init`")
-        self.config = json.loads(config_path.read_text(encoding="utf-8"))
+        self.config = _read_config(config_path)
         self.engine = open_engine(db or self.config.get("db") or sqlite_url(self.dir))
         self.read_engine = reading(self.engine)
-        if not is_current(self.engine):
-            migrate(self.engine)  # a catalog made by an older whaleid
+        open_catalog(self.engine)
         self._embedders: dict[int, Embedder] = {}
         self._gallery: tuple[tuple, Identifier | None] | None = None  # (stamp, gallery), see `gallery`
 
@@ -123,27 +130,44 @@ class CatalogStore:
 
     @classmethod
     def create(cls, directory: str | os.PathLike, model: str | os.PathLike, db: str | None = None) -> CatalogStore:
-        """A new catalog folder with its database (SQLite in the folder unless ``db`` is a URL) and first model."""
+        """A new catalog folder with its database (SQLite in the folder unless ``db`` is a URL) and first model.
+
+        A database that holds a catalog already is refused (two catalogs on one database would change
+        each other's model), and a failed ``init`` removes what it made, so that it can simply be re-run.
+        """
         directory = Path(directory)
+        if directory.exists() and not directory.is_dir():
+            raise UserError(f"{directory} is a file: give `whaleid catalog init` a new folder")
         if (directory / CONFIG).exists():
             raise UserError(f"{directory} is already a catalog")
         source = _model_source(Path(model))  # a bad model path fails here, before anything is written
-        directory.mkdir(parents=True, exist_ok=True)
-        (directory / "photos").mkdir(exist_ok=True)
         engine = open_engine(db or sqlite_url(directory))
-        migrate(engine)
-        engine.dispose()
-        with atomic_path(directory / CONFIG) as tmp:
-            tmp.write_text(json.dumps({"format": "whaleid.catalog/1", "db": db}, indent=2), encoding="utf-8")
-        store = cls(directory, db)
-        with store.session() as session, session.begin():
-            store._register_model(session, *source)
+        with _undone_on_failure(directory, database_file(engine)):
+            try:
+                directory.mkdir(parents=True, exist_ok=True)
+                (directory / "photos").mkdir(exist_ok=True)
+            except PermissionError as error:
+                raise UserError(
+                    f"cannot make {directory} ({error.strerror}): choose a folder you can write to"
+                ) from None
+            try:
+                check_new(engine)
+                migrate(engine)
+            finally:
+                engine.dispose()
+            with atomic_path(directory / CONFIG) as tmp:
+                tmp.write_text(json.dumps({"format": "whaleid.catalog/1", "db": db}, indent=2), encoding="utf-8")
+            store = cls(directory, db)
+            with store.session() as session, session.begin():
+                first = store._register_model(session, *source)
+                session.merge(Setting(key="active_model", value={"id": first.id}))
         return store
 
     def _register_model(
         self, session: Session, members: list[str], threshold, preprocess, reranking: dict | None = None
     ) -> Model:
-        """The model's checkpoint(s) (see :func:`_model_source`) copied in and made active."""
+        """The model's checkpoint(s) (see :func:`_model_source`) copied in; the caller makes it active once it has
+        its vectors (a catalog whose active model has none cannot match)."""
         version = (session.scalar(select(Model.version).order_by(Model.version.desc()).limit(1)) or 0) + 1
         copied = []
         for i, member in enumerate(members):
@@ -166,7 +190,6 @@ class CatalogStore:
         )
         session.add(row)
         session.flush()
-        session.merge(Setting(key="active_model", value={"id": row.id}))
         embedder.preprocess = preprocess
         self._embedders[row.id] = embedder  # built once, for this model's first embeddings too
         return row
@@ -352,9 +375,10 @@ class CatalogStore:
         result = AddResult()
         paths = [Path(p) for p in paths]
         names = [p.name for p in paths] if names is None else list(names)
+        readable = self._readable(paths, names, result, progress)
         with self.reader() as session:
             model = self.active_model(session)
-            fresh = self._copy_in(session, paths, names, result, progress)
+            fresh = self._copy_in(session, readable, result)
         vectors, fresh = self._embed_fresh(model, fresh, result, progress)
         if progress:  # (never inside the transaction: a listener may write progress to the same database)
             progress("matching", 0, len(fresh))
@@ -418,16 +442,11 @@ class CatalogStore:
             for s in session.scalars(select(Photo.sha256).where(Photo.sha256.in_(chunk)))
         }
 
-    def _copy_in(
-        self, session: Session, paths: list[Path], names: list[str], result: AddResult, progress=None
-    ) -> list[dict]:
-        """Readable photos not yet in the catalog, copied (atomically) under photos/; the rest recorded in ``result``.
-
-        A copy is named by its content (sha256) and its detected format, never by anything the user gave.
-        """
-        fresh, seen = [], set()
-        crop_status = "as model" if self._has_crop(session) else "none"
-        readable: list[tuple[Path, str, str]] = []
+    def _readable(
+        self, paths: list[Path], names: list[str], result: AddResult, progress=None
+    ) -> list[tuple[Path, str, str]]:
+        """(path, name, sha256) of the photos that can be read; the others recorded in ``result`` with their reason."""
+        readable = []
         for i, (path, name) in enumerate(zip(paths, names)):
             if progress and i % EMBED_CHUNK == 0:
                 progress("checking", i, len(paths))
@@ -436,6 +455,16 @@ class CatalogStore:
                 result.rejected.append((name, reason))
                 continue
             readable.append((path, name, hashlib.sha256(path.read_bytes()).hexdigest()))
+        return readable
+
+    def _copy_in(self, session: Session, readable: list[tuple[Path, str, str]], result: AddResult) -> list[dict]:
+        """Readable photos not yet in the catalog, copied (atomically) under photos/; the others recorded in
+        ``result`` as duplicates.
+
+        A copy is named by its content (sha256) and its detected format, never by anything the user gave.
+        """
+        fresh, seen = [], set()
+        crop_status = "as model" if self._has_crop(session) else "none"
         known = self._known(session, [digest for _, _, digest in readable])
         for path, original, digest in readable:
             if digest in seen or digest in known:
@@ -508,12 +537,15 @@ class CatalogStore:
         """An existing labelled catalog (Happywhale CSV + images): every photo added and confirmed as labelled."""
         catalog = read_catalog(csv, images, progress=True)
         result = AddResult(rejected=[(r.image, r.reason) for r in catalog.problems.itertuples()])
+        names = catalog.table["image"].tolist()  # unique in a catalog, unlike the file names of two folders
+        readable = self._readable([Path(p) for p in catalog.paths], names, result)
+        labels = dict(zip(names, catalog.table["individual_id"]))
         with self.session() as session, session.begin():
+            self._refuse_conflicts(session, csv, readable, labels)
             model = self.active_model(session)
-            paths = [Path(p) for p in catalog.paths]
-            fresh = self._copy_in(session, paths, [p.name for p in paths], result)
+            fresh = self._copy_in(session, readable, result)
             session.add_all(Rejected(original_name=n, reason=r, added_at=now()) for n, r in result.rejected)
-            by_name = dict(zip(catalog.table["path"].map(lambda p: Path(p).name), catalog.table.itertuples()))
+            by_name = dict(zip(names, catalog.table.itertuples()))
             vectors, ok = self.embed(model, [str(self.dir / "photos" / f["file"]) for f in fresh])
             individuals: dict[str, Individual] = {}
             kept = [f for f, good in zip(fresh, ok) if good]
@@ -538,6 +570,42 @@ class CatalogStore:
                 )
                 result.added.append(photo.id)
         return result
+
+    def _refuse_conflicts(
+        self, session: Session, csv: str | os.PathLike, readable: list[tuple[Path, str, str]], labels: dict[str, str]
+    ) -> None:
+        """One photo (the same bytes) under two individuals, in two rows or in a row and the catalog, is
+        refused naming both, as two rows of one image name are: keeping either label would be a guess."""
+        rows: dict[str, list[str]] = {}
+        for _, name, digest in readable:
+            rows.setdefault(digest, []).append(name)
+        clashes = [
+            " and ".join(f"{n} ({labels[n]})" for n in names)
+            for names in rows.values()
+            if len({labels[n] for n in names}) > 1
+        ]
+        query = select(Photo.sha256, Photo.file, Individual).join(Individual, Photo.individual_id == Individual.id)
+        for digest, file, individual in [
+            row
+            for chunk in _chunks(list(rows))
+            for row in session.execute(query.where(Photo.sha256.in_(chunk), Photo.state == "confirmed")).all()
+        ]:
+            known = self.resolve(session, individual).catalog_id
+            clashes += [
+                f"{n} ({labels[n]}) and the catalog's photos/{file} ({known})"
+                for n in rows[digest]
+                if self._resolved_id(session, labels[n]) != known
+            ]
+        if clashes:
+            raise CatalogError(
+                f"{csv}: {len(clashes)} photo(s) labelled as two individuals (the same bytes): "
+                f"{'; '.join(clashes[:5])}{' ...' if len(clashes) > 5 else ''}: keep one label per photo"
+            )
+
+    def _resolved_id(self, session: Session, catalog_id: str) -> str:
+        """The id an individual's id stands for now (merges followed); an id not in the catalog stands for itself."""
+        found = session.scalar(select(Individual).where(Individual.catalog_id == catalog_id))
+        return catalog_id if found is None else self.resolve(session, found).catalog_id
 
     def _individual(self, session: Session, catalog_id: str, species: str, name: str | None, reviewer: str):
         """The individual with this catalog id, made when it does not exist yet."""
@@ -740,7 +808,9 @@ class CatalogStore:
     ) -> int:
         """Every photo embedded again and the model made active: a new ``model`` (registered first), an
         earlier ``version``, or the active one. Decisions stay as they are. Photos are embedded outside
-        the write transaction, so review goes on meanwhile; photos added meanwhile are embedded at the end."""
+        the write transaction, so review goes on meanwhile; photos added meanwhile are embedded at the end.
+        The model becomes active in the transaction that stores its vectors: a reindex killed midway
+        leaves the catalog on its old model, never on one without vectors."""
         if model is not None:
             with self.session() as session, session.begin():
                 version = self._register_model(session, *_model_source(Path(model))).version
@@ -801,18 +871,34 @@ class CatalogStore:
 
     def table(self, kind: str) -> pd.DataFrame:
         """``happywhale`` (the grown catalog, to train the next model on), ``decisions`` (the event log) or
-        ``dwc`` (Darwin Core occurrences)."""
+        ``dwc`` (Darwin Core occurrences), with no text cell a spreadsheet would run as a formula."""
         exporters = {"happywhale": export_happywhale, "decisions": export_decisions, "dwc": export_dwc}
         if kind not in exporters:
             raise UserError(f"unknown export format {kind!r}; valid: {', '.join(exporters)}")
         with self.reader() as session:
-            return exporters[kind](session)
+            return spreadsheet_safe(exporters[kind](session))  # ids, names and notes people typed
 
-    def export(self, kind: str, path: str | os.PathLike) -> int:
-        """One of the :meth:`table` exports written as CSV; returns the rows written."""
+    def export(self, kind: str, path: str | os.PathLike, *, force: bool = False) -> int:
+        """One of the :meth:`table` exports written as CSV; returns the rows written.
+
+        Never inside the catalog folder nor over its database; a file that is there already is replaced
+        only when it is an earlier export of this kind (its header says so), or with ``force``.
+        """
+        path = Path(path)
         table = self.table(kind)
-        with atomic_path(Path(path)) as tmp:
-            table.to_csv(tmp, index=False)
+        database = database_file(self.engine)
+        ours = [database.with_name(database.name + s) for s in ("", "-wal", "-shm")] if database else []
+        if inside(path, self.dir) or any(inside(path, f) for f in ours):
+            raise UserError(f"{path} is in the catalog {self.dir}: write exports outside the catalog folder")
+        if path.is_dir():
+            raise UserError(f"{path} is a folder: give --out a file name")
+        if path.exists() and not force and _first_line(path) != ",".join(table.columns):
+            raise UserError(f"{path} exists and is not a {kind} export: choose another --out, or add --force")
+        try:
+            with atomic_path(path) as tmp:
+                table.to_csv(tmp, index=False)
+        except PermissionError as error:
+            raise UserError(f"cannot write {path} ({error.strerror}): choose a folder you can write to") from None
         return len(table)
 
     def model_input(self, file: str) -> Path:
@@ -846,6 +932,51 @@ class CatalogStore:
                 "decisions_per_reviewer": reviewers,
                 "new_individuals_per_encounter": {str(e): n for e, n in discovered},
             }
+
+
+def _first_line(path: Path) -> str:
+    """The first line of a file, as an export's header would be ("" when it is not text)."""
+    with open(path, "rb") as f:
+        head = f.readline(4096)
+    return head.decode("utf-8", "replace").rstrip("\r\n")
+
+
+def _read_config(path: Path) -> dict:
+    """``catalog.json``, or one line saying it is damaged and what it should hold."""
+    fix = 'restore it, or write {"format": "whaleid.catalog/1", "db": null} in it for a catalog on its own catalog.db'
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise UserError(f"{path} is damaged (not UTF-8 text): {fix}") from None
+    except json.JSONDecodeError as error:
+        raise UserError(f"{path} is damaged (not JSON: {error.msg}, line {error.lineno}): {fix}") from None
+    except OSError as error:
+        raise UserError(f"cannot read {path}: {error.strerror or error}") from None
+    if not isinstance(config, dict) or not isinstance(config.get("db"), str | None):
+        raise UserError(f"{path} is damaged (not a catalog's settings): {fix}")
+    return config
+
+
+@contextlib.contextmanager
+def _undone_on_failure(directory: Path, database: Path | None) -> Iterator[None]:
+    """Remove what a failed ``init`` made (folders, its SQLite files), never what was there before it."""
+    top = directory.absolute()
+    while not top.parent.exists():  # the first folder `init` will make, when it makes the catalog's folder
+        top = top.parent
+    made = [top] if not top.exists() else [directory / n for n in ("photos", "models", "index", "cache", CONFIG)]
+    if database is not None:
+        made += [database.with_name(database.name + suffix) for suffix in ("", "-wal", "-shm", "-journal")]
+    made = [path for path in made if not path.exists()]
+    try:
+        yield
+    except BaseException:
+        for path in made:
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+        raise
 
 
 def _load_vectors(path: Path) -> tuple[np.ndarray, np.ndarray]:

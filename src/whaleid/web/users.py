@@ -171,37 +171,55 @@ def _digest(token: str) -> str:
 class LoginLimiter:
     """At most ``attempts`` failed password checks per ``window`` seconds from one address, and for one name.
 
-    A check is counted before it runs, under one lock (so concurrent guesses cannot all pass the count
-    before any is recorded), and uncounted when it succeeds; the slow hash check runs outside the lock."""
+    A check takes a place before it runs, under one lock, and a key never has more places taken than
+    failures it may still have: concurrent guesses cannot all pass the count before any is recorded,
+    and right passwords beyond the places (a team behind one address) wait a moment rather than being
+    refused. The slow hash check runs outside the lock."""
 
-    def __init__(self, attempts: int = 5, window: float = 300.0):
-        self.attempts, self.window = attempts, window
+    def __init__(self, attempts: int = 5, window: float = 300.0, patience: float = 30.0):
+        self.attempts, self.window, self.patience = attempts, window, patience
         self._failures: dict[str, deque] = defaultdict(deque)
-        self._lock = threading.Lock()
+        self._running: dict[str, int] = defaultdict(int)
+        self._turn = threading.Condition()
 
     def checked(self, keys: tuple[str, ...], check: Callable[[], T | None]) -> T | None:
         """What ``check()`` answers (None: a wrong password); refused with 429 when a key has had its fill."""
-        stamp = self._reserve(keys)
-        found = check()
-        if found is not None:
-            with self._lock:
+        self._take(keys)
+        failed = False  # a check that broke (not a wrong password) gives its place back uncounted
+        try:
+            found = check()
+            failed = found is None
+        finally:
+            with self._turn:
                 for key in keys:
-                    if stamp in self._failures.get(key, ()):
-                        self._failures[key].remove(stamp)
+                    self._running[key] -= 1
+                    if not self._running[key]:
+                        del self._running[key]
+                    if failed:
+                        self._failures[key].append(time.monotonic())
+                self._turn.notify_all()
         return found
 
-    def _reserve(self, keys: tuple[str, ...]) -> float:
-        with self._lock:
-            wait = max((self._wait(k) for k in keys), default=0.0)
-            if wait:
-                raise Refused(429, f"too many failed logins: try again in {int(wait) + 1} s")
-            stamp = time.monotonic()
+    def _take(self, keys: tuple[str, ...]) -> None:
+        deadline = time.monotonic() + self.patience
+        with self._turn:
+            while True:
+                wait = max((self._wait(k) for k in keys), default=0.0)
+                if wait:
+                    raise Refused(429, f"too many failed logins: try again in {int(wait) + 1} s")
+                if all(len(self._failures.get(k, ())) + self._running.get(k, 0) < self.attempts for k in keys):
+                    break
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise Refused(429, "too many logins at once: try again in a few seconds")
+                self._turn.wait(left)
             for key in keys:
-                self._failures[key].append(stamp)
-            return stamp
+                self._running[key] += 1
 
     def _wait(self, key: str) -> float:
-        times = self._failures[key]
+        times = self._failures.get(key)
+        if times is None:
+            return 0.0
         while times and times[0] < time.monotonic() - self.window:
             times.popleft()
         if not times:

@@ -192,6 +192,7 @@ def _index_file(path, meta: dict, **arrays):
             "not a whaleid index file",
         ),
         (lambda p: _index_file(p, ["not", "a", "dict"]), "not a whaleid index file"),
+        (lambda p: p.write_bytes((b := _index_file(p, {}).read_bytes())[: len(b) // 2]), "not a whaleid index file"),
         (
             lambda p: _index_file(p, {"format": "whaleid.search.index", "version": 1, "kind": "annoy"}),
             "unknown index kind",

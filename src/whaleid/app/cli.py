@@ -236,7 +236,10 @@ def embed(
     background: Optional[str] = BackgroundOpt,
     cache_root: Path = CacheRootOpt,
     keypoints: bool = typer.Option(
-        False, help="Also extract SIFT keypoints (keypoints.npz), for `identify --rerank` and `openset --rerank`."
+        False, help="Also extract keypoints (keypoints.npz), for `identify --rerank` and `openset --rerank`."
+    ),
+    detector: str = typer.Option(
+        "aliked", help="With --keypoints: aliked (learned, matched by LightGlue), sift or orb."
     ),
     engine: str = EngineOpt,
 ):
@@ -247,7 +250,7 @@ def embed(
 
     output_path(out, "--out", folder=True)
     embedder = embedder_for(model, zero_shot, img_size, tta, batch_size, ensemble, engine)
-    embedder.keypoints = KeypointConfig() if keypoints else None
+    embedder.keypoints = KeypointConfig(detector=detector) if keypoints else None
     recorded = PreprocessConfig.from_dict(embedder.preprocess)
     preprocess = PreprocessConfig.from_options(crop, background, None, embedder.config.img_size, recorded)
     embedder.preprocess = None if preprocess is None else preprocess.to_dict()
@@ -260,7 +263,11 @@ def embed(
 
 @command()
 def identify(
-    gallery: Path = typer.Argument(..., help="Embeddings folder of the labelled catalog (from `whaleid embed`)."),
+    gallery: Path = typer.Argument(
+        ...,
+        help="Embeddings folder of the labelled catalog (from `whaleid embed`), or a saved Identifier "
+        "(`--save`), whose scorer, fusion and threshold are used as saved.",
+    ),
     queries: Path = typer.Argument(
         ..., help="Embeddings folder of the photos to identify, or a CSV of them (embedded with the gallery's model)."
     ),
@@ -268,9 +275,13 @@ def identify(
         None, "--images", help="Photo folder of a query CSV (default: images/ beside it)."
     ),
     out: Path = typer.Option(Path("predictions.csv"), help="CSV: image, predictions, candidates, scores."),
-    threshold: Optional[float] = typer.Option(None, help="new_individual below this score."),
+    threshold: Optional[float] = typer.Option(
+        None, help="new_individual below this score (with --rerank and --calibrate: this one, not a calibrated one)."
+    ),
     calibrate: Optional[Path] = typer.Option(
-        None, help="Embeddings of labelled validation photos: choose the threshold by best leave-one-out MAP@5."
+        None,
+        help="Embeddings of labelled validation photos: choose the threshold by best leave-one-out MAP@5 "
+        "(with --rerank, fit the fusion on them too).",
     ),
     new_rate: Optional[float] = typer.Option(
         None, min=0.0, max=1.0, help="Or choose the threshold so this share of queries is new."
@@ -287,7 +298,6 @@ def identify(
     index: str = typer.Option("exact", help="exact or faiss."),
     rerank: int = RerankOpt,
     local_weight: float = LocalWeightOpt,
-    tta: bool = typer.Option(False, help="Flip TTA when embedding a query CSV."),
     engine: str = EngineOpt,
     save: Optional[Path] = typer.Option(
         None, help="Also save the Identifier (index, ids, scorer, threshold, model) here."
@@ -298,37 +308,59 @@ def identify(
     ),
     cache_root: Path = CacheRootOpt,
 ):
-    """Top-5 individuals (or new_individual) for each query photo."""
+    """Top-5 individuals (or new_individual) for each query photo.
+
+    Query photos given as a CSV are prepared and embedded as the gallery's were (model, crop, flip TTA).
+    """
     from whaleid.model.embed import Embeddings
-    from whaleid.search.identify import Identifier, IdentifyConfig, identify_queries
+    from whaleid.search.identify import SIDECAR, Identifier, IdentifyConfig, identify_queries
 
     if per_species and calibrate is None:
         raise typer.BadParameter("--per-species needs --calibrate VAL_EMBEDDINGS")
+    if threshold is not None and (new_rate is not None or (calibrate is not None and not rerank)):
+        raise typer.BadParameter(
+            "--threshold is a threshold already chosen: give it, --calibrate or --new-rate, not two "
+            "(with --rerank, --calibrate fits the fusion and --threshold wins)"
+        )
     output_path(out, "--out", folder=False)
     if save:
         output_path(save, "--save", folder=True)
     if submission:
         output_path(submission, "--submission", folder=False)
-    policy = "per-species" if per_species else "rate" if new_rate is not None and calibrate is None else "sweep"
-    g = Embeddings.load(gallery)
-    reranking = rerank_config(g, rerank, local_weight)
-    config = IdentifyConfig(blend=blend or None, threshold=policy, new_rate=new_rate, index=index, rerank=reranking)
-    if reranking is not None and calibrate is None:
-        raise typer.BadParameter("--rerank learns its fusion on labelled photos: give --calibrate VAL_EMBEDDINGS")
-    identifier = Identifier.from_embeddings(g, config, threshold=threshold)
+    if (gallery / SIDECAR).is_file():  # a saved Identifier: ranked and thresholded as it was saved
+        if rerank or blend or per_species or new_rate is not None or index != "exact":
+            raise typer.BadParameter(
+                "a saved Identifier scores as it was saved: drop --rerank, --blend, --per-species, --new-rate "
+                "and --index (or identify from the gallery's embeddings folder)"
+            )
+        identifier = Identifier.load(gallery)
+        if threshold is not None:
+            identifier.threshold = threshold
+    else:
+        policy = "per-species" if per_species else "rate" if new_rate is not None and calibrate is None else "sweep"
+        g = Embeddings.load(gallery)
+        reranking = rerank_config(g, rerank, local_weight)
+        config = IdentifyConfig(blend=blend or None, threshold=policy, new_rate=new_rate, index=index, rerank=reranking)
+        if reranking is not None and calibrate is None:
+            raise typer.BadParameter(
+                "--rerank learns its fusion on labelled photos: give --calibrate VAL_EMBEDDINGS "
+                "(or identify with an Identifier saved with its fusion)"
+            )
+        identifier = Identifier.from_embeddings(g, config, threshold=threshold)
     if queries.is_dir():
         q = Embeddings.load(queries)
     else:  # embedded with the gallery's model, its photos prepared as the gallery's were
-        q = identifier.embed(
-            read_catalog(queries, images, require_labels=False), boxes, cache_root, tta_flip=tta, engine=engine
-        )
-    predictions = identify_queries(identifier, q, Embeddings.load(calibrate) if calibrate else None)
+        q = identifier.embed(read_catalog(queries, images, require_labels=False), boxes, cache_root, engine=engine)
+    predictions = identify_queries(
+        identifier, q, Embeddings.load(calibrate) if calibrate else None, keep_threshold=threshold is not None
+    )
     predictions.save(out)
     if save:
         identifier.save(save)
     if submission:
         predictions.write_submission(submission)
-    console.print(f"{len(predictions)} queries -> {out} (threshold: {_rounded(identifier.threshold)})")
+    said = " (given)" if threshold is not None else ""
+    console.print(f"{len(predictions)} queries -> {out} (threshold: {_rounded(identifier.threshold)}{said})")
 
 
 def rerank_config(embeddings, shortlist: int, local_weight: float):

@@ -25,6 +25,8 @@ from whaleid.search.rerank import RerankConfig
 from whaleid.settings import from_dict, load_yaml
 from whaleid.train import TrainConfig, train
 
+MATCHER_NAMES = {"lightglue": "LightGlue", "ratio": "ratio test", "mutual": "mutual neighbours"}  # the report's rows
+
 
 @dataclass
 class DemoConfig:
@@ -69,13 +71,14 @@ def score_embedder(
     embedder: Embedder, split: OpenSetSplit, rerank: RerankConfig | None = None, progress: bool = True
 ) -> dict[str, tuple[dict, pd.DataFrame, list[list[str]], list[str]]]:
     """Threshold from the validation individuals, metrics on the held-out ones: by the embeddings
-    alone ("") and, with ``rerank``, re-ranked (" + re-ranking"). Each: metrics, sweep, predictions, images."""
+    alone ("") and, with ``rerank``, re-ranked (" + <matcher> re-ranking"). Each: metrics, sweep, predictions, images."""
     embedder.keypoints = None if rerank is None else rerank.keypoints
     val, test = (embedder.embed_catalog(part, progress=progress) for part in (split.val, split.test))
     images = test.table["image"].tolist()
     scored = {"": (*calibrated_open_set(val, test), images)}
     if rerank is not None:
-        scored[" + re-ranking"] = (*calibrated_open_set(val, test, rerank), images)
+        matcher = f"{rerank.keypoints.detector.upper()} + {MATCHER_NAMES[rerank.match.matcher]}"
+        scored[f" + {matcher} re-ranking"] = (*calibrated_open_set(val, test, rerank), images)
     for metrics, *_ in scored.values():
         metrics["embed_photos_per_s"] = photos_per_second(embedder)
     return scored

@@ -142,13 +142,14 @@ def score(parts: dict[str, Embeddings], recipe: Recipe) -> Scored:
     if config.threshold == "rate" and config.new_rate is None:
         config = replace(config, new_rate=float(np.mean([t == NEW_INDIVIDUAL for t in val_truths])))
     on_fit = Identifier.from_embeddings(fit, config)
-    if config.rerank is not None:
-        on_fit.fit_fusion(val)
-    scorer = Identifier.from_embeddings(gallery, config, fusion=on_fit.fusion)
     if config.threshold == "rate":
+        if config.rerank is not None:
+            on_fit.fit_fusion(val)
+        scorer = Identifier.from_embeddings(gallery, config, fusion=on_fit.fusion)
         scorer.calibrate(queries=test)
-    else:
-        scorer.threshold = on_fit.calibrate(val)
+    else:  # one match of the validation shortlists fits the fusion and the threshold
+        threshold = on_fit.calibrate(val)
+        scorer = Identifier.from_embeddings(gallery, config, threshold=threshold, fusion=on_fit.fusion)
     test_rankings = scorer.rank(test)
     predictions = [r.ids for r in scorer.answer(test_rankings)]
     test_truths = truths(test.table["individual_id"].tolist(), scorer.gallery_ids)

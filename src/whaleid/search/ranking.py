@@ -73,14 +73,18 @@ def check_gallery_ids(gallery_ids: Sequence[str]) -> list[str]:
 
 
 def top_individuals(
-    scores: np.ndarray, indices: np.ndarray, gallery_ids: Sequence[str], top: int = CUTOFF
+    scores: np.ndarray,
+    indices: np.ndarray,
+    gallery_ids: Sequence[str],
+    top: int = CUTOFF,
+    tiebreak: np.ndarray | None = None,
 ) -> list[Ranking]:
     """Collapse neighbour photos to distinct individuals, each at its best score.
 
     An individual with many catalog photos would otherwise fill all five slots. Rows
-    need not be pre-sorted (they are re-sorted, stably); index -1 (an approximate
-    index's empty slot) is skipped. Fewer than ``top`` entries come back when the
-    neighbours hold fewer distinct individuals.
+    need not be pre-sorted (they are re-sorted, stably; equal scores by ``tiebreak``,
+    higher first, when given); index -1 (an approximate index's empty slot) is skipped.
+    Fewer than ``top`` entries come back when the neighbours hold fewer distinct individuals.
     """
     scores = np.asarray(scores)
     indices = np.asarray(indices)
@@ -94,7 +98,11 @@ def top_individuals(
     valid = indices >= 0
     if valid.any() and indices[valid].max() >= len(labels):
         raise IndexError(f"neighbour index {indices[valid].max()} is out of range for {len(labels)} gallery ids")
-    order = np.argsort(np.where(valid, -scores, np.inf), axis=1, kind="stable")
+    primary = np.where(valid, -scores, np.inf)
+    if tiebreak is None:
+        order = np.argsort(primary, axis=1, kind="stable")
+    else:
+        order = np.lexsort((-np.asarray(tiebreak, np.float64), primary), axis=1)
     scores = np.take_along_axis(scores, order, axis=1)
     indices = np.take_along_axis(indices, order, axis=1)
     out: list[Ranking] = []

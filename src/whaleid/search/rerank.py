@@ -14,11 +14,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
+from tqdm import tqdm
 
 from whaleid.errors import UserError
 from whaleid.model.keypoints import KeypointConfig
 from whaleid.search.fusion import Calibration, Fusion
-from whaleid.search.local import MatchConfig, inliers
+from whaleid.search.local import MatchConfig, verified
 
 __all__ = ["RerankConfig", "fit_fusion", "pair_inliers"]
 
@@ -34,6 +35,7 @@ class RerankConfig:
     threads: int | None = None  # matching threads; default: every core
 
     def __post_init__(self) -> None:
+        self.match = self.match.resolved(self.keypoints.detector)
         if isinstance(self.shortlist, bool) or not isinstance(self.shortlist, int) or self.shortlist < 1:
             raise UserError(f"rerank.shortlist must be an integer >= 1, got {self.shortlist!r}")
         weight = self.local_weight
@@ -45,8 +47,9 @@ def pair_inliers(queries, gallery, pairs: np.ndarray, config: RerankConfig) -> n
     """Inliers of each (query row, gallery photo ``pairs[row, j]``) pair; -1 entries score 0.
 
     ``queries`` and ``gallery`` are :class:`KeypointSet` or :class:`KeypointFiles`: each photo is read
-    once. The pairs run on threads, one query's shortlist across all of them too: OpenCV's matcher
-    and RANSAC release the GIL.
+    once. LightGlue runs one pair at a time, torch spreading each over the cores; OpenCV's pairs run
+    on threads (its matcher and RANSAC release the GIL). A progress bar shows on a
+    terminal.
     """
     if queries.config != gallery.config:
         raise UserError(
@@ -54,15 +57,22 @@ def pair_inliers(queries, gallery, pairs: np.ndarray, config: RerankConfig) -> n
         )
     query = [queries[i] for i in range(len(pairs))]
     photos = {int(j): gallery[int(j)] for j in np.unique(pairs[pairs >= 0])}
-    flat = [(i, int(j)) for i in range(len(pairs)) for j in pairs[i]]
+    counts = np.zeros(pairs.shape, np.float64)
+    bar = tqdm(total=pairs.size, desc="matching", unit="pair", disable=None if len(pairs) > 1 else True)
 
-    def one(pair: tuple[int, int]) -> int:
-        i, j = pair
-        return 0 if j < 0 else inliers(query[i], photos[j], config.match)
+    def row(i: int) -> None:
+        shown = np.flatnonzero(pairs[i] >= 0)
+        counts[i, shown] = verified(query[i], [photos[int(j)] for j in pairs[i, shown]], config.match)
+        bar.update(pairs.shape[1])
 
-    with ThreadPoolExecutor(config.threads or os.cpu_count() or 1) as pool:
-        counts = list(pool.map(one, flat))
-    return np.array(counts, np.float64).reshape(pairs.shape)
+    if config.match.matcher == "lightglue":
+        for i in range(len(pairs)):
+            row(i)
+    else:
+        with ThreadPoolExecutor(config.threads or os.cpu_count() or 1) as pool:
+            list(pool.map(row, range(len(pairs))))
+    bar.close()
+    return counts
 
 
 def fit_fusion(cosines: np.ndarray, counts: np.ndarray, same: np.ndarray, local_weight: float) -> Fusion:

@@ -30,7 +30,8 @@ from whaleid.experiments.recipe import (
     score,
     train_models,
 )
-from whaleid.model.embed import Embedder, Embeddings
+from whaleid.model.embed import Embedder
+from whaleid.model.embeddings import Embeddings
 from whaleid.search.metrics import json_float
 from whaleid.search.openset import known_accuracy
 from whaleid.search.ranking import NEW_INDIVIDUAL, truths

@@ -9,9 +9,9 @@ gallery and the batch, and write its rows.
 
 The model is `test_efficientnet` (random weights, 512-d neck, 128 px): embedding is not the point
 here, so the smallest timm network keeps it short; a real model's embedding time is in the
-embedding-throughput benchmark. `store.embed` is wrapped with a timer (the library is unchanged), so
-an add splits into embedding and everything else; `store._copy_in`, `store.gallery` and `store._match`
-are timed the same way to say where the rest goes. Three adds are measured:
+embedding-throughput benchmark. `store.models.embed` is wrapped with a timer (the library is unchanged), so
+an add splits into embedding and everything else; `store.intake._copy_in`, `store.gallery.identifier` and
+`store.gallery.propose` are timed the same way to say where the rest goes. Three adds are measured:
 
 1. the first add after the catalog was filled: the gallery's vector cache (``index/``) is built from
    the database inside it, once;
@@ -46,7 +46,8 @@ from sqlalchemy import insert
 from whaleid.data.synth import make_catalog
 from whaleid.model.checkpoint import save_checkpoint
 from whaleid.model.network import EmbeddingModel, ModelConfig
-from whaleid.store.catalog import CatalogStore, EncounterInfo
+from whaleid.store.catalog import CatalogStore
+from whaleid.store.intake import EncounterInfo
 from whaleid.store.schema import Decision, Embedding, Individual, Photo
 
 TARGETS = {"add_rest_s": 2.0, "queue_ms": 50.0, "decide_ms": 50.0}
@@ -74,7 +75,7 @@ def fill(store: CatalogStore, n_photos: int, n_individuals: int, dim: int, seed:
     owner = np.concatenate([np.arange(n_individuals), rng.integers(0, n_individuals, n_photos - n_individuals)])
     stamp = datetime(2024, 1, 1)
     with store.session() as session, session.begin():
-        model = store.active_model(session)
+        model = store.models.active(session)
         session.execute(
             insert(Individual),
             [
@@ -132,19 +133,20 @@ def fill(store: CatalogStore, n_photos: int, n_individuals: int, dim: int, seed:
 
 def timed_add(store: CatalogStore, paths: list[Path], label: str) -> dict:
     """One `add`, split into embedding, copying in, gallery load, search + match rows, and the rest (rows, commit)."""
-    timers = {name: Timed(getattr(store, name)) for name in ("embed", "_copy_in", "gallery", "_match")}
+    parts = {"embed": store.models, "_copy_in": store.intake, "identifier": store.gallery, "propose": store.gallery}
+    timers = {name: Timed(getattr(part, name)) for name, part in parts.items()}
     for name, timer in timers.items():
-        setattr(store, name, timer)  # an instance attribute: the store's own calls go through the timer
+        setattr(parts[name], name, timer)  # an instance attribute: the store's own calls go through the timer
     try:
         start = time.perf_counter()
-        result = store.add(paths, EncounterInfo(date="2025-06-01", place="benchmark"))
+        result = store.intake.add(paths, EncounterInfo(date="2025-06-01", place="benchmark"))
         total = time.perf_counter() - start
     finally:
-        for name in timers:
-            delattr(store, name)
+        for name, part in parts.items():
+            delattr(part, name)
     if len(result.added) != len(paths):
         raise SystemExit(f"{label}: {len(result.added)} of {len(paths)} added; rejected {result.rejected[:3]}")
-    embed, copy_in, gallery, match = (timers[n].seconds for n in ("embed", "_copy_in", "gallery", "_match"))
+    embed, copy_in, gallery, match = (timers[n].seconds for n in ("embed", "_copy_in", "identifier", "propose"))
     return {
         "photos": len(paths),
         "total_s": total,
@@ -197,8 +199,8 @@ def run(args, work: Path) -> dict:
     batches = [photos[i * args.add : (i + 1) * args.add] for i in range(3)]
 
     with store.session() as session:
-        model = store.active_model(session)
-    vectors, _ = store.embed(model, [str(photos[0])])  # loads the model once, outside every timing
+        model = store.models.active(session)
+    vectors, _ = store.models.embed(model, [str(photos[0])])  # loads the model once, outside every timing
     dim = vectors.shape[1]
 
     start = time.perf_counter()
@@ -209,10 +211,12 @@ def run(args, work: Path) -> dict:
     adds = {"first (builds the vector cache)": timed_add(store, batches[0], "first add")}
     adds["warm"] = timed_add(store, batches[1], "warm add")
 
-    pending = [item.photo for item in store.queue(limit=None)]
-    queue = latency(lambda i: store.queue(limit=50), args.calls)
+    pending = [item.photo for item in store.review.queue(limit=None)]
+    queue = latency(lambda i: store.review.queue(limit=50), args.calls)
     individuals = [f"RW-{i + 1:05d}" for i in range(args.calls)]
-    decide = latency(lambda i: store.decide(pending[i], confirm=individuals[i], reviewer="benchmark"), args.calls)
+    decide = latency(
+        lambda i: store.review.decide(pending[i], confirm=individuals[i], reviewer="benchmark"), args.calls
+    )
     adds[f"after {args.calls} confirmations (cache top-up)"] = timed_add(store, batches[2], "third add")
 
     report = {

@@ -23,7 +23,8 @@ from PIL import Image
 
 from whaleid.data.catalog import Catalog, read_catalog
 from whaleid.data.images import open_image
-from whaleid.preprocess.cache import CacheSettings, build_cache
+from whaleid.preprocess.cache import CacheSettings
+from whaleid.preprocess.cache_writer import build_cache
 from whaleid.preprocess.crops import CropSettings, locate
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"

@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from whaleid.model.embed import Embedder, Embeddings, embed_files
+from whaleid.model.embed import Embedder, embed_files
+from whaleid.model.embeddings import Embeddings
 from whaleid.model.keypoints import KeypointConfig, extract_files
 from whaleid.search.fusion import Calibration, Fusion
 from whaleid.search.identify import Identifier, IdentifyConfig
@@ -39,7 +40,7 @@ def main() -> None:
     parser.add_argument("--gallery", type=int, default=2000)
     parser.add_argument("--queries", type=int, default=50)
     parser.add_argument("--survey", type=int, default=500)
-    parser.add_argument("--k", type=int, default=RerankConfig().shortlist)
+    parser.add_argument("--shortlist", type=int, default=RerankConfig().shortlist)
     parser.add_argument("--detector", default="aliked")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
@@ -48,7 +49,6 @@ def main() -> None:
     ids = table["individual_id"].astype(str).tolist()
     keypoints = KeypointConfig(detector=args.detector)
     embedder = Embedder.zero_shot("tf_efficientnet_lite0", 224, batch_size=64)
-    embedder.keypoints = keypoints
 
     def embeddings(rows: range) -> tuple[Embeddings, float, float]:
         """Vectors and keypoints of these photos, and the seconds each took."""
@@ -62,16 +62,15 @@ def main() -> None:
         table = pd.DataFrame({"image": files, "individual_id": [ids[i] for i in rows]})
         return Embeddings(found.vectors, table, meta=found.meta, keypoints=kps), embed_s, extract_s
 
-    embedder.keypoints = None  # keypoints are timed on their own
     gallery, embed_s, extract_s = embeddings(range(args.gallery))
     identifier = Identifier.from_embeddings(
-        gallery, IdentifyConfig(rerank=RerankConfig(shortlist=args.k, keypoints=keypoints)), fusion=FUSION
+        gallery, IdentifyConfig(rerank=RerankConfig(shortlist=args.shortlist, keypoints=keypoints)), fusion=FUSION
     )
     report = {
         "cores": os.cpu_count(),
         "detector": args.detector,
         "keypoints": keypoints.max_keypoints,
-        "shortlist": args.k,
+        "shortlist": args.shortlist,
         "gallery": args.gallery,
         "extract_photos_per_s": round(args.gallery / extract_s, 1),
         "embed_photos_per_s": round(args.gallery / embed_s, 1),

@@ -16,9 +16,9 @@ calibrated on val, the two local ones averaged), and ``--aggregate`` scores each
 its best photo; both are scored here, outside the library, on the same matches.
 
     .venv/bin/python benchmarks/rerank_probe.py --split runs/right-whales/split \\
-        --model runs/right-whales/model --k 20 50 --variants aliked sift --combine aliked sift
+        --model runs/right-whales/model --shortlist 20 50 --variants aliked sift --combine aliked sift
     .venv/bin/python benchmarks/rerank_probe.py --split runs/demo/split --images runs/demo/catalog/images \\
-        --model runs/demo/model --k 20       # the demo's synthetic fins, after `make demo`
+        --model runs/demo/model --shortlist 20       # the demo's synthetic fins, after `make demo`
 """
 
 from __future__ import annotations
@@ -34,7 +34,8 @@ import numpy as np
 
 import whaleid.search.identify as identify
 from whaleid.data.catalog import read_catalog
-from whaleid.model.embed import Embedder, Embeddings, with_keypoints
+from whaleid.model.embed import Embedder, with_keypoints
+from whaleid.model.embeddings import Embeddings
 from whaleid.model.keypoints import KeypointConfig
 from whaleid.search.fusion import Calibration
 from whaleid.search.identify import Identifier, IdentifyConfig
@@ -87,7 +88,8 @@ def variant(text: str) -> tuple[KeypointConfig, MatchConfig]:
 def evidence(embeddings: Embeddings, rerank: RerankConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Leave-one-out shortlists of a set: cosines, rows, verified matches (from the memo)."""
     among = Identifier.from_embeddings(embeddings, IdentifyConfig(rerank=rerank))
-    return among._evidence(embeddings.vectors, embeddings.keypoints, own=True)
+    found = among.second.evidence(among.first, among.index, embeddings.vectors, embeddings.keypoints, own=True)
+    return found.scores, found.indices, found.counts
 
 
 def fused_rankings(
@@ -152,7 +154,7 @@ def main() -> None:
     parser.add_argument("--images", type=Path, default=RIGHT_WHALES)
     parser.add_argument("--model", type=Path, help="a checkpoint (default: zero-shot lite0 at --img-size)")
     parser.add_argument("--img-size", type=int, default=224)
-    parser.add_argument("--k", type=int, nargs="+", default=[20])
+    parser.add_argument("--shortlist", type=int, nargs="+", default=[20])
     parser.add_argument("--weights", type=float, nargs="+", default=[0.5])
     parser.add_argument("--variants", nargs="+", default=["aliked"])
     parser.add_argument("--combine", nargs="+", default=[], help="variants whose counts are also fused together")
@@ -190,15 +192,15 @@ def main() -> None:
             for e, c in parts.values()
         ]
         per_photo = (time.perf_counter() - start) / sum(len(e) for e in with_kps)
-        widest = RerankConfig(shortlist=max(args.k), keypoints=keypoints, match=match)
+        widest = RerankConfig(shortlist=max(args.shortlist), keypoints=keypoints, match=match)
         start = time.perf_counter()
         for name, embeddings in zip(("val", "test"), with_kps, strict=True):
             cosines, rows, counts = _cached(args, name, text, embeddings, widest)
             kept[name].update(cosines=cosines, rows=rows)
             kept[name]["counts"][text] = counts
-        pairs = sum(len(e) for e in with_kps) * max(args.k)
+        pairs = sum(len(e) for e in with_kps) * max(args.shortlist)
         pair_ms = round(1000 * (time.perf_counter() - start) / pairs, 1)
-        for k in args.k:
+        for k in args.shortlist:
             for weight in args.weights:
                 rerank = RerankConfig(shortlist=k, local_weight=weight, keypoints=keypoints, match=match)
                 metrics = calibrated_open_set(*with_kps, rerank)[0]
@@ -215,7 +217,7 @@ def main() -> None:
                     combined(kept["val"], kept["test"], [text], k, args.weights[0], share),
                 )
     if len(args.combine) > 1:
-        for k in args.k:
+        for k in args.shortlist:
             for weight in args.weights:
                 add(
                     f"{' + '.join(args.combine)}, K={k}, w={weight}",

@@ -73,7 +73,8 @@ from sqlalchemy import func, insert, select
 from whaleid.data.synth import make_catalog
 from whaleid.model.checkpoint import save_checkpoint
 from whaleid.model.network import EmbeddingModel, ModelConfig
-from whaleid.store.catalog import PHOTO_KINDS, CatalogStore
+from whaleid.store.catalog import CatalogStore
+from whaleid.store.queries import PHOTO_KINDS
 from whaleid.store.schema import Decision, Embedding, Encounter, Individual, Job, MatchRun, Photo
 from whaleid.web.users import add_user
 
@@ -307,7 +308,7 @@ def small_catalog(folder: Path, model: Path, individuals: int, size: int, seed: 
     """A catalog of ``individuals`` synthetic fins (3-5 photos each, imported as confirmed) and its users."""
     csv = make_catalog(folder / "known", n_individuals=individuals, photos_per_individual=(3, 5), size=size, seed=seed)
     store = CatalogStore.create(folder / "catalog", model)
-    store.import_catalog(csv, csv.parent / "images")
+    store.intake.import_catalog(csv, csv.parent / "images")
     add_users(store, reviewers)
     store.engine.dispose()
     return store.dir
@@ -675,7 +676,7 @@ def add_pending(store: CatalogStore, count: int, seed: int, per_encounter: int =
     rng = np.random.default_rng(seed)
     stamp = datetime(2025, 6, 1)
     with store.session() as session, session.begin():
-        model = store.active_model(session)
+        model = store.models.active(session)
         dim = len(session.scalar(select(Embedding.vector).limit(1))) // 4
         rich = session.execute(
             select(Individual.catalog_id)

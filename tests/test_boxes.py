@@ -196,8 +196,8 @@ def test_read_boxes_yolo_uses_upright_sizes(tmp_path, fixtures):
         ("photo,box\na.jpg,1 2 3 4\n", r"bad\.csv: no image column"),
         ("image,size\na.jpg,1\n", r"bad\.csv: need a 'box' column"),
         ("", r"bad\.csv: empty pixel-box CSV"),
-        ('image,box\n"a.jpg,1 2 3 4\n', r"bad\.csv: not a pixel-box CSV"),
-        (b"\x89PNG\r\n\x1a\n\x00\x00\xff\xfe\xfd", r"bad\.csv: not a pixel-box CSV \(not UTF-8"),
+        ('image,box\n"a.jpg,1 2 3 4\n', r"cannot parse .*bad\.csv: line 2: unexpected end of data"),
+        (b"\x89PNG\r\n\x1a\n\x00\x00\xff\xfe\xfd", r"cannot parse .*bad\.csv: not UTF-8"),
     ],
 )
 def test_malformed_pixel_box_files_name_file_and_line(tmp_path, content, where):
@@ -250,7 +250,7 @@ def test_read_boxes_errors_name_the_file(tmp_path, fixtures):
     (tmp_path / "empty.csv").write_text("")
     with pytest.raises(UserError, match=r"empty\.csv: empty box CSV"):
         read_boxes(tmp_path / "empty.csv", photos)
-    with pytest.raises(UserError, match="cannot read box CSV"):
+    with pytest.raises(UserError, match="box CSV not found"):
         read_boxes(tmp_path / "absent.csv", photos)
 
 

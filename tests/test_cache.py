@@ -14,14 +14,15 @@ import pytest
 from filelock import FileLock
 from PIL import Image
 
-import whaleid.preprocess.cache as cache_module
+import whaleid.preprocess.cache_writer as writer_module
 import whaleid.preprocess.crops as crops
 from conftest import BROKEN, centre_blob_masks
 from test_files import tmpfs
 from whaleid.data.catalog import read_catalog
 from whaleid.data.images import check_image
 from whaleid.errors import UserError
-from whaleid.preprocess.cache import Cache, CacheSettings, build_cache, cache_key
+from whaleid.preprocess.cache import Cache, CacheSettings, cache_key
+from whaleid.preprocess.cache_writer import build_cache
 from whaleid.preprocess.crops import CropSettings, read_crop_table
 
 GOOD = ["rgb.jpg", "gray.jpg", "rotated.jpg", "cmyk.jpg", "palette.png", "alpha.png"]
@@ -97,7 +98,7 @@ def test_changed_settings_never_reuse_a_cache(photos, tmp_path):
 
 
 def test_interrupted_run_resumes_where_it_stopped(photos, tmp_path, monkeypatch):
-    real = cache_module._write_photo
+    real = writer_module._write_photo
     calls = {"n": 0}
 
     def dies_on_the_fourth(*args, **kwargs):
@@ -106,7 +107,7 @@ def test_interrupted_run_resumes_where_it_stopped(photos, tmp_path, monkeypatch)
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(cache_module, "_write_photo", dies_on_the_fourth)
+    monkeypatch.setattr(writer_module, "_write_photo", dies_on_the_fourth)
     settings = CacheSettings(sizes=(48,))
     with pytest.raises(KeyboardInterrupt):
         build_cache(photos, tmp_path / "cache", settings, batch_size=2, workers=1, progress=False)
@@ -116,7 +117,7 @@ def test_interrupted_run_resumes_where_it_stopped(photos, tmp_path, monkeypatch)
     assert 0 < len(finished) < len(GOOD)
     with (directory / "journal.csv").open("a") as f:
         f.write("half-written,row")  # a crash mid-line must not poison the journal
-    monkeypatch.setattr(cache_module, "_write_photo", real)
+    monkeypatch.setattr(writer_module, "_write_photo", real)
     cache = build_cache(photos, tmp_path / "cache", settings, progress=False)
     assert cache.stats["reused"] == len(finished)
     assert cache.stats["new"] == len(GOOD) + len(BROKEN) - len(finished)

@@ -17,21 +17,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import BROKEN
-from whaleid.data.catalog import (
-    SPECIES_FIXES,
-    UNKNOWN_SPECIES,
-    Catalog,
-    CatalogError,
-    clean_species,
-    format_summary,
-    holdout_photos,
-    kfold,
-    min_photos,
-    open_set_split,
-    read_catalog,
-    split_fold,
-    summary,
-)
+from whaleid.data.catalog import Catalog, read_catalog
+from whaleid.data.checks import CatalogError
+from whaleid.data.species import SPECIES_FIXES, UNKNOWN_SPECIES, clean_species
+from whaleid.data.splits import holdout_photos, kfold, min_photos, open_set_split, split_fold
+from whaleid.data.summary import format_summary, summary
 from whaleid.errors import UserError
 
 VALID = ["rgb.jpg", "rotated.jpg", "cmyk.jpg", "gray.jpg", "gray16.png", "alpha.png", "palette.png"]

@@ -124,23 +124,23 @@ def test_init_refuses_a_database_that_holds_a_catalog(world, catalog, tmp_path):
     )
     refused(done, "already holds a catalog")
     assert snapshot(catalog) == before and not (tmp_path / "b").exists()
-    assert [m["active"] for m in CatalogStore(catalog).models()] == [True]
+    assert [m["active"] for m in CatalogStore(catalog).models.listed()] == [True]
 
 
 KILLED_REINDEX = """
 import sys, time
 from pathlib import Path
-import whaleid.store.catalog as catalog
+import whaleid.store.models as models
 from whaleid.__main__ import main
 
 marker = Path(sys.argv[1])
-real = catalog.CatalogStore.embed
+real = models.Models.embed
 def embed(self, model, paths):
     out = real(self, model, paths)
     marker.write_text("embedded")
     time.sleep(120)  # killed here: the new model registered, its vectors not yet stored
     return out
-catalog.CatalogStore.embed = embed
+models.Models.embed = embed
 sys.argv = ["whaleid", *sys.argv[2:]]
 main()
 """
@@ -151,7 +151,7 @@ def test_reindex_killed_before_its_vectors_are_stored_leaves_the_old_model_activ
     args = [sys.executable, "-c", KILLED_REINDEX, marker, "catalog", "reindex", catalog, "--model", world["model"]]
     child = subprocess.Popen([str(a) for a in args], env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     kill_when(marker, child, 180, "its embedding")
-    assert [(m["version"], m["active"]) for m in CatalogStore(catalog).models()] == [(1, True), (2, False)]
+    assert [(m["version"], m["active"]) for m in CatalogStore(catalog).models.listed()] == [(1, True), (2, False)]
     assert "1 photos queued" in ok(whaleid("catalog", "add", catalog, world["new"] / "n0.png"))  # it still matches
 
 
@@ -391,18 +391,18 @@ def test_a_read_only_catalog_or_folder_is_one_line(world, catalog, tmp_path, as_
 FULL_DISK = """
 import resource, sys
 import sqlalchemy
-import whaleid.store.catalog as catalog
 import whaleid.store.db as db
+import whaleid.store.models as models
 from whaleid.__main__ import main
 
 how = sys.argv[1]
-real = catalog.CatalogStore.embed
+real = models.Models.embed
 def embed(self, model, paths):
     out = real(self, model, paths)
     if how == "file size limit":  # from here on no file may grow past 8 kB: the import's rows cannot be written
         resource.setrlimit(resource.RLIMIT_FSIZE, (8192, resource.RLIM_INFINITY))
     return out
-catalog.CatalogStore.embed = embed
+models.Models.embed = embed
 
 def failing(conn, cursor, statement, *args):
     if statement.startswith("INSERT"):  # what SQLite says when the device is full (a file size limit gives I/O)
@@ -415,7 +415,7 @@ def open_engine(url):
     if how == "device full":
         sqlalchemy.event.listen(engine, "before_cursor_execute", failing)
     return engine
-catalog.open_engine = open_engine
+db.open_engine = open_engine
 sys.argv = ["whaleid", *sys.argv[2:]]
 main()
 """

@@ -187,7 +187,7 @@ def test_folds_ensemble_blend_and_per_species_thresholds(where, recipe):
     )
     assert "'*'" in out
     sidecar = json.loads((tmp / "identifier" / "identifier.json").read_text())
-    assert "*" in sidecar["threshold"] and sidecar["config"]["blend"] == 0.5
+    assert "*" in sidecar["record"]["threshold"] and sidecar["record"]["scoring"]["blend"] == 0.5
 
 
 def test_pseudo_labels_then_a_round_trained_on_them_then_a_recipe(where, recipe):

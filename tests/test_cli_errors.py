@@ -14,7 +14,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from whaleid.__main__ import app
-from whaleid.model.embed import Embeddings
+from whaleid.model.embeddings import Embeddings
 from whaleid.model.keypoints import KeypointConfig
 from whaleid.preprocess.crops import CROP_COLUMNS
 

@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 from whaleid.data.catalog import read_catalog
 from whaleid.data.images import open_image
 from whaleid.errors import UserError
-from whaleid.model.embed import Embedder, Embeddings, fingerprint
+from whaleid.model.embed import Embedder
+from whaleid.model.embeddings import Embeddings, fingerprint
 from whaleid.model.network import EmbeddingModel, ModelConfig
 
 
@@ -79,7 +80,7 @@ def test_embeddings_round_trip(tmp_path):
 
 
 def test_two_identical_members_ensemble_to_one(embedder, synth_csv):
-    from whaleid.model.embed import ensemble
+    from whaleid.model.embeddings import ensemble
 
     catalog = read_catalog(synth_csv).subset(np.arange(6))
     one = embedder.embed_catalog(catalog, progress=False)
@@ -91,7 +92,7 @@ def test_two_identical_members_ensemble_to_one(embedder, synth_csv):
 
 
 def test_ensemble_concat_is_the_mean_cosine_and_aligns_classes():
-    from whaleid.model.embed import ensemble
+    from whaleid.model.embeddings import ensemble
 
     table = pd.DataFrame({"image": ["a", "b"], "individual_id": ["x", "y"]})
     unit = lambda v: np.asarray(v, np.float32) / np.linalg.norm(v, axis=1, keepdims=True)  # noqa: E731

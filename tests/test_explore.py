@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import html
 import os
 import re
 import shutil
@@ -11,10 +10,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from markupsafe import escape
 from PIL import Image
 
 from conftest import BROKEN
-from whaleid.app.explore import BOX_COLOUR, MASK_COLOUR, annotated_thumbnail, build_explorer, contact_sheet
+from whaleid.app.explore import build_explorer
+from whaleid.app.thumbnails import BOX_COLOUR, MASK_COLOUR, annotated_thumbnail, contact_sheet
 from whaleid.data.catalog import read_catalog
 from whaleid.errors import UserError
 from whaleid.preprocess.saliency import STATUS_NO_REGION, STATUS_OK, STATUS_TINY_REGION
@@ -95,7 +96,7 @@ def _read(site: Path, page: str) -> str:
 
 def _thumb_of(site: Path, page: str, image: str) -> Path:
     html_text = _read(site, page)
-    src = re.search(r'<img src="(thumbs/[^"]+)"[^>]* alt="' + re.escape(html.escape(image)) + '"', html_text)
+    src = re.search(r'<img src="(thumbs/[^"]+)"[^>]* alt="' + re.escape(str(escape(image))) + '"', html_text)
     assert src, f"no thumbnail for {image} on {page}"
     return site / src.group(1)
 
@@ -138,7 +139,7 @@ def test_one_contact_sheet_per_individual_largest_first(site):
     thumbs = sorted(p.name for p in (site / "thumbs").iterdir())
     assert len(thumbs) == len(set(thumbs)) == 7  # one per readable photo, reused by every page
     assert all(_thumb_of(site, "individuals.html", n).exists() for names in PHOTOS.values() for n in names)
-    assert "odd &lt;b&gt;&amp;&quot;name.jpg" in page and ODD_ID not in page
+    assert "odd &lt;b&gt;&amp;&#34;name.jpg" in page and ODD_ID not in page
 
 
 def test_contact_sheets_are_capped(data, tmp_path):
@@ -155,7 +156,7 @@ def test_contact_sheets_are_capped(data, tmp_path):
 def test_failures_name_fallbacks_errors_and_broken_photos(site):
     page = _read(site, "failures.html")
     assert 'id="failures"' in page
-    for name in ["b1.jpg", "b2.jpg", "odd &lt;b&gt;&amp;&quot;name.jpg", *BROKEN]:
+    for name in ["b1.jpg", "b2.jpg", "odd &lt;b&gt;&amp;&#34;name.jpg", *BROKEN]:
         assert f"<b>{name}</b>" in page, name
     for text in [STATUS_NO_REGION, STATUS_TINY_REGION, "error: model failed", *BROKEN.values()]:
         assert text in page, text

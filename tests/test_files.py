@@ -171,3 +171,19 @@ def test_inside():
         assert inside(Path(d) / "masks" / "a.png", d)
         assert not inside(Path(d) / ".." / "a.png", d)
         assert not inside("/etc/passwd", d)
+
+
+def test_read_table_keeps_cells_as_written_and_names_what_is_wrong(tmp_path):
+    """The one CSV reader: strings kept (``NA`` is not missing), header lowercased, problems named."""
+    path = tmp_path / "t.csv"
+    path.write_text("Image,Box\na.jpg,NA\n\nb.jpg,\n")
+    table, lines = files.read_table_lines(path, ["image"], what="box CSV")
+    assert table.columns.tolist() == ["image", "box"] and table["box"].iloc[0] == "NA"
+    assert table["box"].isna().tolist() == [False, True] and lines.tolist() == [2, 4]
+    with pytest.raises(UserError, match=r"t\.csv: missing required column\(s\) x0; found columns: image, box"):
+        files.read_table(path, ["x0"])
+    path.write_text("image,image\na,b\n")
+    with pytest.raises(UserError, match=r"column\(s\) appear twice: image"):
+        files.read_table(path)
+    with pytest.raises(UserError, match="box CSV not found"):
+        files.read_table(tmp_path / "absent.csv", what="box CSV")

@@ -13,7 +13,8 @@ import torch
 from whaleid.data.catalog import read_catalog
 from whaleid.errors import UserError
 from whaleid.model.checkpoint import save_checkpoint
-from whaleid.model.embed import Embedder, Embeddings
+from whaleid.model.embed import Embedder
+from whaleid.model.embeddings import Embeddings
 from whaleid.model.network import EmbeddingModel, ModelConfig
 from whaleid.search.identify import Identifier, IdentifyConfig, identify_queries
 from whaleid.search.predictions import Predictions

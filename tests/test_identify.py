@@ -179,7 +179,7 @@ def test_identifier_save_load_roundtrip(tmp_path, gallery, kind):
     assert sorted(p.name for p in out.iterdir()) == ["gallery_ids.json", "identifier.json", "index.npz"]
     sidecar = json.loads((out / "identifier.json").read_text())
     assert sidecar["kind"] == ("exact" if kind == "exact" else "faiss-flat")
-    assert (sidecar["dim"], sidecar["n"], sidecar["threshold"]) == (8, 6, 0.61)
+    assert (sidecar["dim"], sidecar["n"], sidecar["record"]["threshold"]) == (8, 6, 0.61)
     assert sidecar["created"].endswith("+00:00")
     loaded = Identifier.load(out)
     assert loaded.gallery_ids == ids and loaded.threshold == 0.61 and loaded.config.neighbours == 3
@@ -189,6 +189,21 @@ def test_identifier_save_load_roundtrip(tmp_path, gallery, kind):
     (out / "identifier.json").unlink()
     with pytest.raises(UserError, match="no identifier.json"):
         Identifier.load(out)
+
+
+def test_an_identifier_saved_before_the_gallery_record_loads_and_ranks_the_same(tmp_path, gallery):
+    """Versions 3 and 4 kept the scorer, fusion and threshold as loose keys of the sidecar."""
+    vectors, ids = gallery
+    ident = Identifier(build_index(vectors), ids, IdentifyConfig(neighbours=3), threshold=0.61)
+    out = ident.save(tmp_path / "ident")
+    sidecar = json.loads((out / "identifier.json").read_text())
+    record = sidecar.pop("record")
+    sidecar.update(version=4, config=record["scoring"], threshold=record["threshold"], fusion=None)
+    (out / "identifier.json").write_text(json.dumps(sidecar))
+    loaded = Identifier.load(out)
+    assert loaded.record == ident.record and loaded.config.neighbours == 3 and loaded.threshold == 0.61
+    queries = vectors[[0, 3]] + 0.01
+    assert [r.ids for r in loaded.identify(queries)] == [r.ids for r in ident.identify(queries)]
 
 
 # ------------------------------------------------------------------ calibrate_threshold
@@ -413,7 +428,7 @@ def test_an_identifier_from_an_older_whaleid_asks_to_be_saved_again(tmp_path, sp
     vectors, ids, _ = species_gallery
     out = Identifier(build_index(vectors), ids).save(tmp_path / "old")
     sidecar = json.loads((out / "identifier.json").read_text())
-    del sidecar["per_photo_species"], sidecar["config"]  # what version 1 wrote
+    del sidecar["per_photo_species"], sidecar["record"]  # what version 1 wrote
     sidecar.update(version=1, threshold=0.7)
     (out / "identifier.json").write_text(json.dumps(sidecar))
     with pytest.raises(UserError, match="written by an older whaleid: save the Identifier again"):

@@ -174,7 +174,7 @@ def test_cli_embeds_on_either_engine_and_says_which(tmp_path, synth_csv):
     from typer.testing import CliRunner
 
     from whaleid.__main__ import app
-    from whaleid.model.embed import Embeddings
+    from whaleid.model.embeddings import Embeddings
 
     path = _checkpoint(tmp_path)
     outputs = {}

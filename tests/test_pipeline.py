@@ -3,7 +3,8 @@
 import json
 from pathlib import Path
 
-from whaleid.data.catalog import holdout_photos, read_catalog
+from whaleid.data.catalog import read_catalog
+from whaleid.data.splits import holdout_photos
 from whaleid.data.synth import make_catalog
 from whaleid.model.embed import Embedder
 from whaleid.model.network import ModelConfig

@@ -2,6 +2,7 @@
 saved and reloaded to rank identically, and reachable from the CLI."""
 
 import json
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -14,7 +15,8 @@ from whaleid.data.catalog import read_catalog
 from whaleid.data.synth import make_catalog
 from whaleid.errors import UserError
 from whaleid.experiments.recipe import DataConfig, embed_split, load_recipe, score
-from whaleid.model.embed import Embedder, Embeddings, embed_files
+from whaleid.model.embed import Embedder, embed_files
+from whaleid.model.embeddings import Embeddings
 from whaleid.model.keypoints import KeypointConfig, KeypointFiles, KeypointSet, extract
 from whaleid.search.fusion import Calibration, Fusion
 from whaleid.search.identify import Identifier, IdentifyConfig, identify_queries
@@ -123,8 +125,7 @@ def test_fusion_learned_on_validation_is_monotone_and_reranking_finds_more_first
     the gain is 0.36-0.42 over catalog seeds 0-2, against the 0.2 asserted). SIFT, as the pipeline is
     under test here: ALIKED's keypoints on these 128 px drawings gained nothing (top-1 0.27 both ways)."""
     csv = make_catalog(tmp_path, n_individuals=16, photos_per_individual=(4, 6), size=128, seed=0, variation=0.5)
-    embedder = Embedder.from_checkpoint(model)
-    embedder.keypoints = SIFT
+    embedder = Embedder.from_checkpoint(model, keypoints=SIFT)
     photos = embedder.embed_catalog(read_catalog(csv), progress=False)
     ids = photos.table["individual_id"]
     val_rows = ids.isin(sorted(set(ids))[:6]).to_numpy()
@@ -189,8 +190,7 @@ def test_a_catalog_made_from_a_reranking_identifier_reranks_and_keeps_keypoints_
     csv = make_catalog(
         tmp_path / "fins", n_individuals=6, photos_per_individual=(4, 4), size=128, seed=1, variation=0.5
     )
-    embedder = Embedder.from_checkpoint(model)
-    embedder.keypoints = KeypointConfig()
+    embedder = Embedder.from_checkpoint(model, keypoints=KeypointConfig())
     photos = embedder.embed_catalog(read_catalog(csv), progress=False)
     identifier = Identifier.from_embeddings(photos, IdentifyConfig(rerank=RerankConfig(shortlist=10)))
     identifier.fit_fusion(photos, leave_one_out=True)
@@ -200,15 +200,15 @@ def test_a_catalog_made_from_a_reranking_identifier_reranks_and_keeps_keypoints_
     known = table.groupby("individual_id").head(2)
     known.to_csv(tmp_path / "known.csv", index=False)
     store = CatalogStore.create(tmp_path / "catalog", tmp_path / "identifier")
-    store.import_catalog(tmp_path / "known.csv", csv.parent / "images")
+    store.intake.import_catalog(tmp_path / "known.csv", csv.parent / "images")
     stored = list((tmp_path / "catalog" / "index").glob("keypoints*/*.npz"))
     assert len(stored) == len(known)  # one small file per photo, named by its content
 
     first = known.iloc[0]
     query = tmp_path / "query.png"
     _write_turned(csv.parent / "images" / first["image"], query)
-    added = store.add([query]).added
-    item = next(i for i in store.queue(limit=None) if i.photo == added[0])
+    added = store.intake.add([query]).added
+    item = next(i for i in store.review.queue(limit=None) if i.photo == added[0])
     # the same ranking as the saved Identifier's stage over the same gallery photos
     gallery_rows = photos.table["image"].isin(known["image"]).to_numpy()
     expected = Identifier.from_embeddings(_rows(photos, gallery_rows), identifier.config, fusion=identifier.fusion)
@@ -217,19 +217,19 @@ def test_a_catalog_made_from_a_reranking_identifier_reranks_and_keeps_keypoints_
     assert got[0]["individual"] == first["individual_id"] == want.ids[0]
     assert got[0]["score"] == pytest.approx(want.scores[0], abs=1e-5)
 
-    store.decide(added[0], confirm=first["individual_id"])
+    store.review.decide(added[0], confirm=first["individual_id"])
     again = tmp_path / "again.png"
     _write_turned(query, again)
-    second = store.add([again]).added
-    gallery = store._gallery[1]
+    second = store.intake.add([again]).added
+    gallery = store.gallery._built[1]
     assert len(gallery.keypoints) == len(known) + 1  # grown in memory, the confirmed photo's keypoints with it
-    item = next(i for i in store.queue(limit=None) if i.photo == second[0])
+    item = next(i for i in store.review.queue(limit=None) if i.photo == second[0])
     assert item.candidates[0]["individual"] == first["individual_id"]
     folder = stored[0].parent
     lost = sorted(folder.glob("*.npz"))[:3]
     for path in lost:
         path.unlink()
-    store.reindex()  # what the error for a lost file tells the user to run
+    store.gallery.reindex()  # what the error for a lost file tells the user to run
     assert all(path.is_file() for path in lost) and len(list(folder.glob("*.npz"))) == len(known) + 2
 
 
@@ -238,8 +238,7 @@ def test_a_recipe_fits_the_fusion_on_validation_and_reranks_its_test_queries(tmp
     queries' individuals first than the cosine alone (top-1 0.27 -> 0.73 at seed 0; the gain is 0.10-0.45
     over catalog seeds 0-2, so only "more" is asserted)."""
     csv = make_catalog(tmp_path, n_individuals=16, photos_per_individual=(4, 6), size=128, seed=0, variation=0.5)
-    embedder = Embedder.from_checkpoint(model)
-    embedder.keypoints = SIFT
+    embedder = Embedder.from_checkpoint(model, keypoints=SIFT)
     parts = embed_split(embedder, DataConfig(csv=str(csv)).split(read_catalog(csv)), progress=False)
     assert len(parts["gallery"].keypoints) == len(parts["fit"]) + len(parts["val"])
     plain = score(parts, load_recipe(None)).metrics
@@ -264,10 +263,9 @@ def test_a_sift_catalog_reindexed_with_a_learned_matcher_identifier_reranks_with
     table = pd.read_csv(csv)
     known = table.groupby("individual_id").head(2)
     known.to_csv(tmp_path / "known.csv", index=False)
-    embedder = Embedder.from_checkpoint(model)
     saved = {}
     for name, keypoints in (("sift", SIFT), ("aliked", KeypointConfig(max_keypoints=128))):
-        embedder.keypoints = keypoints
+        embedder = Embedder.from_checkpoint(model, keypoints=keypoints)
         photos = embedder.embed_catalog(read_catalog(tmp_path / "known.csv", csv.parent / "images"), progress=False)
         identifier = Identifier.from_embeddings(
             photos, IdentifyConfig(rerank=RerankConfig(shortlist=6, keypoints=keypoints))
@@ -276,21 +274,73 @@ def test_a_sift_catalog_reindexed_with_a_learned_matcher_identifier_reranks_with
         identifier.save(tmp_path / name)
         saved[name] = identifier
     store = CatalogStore.create(tmp_path / "catalog", tmp_path / "sift")
-    store.import_catalog(tmp_path / "known.csv", csv.parent / "images")
+    store.intake.import_catalog(tmp_path / "known.csv", csv.parent / "images")
     query = tmp_path / "query.png"
     _write_turned(csv.parent / "images" / table.iloc[2]["image"], query)  # a third photo of the first fin
-    store.add([query])
+    store.intake.add([query])
 
     def proposed(version: int, name: str):
-        (got,) = store.queue(limit=None)  # the one pending photo, proposed by the active model
+        (got,) = store.review.queue(limit=None)  # the one pending photo, proposed by the active model
         identifier = saved[name]
-        embedder.keypoints = identifier.config.rerank.keypoints
-        want = identifier.rank(embed_files(embedder, [str(query)])[0])[0]
+        want = identifier.rank(embed_files(identifier.embedder(), [str(query)])[0])[0]
         assert [c["individual"] for c in got.candidates if c["individual"] != "new_individual"][:3] == want.ids[:3]
-        assert [m["active"] for m in store.models()][version - 1]
+        assert [m["active"] for m in store.models.listed()][version - 1]
 
     proposed(1, "sift")
-    assert store.reindex(tmp_path / "aliked") == len(known) + 1
+    assert store.gallery.reindex(tmp_path / "aliked") == len(known) + 1
     folders = sorted((tmp_path / "catalog" / "index").glob("keypoints*"))
     assert len(folders) == 2 and len(list(folders[1].glob("*.npz"))) == len(known) + 1
     proposed(2, "aliked")
+
+
+def test_a_catalog_from_before_the_gallery_record_migrates_and_proposes_as_before(tmp_path, model):
+    """Catalogs made before the record kept re-ranking and fusion inside the threshold's JSON (schema 0002):
+    such a catalog opens, moves them to their own columns, and its queue and new proposals stay the same."""
+    from alembic import command
+    from sqlalchemy import text
+
+    from whaleid.settings import to_dict
+    from whaleid.store.db import alembic_config, open_engine
+
+    csv = make_catalog(tmp_path / "fins", n_individuals=5, photos_per_individual=(4, 4), size=128, seed=2)
+    table, images = pd.read_csv(csv), csv.parent / "images"
+    table.groupby("individual_id").head(2).to_csv(tmp_path / "known.csv", index=False)
+    photos = Embedder.from_checkpoint(model, keypoints=SIFT).embed_catalog(read_catalog(tmp_path / "known.csv", images))
+    identifier = Identifier.from_embeddings(photos, IdentifyConfig(rerank=RerankConfig(shortlist=4, keypoints=SIFT)))
+    identifier.calibrate(photos, leave_one_out=True)
+    identifier.save(tmp_path / "identifier")
+    store = CatalogStore.create(tmp_path / "catalog", tmp_path / "identifier")
+    store.intake.import_catalog(tmp_path / "known.csv", images)
+    store.intake.add([str(images / name) for name in table.groupby("individual_id").nth(2)["image"]])
+    queued = store.review.queue(limit=None)
+    assert len(queued) == 5 and all(item.candidates for item in queued)
+    store.engine.dispose()
+    engine = open_engine(f"sqlite:///{tmp_path}/catalog/catalog.db")
+    config = alembic_config()
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.downgrade(config, "0002")
+        (old,) = connection.execute(text("select threshold from models")).scalars()
+    engine.dispose()
+    assert json.loads(old) == {  # what catalogs of schema 0002 hold
+        "value": identifier.threshold,
+        "rerank": to_dict(identifier.config.rerank),
+        "fusion": identifier.fusion.to_dict(),
+    }
+    reopened = CatalogStore(tmp_path / "catalog")  # migrated as it opens
+    assert reopened.review.queue(limit=None) == queued
+    with reopened.reader() as session:
+        record = reopened.models.record(reopened.models.active(session))
+    assert record.scoring.rerank == identifier.config.rerank and record.threshold == identifier.threshold
+    assert record.fusion.to_dict() == identifier.fusion.to_dict()
+    fourth = [str(images / name) for name in table.groupby("individual_id").nth(3)["image"]]
+    reopened.intake.add(fourth)
+    proposed = {item.name: item.candidates for item in reopened.review.queue(limit=None)}
+    gallery = reopened.gallery
+    with reopened.reader() as session:
+        want = gallery.identifier(session, reopened.models.active(session)).rank(
+            embed_files(identifier.embedder(), fourth)[0]
+        )
+    for path, ranking in zip(fourth, want, strict=True):
+        got = [c["individual"] for c in proposed[Path(path).name] if c["individual"] != "new_individual"]
+        assert got[:3] == ranking.ids[:3]

@@ -5,8 +5,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pytest
 
-from whaleid.data.catalog import open_set_split, read_catalog
-from whaleid.data.splits import OpenSetSplit, write_folds
+from whaleid.data.catalog import read_catalog
+from whaleid.data.splits import OpenSetSplit, open_set_split, write_folds
 from whaleid.errors import UserError
 from whaleid.model.network import ModelConfig
 from whaleid.preprocess.cache import CacheSettings

@@ -21,9 +21,11 @@ from whaleid.__main__ import app
 from whaleid.data.catalog import read_catalog
 from whaleid.errors import UserError
 from whaleid.store import db
-from whaleid.store.catalog import CatalogStore, ConflictError, EncounterInfo
+from whaleid.store.catalog import CatalogStore
 from whaleid.store.db import migrate, open_engine
+from whaleid.store.errors import ConflictError
 from whaleid.store.exif import photo_exif
+from whaleid.store.intake import EncounterInfo
 from whaleid.store.schema import Base, Decision, Photo
 
 FIRST = 5  # individuals imported; the rest arrive as new animals
@@ -51,7 +53,7 @@ def recoded(path, folder, quality=80):
 
 def make_store(tmp_path, model, database_url, photos):
     store = CatalogStore.create(tmp_path / "catalog", model.parent, database_url)
-    store.import_catalog(photos["csv"], photos["images"])
+    store.intake.import_catalog(photos["csv"], photos["images"])
     return store
 
 
@@ -69,77 +71,77 @@ def test_migrations_build_the_schema_from_empty_and_match_the_models(database_ur
 def test_a_season_is_added_matched_and_decided(tmp_path, model, database_url, photos):
     store = make_store(tmp_path, model, database_url, photos)
     known = photos["known"]
-    assert store.stats()["confirmed"] == len(known) and store.stats()["individuals"] == FIRST
+    assert store.exports.stats()["confirmed"] == len(known) and store.exports.stats()["individuals"] == FIRST
     first_new = photos["season"][0]
     batch = [first_new, recoded(first_new, tmp_path / "copies"), *photos["season"][1:4]]
-    result = store.add(batch, EncounterInfo(date="2026-07-01", place="Bay", observer="ana"))
+    result = store.intake.add(batch, EncounterInfo(date="2026-07-01", place="Bay", observer="ana"))
     assert len(result.added) == 5 and not result.rejected
-    queue = store.queue()
+    queue = store.review.queue()
     assert [q.photo for q in queue] == result.added
     # two photos of one new animal in the same survey find each other
     assert queue[0].batch_matches[0]["photo"] == queue[1].photo
     assert all(c["individual"] in set(known["individual_id"]) | {"new_individual"} for c in queue[0].candidates)
 
-    new = store.decide(queue[0].photo, new=True, name="Nick", reviewer="ana")
+    new = store.review.decide(queue[0].photo, new=True, name="Nick", reviewer="ana")
     assert new.kind == "new"
     with store.session() as session:
         animal = session.get(Photo, queue[0].photo).individual_id
     # a confirmed photo joins the gallery at once: a recoded copy of it now ranks its animal first
-    again = store.add([recoded(first_new, tmp_path / "copies2", quality=70)])
-    proposed = store.queue()[-1]
+    again = store.intake.add([recoded(first_new, tmp_path / "copies2", quality=70)])
+    proposed = store.review.queue()[-1]
     assert proposed.photo == again.added[0] and proposed.candidates[0]["individual"].startswith("WID-")
-    store.decide(queue[1].photo, confirm=proposed.candidates[0]["individual"], reviewer="ben")
+    store.review.decide(queue[1].photo, confirm=proposed.candidates[0]["individual"], reviewer="ben")
     with store.session() as session:
         assert session.get(Photo, queue[1].photo).individual_id == animal
-    assert store.stats()["decisions_per_reviewer"] == {"import": len(known), "ana": 1, "ben": 1}
+    assert store.exports.stats()["decisions_per_reviewer"] == {"import": len(known), "ana": 1, "ben": 1}
     # the gallery grown in memory by confirmations is the one a fresh process rebuilds from the database
     with store.session() as session:
-        grown = store.gallery(session, store.active_model(session))
+        grown = store.gallery.identifier(session, store.models.active(session))
     fresh = CatalogStore(store.dir)
     with fresh.session() as session:
-        rebuilt = fresh.gallery(session, fresh.active_model(session))
+        rebuilt = fresh.gallery.identifier(session, fresh.models.active(session))
     assert sorted(grown.gallery_ids) == sorted(rebuilt.gallery_ids) and len(grown) == len(known) + 2
     assert sorted(map(tuple, grown.index.vectors.tolist())) == sorted(map(tuple, rebuilt.index.vectors.tolist()))
 
 
 def test_decisions_are_events_that_merge_and_undo_derive_from(tmp_path, model, database_url, photos):
     store = make_store(tmp_path, model, database_url, photos)
-    added = store.add(photos["season"][:2]).added
+    added = store.intake.add(photos["season"][:2]).added
     a, b = photos["known"]["individual_id"].unique()[:2]
-    confirmed = store.decide(added[0], confirm=a)
+    confirmed = store.review.decide(added[0], confirm=a)
     with pytest.raises(ConflictError, match="already decided"):
-        store.decide(added[0], unsure=True)
+        store.review.decide(added[0], unsure=True)
     with pytest.raises(UserError, match="no individual 'nobody'"):
-        store.decide(added[1], confirm="nobody")
+        store.review.decide(added[1], confirm="nobody")
     with pytest.raises(UserError, match="exactly one of"):
-        store.decide(added[1], new=True, unsure=True)
-    merged = store.merge(a, b)
+        store.review.decide(added[1], new=True, unsure=True)
+    merged = store.review.merge(a, b)
     with pytest.raises(UserError, match="already one individual"):
-        store.merge(a, b)
+        store.review.merge(a, b)
     with store.session() as session:
         photo = session.get(Photo, added[0])
         target = photo.individual_id
-    store.undo(merged.id)
-    store.undo(confirmed.id)
+    store.review.undo(merged.id)
+    store.review.undo(confirmed.id)
     with pytest.raises(UserError, match="already undone"):
-        store.undo(confirmed.id)
+        store.review.undo(confirmed.id)
     with store.session() as session:
         assert session.get(Photo, added[0]).state == "pending"
         kinds = session.scalars(select(Decision.kind).where(Decision.reviewer != "import").order_by(Decision.id)).all()
     assert kinds == ["confirm", "merge", "undo", "undo"] and target is not None  # nothing deleted, all appended
-    assert store.queue()[0].photo == added[0]
+    assert store.review.queue()[0].photo == added[0]
 
 
 def test_two_deciders_at_once_one_wins_the_other_gets_a_conflict(tmp_path, model, database_url, photos):
     store = make_store(tmp_path, model, database_url, photos)
-    photo = store.add(photos["season"][:1]).added[0]
+    photo = store.intake.add(photos["season"][:1]).added[0]
     others = [CatalogStore(store.dir) for _ in range(2)]
     barrier, outcomes = threading.Barrier(2), []
 
     def decide(store_, individual):
         barrier.wait()
         try:
-            outcomes.append(store_.decide(photo, confirm=individual, reviewer=individual).kind)
+            outcomes.append(store_.review.decide(photo, confirm=individual, reviewer=individual).kind)
         except ConflictError as error:
             outcomes.append(str(error))
 
@@ -157,11 +159,11 @@ def test_two_deciders_at_once_one_wins_the_other_gets_a_conflict(tmp_path, model
 def test_unreadable_and_duplicate_photos_are_recorded_not_stored(tmp_path, model, fixtures, photos):
     store = make_store(tmp_path, model, None, photos)
     season = photos["season"][:2]
-    result = store.add([*season, fixtures / "images" / "truncated.jpg", season[0]])
+    result = store.intake.add([*season, fixtures / "images" / "truncated.jpg", season[0]])
     assert len(result.added) == 2 and result.duplicates == [season[0].name]
     assert result.rejected == [("truncated.jpg", "truncated JPEG")]
-    assert store.add(season).duplicates == [p.name for p in season]  # the same upload again
-    assert store.stats()["rejected"] == 1 and store.stats()["pending"] == 2
+    assert store.intake.add(season).duplicates == [p.name for p in season]  # the same upload again
+    assert store.exports.stats()["rejected"] == 1 and store.exports.stats()["pending"] == 2
     assert sorted(p.name for p in (store.dir / "photos").iterdir()) == sorted(
         {f"{s}.jpg" for s in _sha(store)}
     )  # no file without its row
@@ -174,18 +176,20 @@ def _sha(store):
 
 def test_exports_feed_training_and_darwin_core(tmp_path, model, photos):
     store = make_store(tmp_path, model, None, photos)
-    added = store.add(photos["season"][:2], EncounterInfo(date="2026-07-02", latitude=41.5, longitude=-70.1)).added
-    store.decide(added[0], new=True)
-    assert store.export("happywhale", tmp_path / "hw.csv") == len(photos["known"]) + 1
+    added = store.intake.add(
+        photos["season"][:2], EncounterInfo(date="2026-07-02", latitude=41.5, longitude=-70.1)
+    ).added
+    store.review.decide(added[0], new=True)
+    assert store.exports.export("happywhale", tmp_path / "hw.csv") == len(photos["known"]) + 1
     grown = read_catalog(tmp_path / "hw.csv", store.dir / "photos")  # the next model trains on it as is
     assert len(grown) == len(photos["known"]) + 1 and grown.n_individuals == FIRST + 1
-    store.export("dwc", tmp_path / "dwc.csv")
+    store.exports.export("dwc", tmp_path / "dwc.csv")
     dwc = pd.read_csv(tmp_path / "dwc.csv")
     row = dwc[dwc["organismID"].str.startswith("WID-")].iloc[0]
     assert (row["eventDate"], row["decimalLatitude"], row["identifiedBy"]) == ("2026-07-02", 41.5, "reviewer")
-    assert store.export("decisions", tmp_path / "log.csv") == len(photos["known"]) + 1
+    assert store.exports.export("decisions", tmp_path / "log.csv") == len(photos["known"]) + 1
     with pytest.raises(UserError, match="unknown export format"):
-        store.export("xml", tmp_path / "x.xml")
+        store.exports.export("xml", tmp_path / "x.xml")
 
 
 def exif_photo(path, taken: str, latitude: tuple, longitude: tuple = (70.0, 6.0, 0.0)):
@@ -215,30 +219,31 @@ SLOW_ADD = """
 import sys, time
 from pathlib import Path
 import whaleid.store.catalog as catalog
+import whaleid.store.models as models
 
-real = catalog.CatalogStore.embed
+real = models.Models.embed
 def embed(self, model, paths):
     out = real(self, model, paths)
     Path(sys.argv[2]).write_text("embedded")
     time.sleep(60)  # killed here: files copied, rows not committed
     return out
-catalog.CatalogStore.embed = embed
-catalog.CatalogStore(sys.argv[1]).add(sys.argv[3:])
+models.Models.embed = embed
+catalog.CatalogStore(sys.argv[1]).intake.add(sys.argv[3:])
 """
 
 
 def test_add_killed_mid_batch_then_run_again_keeps_everything_once(tmp_path, model, photos):
     store = make_store(tmp_path, model, None, photos)
-    first = store.add(photos["season"][:1]).added[0]
-    decided = store.decide(first, new=True)
+    first = store.intake.add(photos["season"][:1]).added[0]
+    decided = store.review.decide(first, new=True)
     batch = [str(p) for p in photos["season"][1:6]]
     marker = tmp_path / "embedded"
     child = subprocess.Popen([sys.executable, "-c", SLOW_ADD, str(store.dir), str(marker), *batch])
     kill_when(marker, child, 120, "the middle of its add")
-    assert store.stats()["photos"] == len(photos["known"]) + 1  # no half rows
-    again = store.add(batch)
+    assert store.exports.stats()["photos"] == len(photos["known"]) + 1  # no half rows
+    again = store.intake.add(batch)
     assert len(again.added) == 5 and not again.duplicates
-    assert store.add(batch).duplicates == [os.path.basename(p) for p in batch]
+    assert store.intake.add(batch).duplicates == [os.path.basename(p) for p in batch]
     with store.session() as session:
         shas = session.scalars(select(Photo.sha256)).all()
         assert len(shas) == len(set(shas)) == len(photos["known"]) + 6
@@ -274,14 +279,14 @@ def test_the_catalog_commands(tmp_path, model, photos):
 def test_a_vector_cache_cut_short_is_rebuilt_from_the_database(tmp_path, model, photos):
     """The cache under index/ is only a cache: a damaged file (a disk fault, a copy cut short) costs a rebuild."""
     store = make_store(tmp_path, model, None, photos)
-    store.add(photos["season"][:2])
+    store.intake.add(photos["season"][:2])
     cache = store.dir / "index" / "model1.npz"
-    before = [item.candidates for item in store.queue()]
+    before = [item.candidates for item in store.review.queue()]
     assert cache.is_file() and before[0]
     cache.write_bytes(cache.read_bytes()[:200])
     again = CatalogStore(store.dir)
-    assert len(again.add(photos["season"][2:3]).added) == 1
-    assert [item.candidates for item in again.queue()][:2] == before
+    assert len(again.intake.add(photos["season"][2:3]).added) == 1
+    assert [item.candidates for item in again.review.queue()][:2] == before
 
 
 def test_a_catalog_locked_by_another_writer_too_long_is_one_line(tmp_path, model, photos, monkeypatch):
@@ -292,8 +297,8 @@ def test_a_catalog_locked_by_another_writer_too_long_is_one_line(tmp_path, model
     holder.execute("BEGIN IMMEDIATE")
     try:
         with pytest.raises(UserError, match="stayed locked by another writer"):
-            CatalogStore(store.dir).add(photos["season"][:1])
+            CatalogStore(store.dir).intake.add(photos["season"][:1])
     finally:
         holder.execute("ROLLBACK")
         holder.close()
-    assert len(CatalogStore(store.dir).add(photos["season"][:1]).added) == 1
+    assert len(CatalogStore(store.dir).intake.add(photos["season"][:1]).added) == 1

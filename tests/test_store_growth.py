@@ -15,7 +15,8 @@ import pytest
 
 from whaleid.model.checkpoint import save_checkpoint
 from whaleid.model.network import EmbeddingModel, ModelConfig
-from whaleid.store.catalog import CatalogStore, EncounterInfo
+from whaleid.store.catalog import CatalogStore
+from whaleid.store.intake import EncounterInfo
 
 N_INDIVIDUALS = 100  # with >= 4 photos; half are confirmed in each of the two catalogs
 GALLERY_PHOTOS = 2  # imported per individual: most real individuals have few photos, where one more counts
@@ -36,9 +37,9 @@ def _summary(ranks: list[int | None]) -> dict:
 
 def _add_and_rank(store: CatalogStore, images: Path, names: list[str], truth: dict[str, str]) -> dict:
     """Add photos as one sighting; for each, its photo id and the rank (1-5, None past 5) and score of its truth."""
-    result = store.add([images / n for n in names], EncounterInfo(date="2025-06-01", observer="growth test"))
+    result = store.intake.add([images / n for n in names], EncounterInfo(date="2025-06-01", observer="growth test"))
     assert len(result.added) == len(names), (result.rejected, result.duplicates)
-    queued = {item.photo: item for item in store.queue(limit=None)}
+    queued = {item.photo: item for item in store.review.queue(limit=None)}
     out = {}
     for photo, name in zip(result.added, names):
         candidates = [c for c in queued[photo].candidates if c["individual"] != "new_individual"]
@@ -87,7 +88,7 @@ def test_confirming_a_sighting_ranks_the_next_photo_of_that_animal_higher(shared
     ).eval()
     checkpoint = save_checkpoint(model, tmp_path / "zero-shot" / "model", ["none"])
     x = CatalogStore.create(tmp_path / "x", checkpoint)
-    imported = x.import_catalog(csv, images)
+    imported = x.intake.import_catalog(csv, images)
     assert len(imported.added) == N_INDIVIDUALS * GALLERY_PHOTOS, imported.rejected
     x.engine.dispose()  # no open connection: the SQLite file (and its WAL) copies whole
     shutil.copytree(tmp_path / "x", tmp_path / "y")
@@ -100,7 +101,7 @@ def test_confirming_a_sighting_ranks_the_next_photo_of_that_animal_higher(shared
         sightings = _add_and_rank(store, images, [first[ind] for ind in mine], truth)
         for ind, (photo, rank, _) in sightings.items():
             first_rank[ind] = rank
-            store.decide(photo, confirm=ind, reviewer="truth")
+            store.review.decide(photo, confirm=ind, reviewer="truth")
         ranked[name] = _add_and_rank(store, images, [second[ind] for ind in chosen], truth)
     other = {"x": "y", "y": "x"}
     after = [ranked[half[ind]][ind] for ind in chosen]

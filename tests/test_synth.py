@@ -12,16 +12,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from whaleid.data.synth import (
-    WIDTH_FRAC,
-    FinIdentity,
-    _photo_count,
-    _pose_matrix,
-    fin_silhouette,
-    make_catalog,
-    render_fin,
-    render_fin_photo,
-)
+from whaleid.data.fins import WIDTH_FRAC, FinIdentity, fin_silhouette, pose_matrix
+from whaleid.data.render import render_fin, render_fin_photo
+from whaleid.data.synth import _photo_count, make_catalog
 from whaleid.errors import UserError
 
 
@@ -174,7 +167,7 @@ def test_nicks_are_resolvable_at_128px() -> None:
     for i in range(20):
         ident = _identity(i, seed=2)
         smooth = dataclasses.replace(ident, nicks=())
-        m = _pose_matrix(ident, 128, width_frac=WIDTH_FRAC[0], center_x=0.5, base_y=0.7, angle_deg=0, shear=0, aspect=1)
+        m = pose_matrix(ident, 128, width_frac=WIDTH_FRAC[0], center_x=0.5, base_y=0.7, angle_deg=0, shear=0, aspect=1)
         scale = m[0, 0]
         assert max(n.depth for n in ident.nicks) * scale >= 2.5
         assert len(ident.nicks) >= 2

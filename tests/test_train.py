@@ -13,7 +13,10 @@ from whaleid.model.checkpoint import load_checkpoint
 from whaleid.model.network import LIMITS as MODEL_LIMITS
 from whaleid.model.network import ModelConfig
 from whaleid.settings import from_dict
-from whaleid.train import LIMITS, TrainConfig, epoch_line, train, warmup_cosine
+from whaleid.train import TrainConfig, train
+from whaleid.train.config import LIMITS
+from whaleid.train.schedule import warmup_cosine
+from whaleid.train.validation import epoch_line
 
 TINY_MODEL = dict(backbone="test_efficientnet", embedding_dim=16, img_size=48)
 
@@ -83,7 +86,7 @@ def test_checkpoint_every_epoch_and_resume_is_exact(synth_csv, tmp_path):
 
 
 def test_validation_picks_the_best_epoch_and_output(synth_csv, tmp_path):
-    from whaleid.data.catalog import open_set_split
+    from whaleid.data.splits import open_set_split
 
     known, val = open_set_split(read_catalog(synth_csv), 0.3, seed=0)
     config = tiny(epochs=2)
@@ -158,7 +161,7 @@ def test_sequential_unfreezing_holds_layers_until_their_epoch(synth_csv, tmp_pat
 
 
 def test_layer_decay_scales_learning_rates_down_the_backbone():
-    from whaleid.train import param_groups
+    from whaleid.train.schedule import param_groups
 
     model = _initial_model()
     config = tiny(backbone_lr=1e-3, lr=1e-2, layer_decay=0.5)

@@ -13,7 +13,8 @@ from typer.testing import CliRunner
 from webapp import PASSWORD, build_catalog, client, wait_for_job
 from whaleid.__main__ import app as cli
 from whaleid.errors import UserError
-from whaleid.store.catalog import CatalogStore, EncounterInfo
+from whaleid.store.catalog import CatalogStore
+from whaleid.store.intake import EncounterInfo
 from whaleid.store.schema import Decision, Job, MatchRun, Photo
 from whaleid.web.config import WebConfig
 from whaleid.web.jobs import Jobs, UploadLimits
@@ -130,7 +131,7 @@ def test_a_job_left_running_by_a_killed_server_is_resumed_and_adds_nothing_twice
     with store.session() as session, session.begin():
         session.execute(update(Job).where(Job.id == job["id"]).values(state="running"))
         staged = session.get(Job, job["id"]).payload["files"]
-    store.add([store.dir / f["file"] for f in staged[:2]], job["encounter"])
+    store.intake.add([store.dir / f["file"] for f in staged[:2]], job["encounter"])
     restarted = Jobs(store, UploadLimits(), poll=0.05)
     restarted.start_worker()
     try:
@@ -157,8 +158,8 @@ class _Json:
 
 
 def test_an_admin_switches_model_as_a_job_and_matches_record_it(store, tmp_path, model):
-    store.reindex(model.parent)  # v2 registered and active
-    assert [m["active"] for m in store.models()] == [False, True]
+    store.gallery.reindex(model.parent)  # v2 registered and active
+    assert [m["active"] for m in store.models.listed()] == [False, True]
     with client(store, "admin") as c:
         job = c.post("/api/models/1/activate").json()
         assert wait_for_job(c.get, job["id"])["state"] == "done"

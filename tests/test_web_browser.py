@@ -49,7 +49,7 @@ def _survey(tmp_path: Path, synth_csv: Path, model: Path) -> tuple[Path, list[Pa
     known.drop(held.index).to_csv(tmp_path / "known.csv", index=False)
     store = CatalogStore.create(tmp_path / "catalog", model.parent)
     images = synth_csv.parent / "images"
-    store.import_catalog(tmp_path / "known.csv", images)
+    store.intake.import_catalog(tmp_path / "known.csv", images)
     unknown = table[table["individual_id"].isin(ids[KNOWN : KNOWN + 3])].groupby("individual_id").head(1)
     names = [held["image"].iloc[0], *unknown["image"].iloc[:2], *held["image"].iloc[1:3], unknown["image"].iloc[2]]
     return store.dir, [images / n for n in names], held["individual_id"].iloc[0]

@@ -106,7 +106,7 @@ def test_a_failed_jobs_error_never_shows_the_catalogs_folder(store, monkeypatch)
     def fails(*args, **kwargs):
         raise UserError(f"{store.dir.resolve() / 'photos' / 'x.jpg'} could not be read")
 
-    monkeypatch.setattr(store, "add", fails)
+    monkeypatch.setattr(store.intake, "add", fails)
     assert c.app.state.jobs.run_next()
     failed = c.get(f"/api/jobs/{job}").json()
     assert failed["state"] == "failed" and failed["error"] == "the catalog/photos/x.jpg could not be read"
@@ -150,7 +150,7 @@ def test_captions_date_a_photo_by_when_the_animal_was_seen_never_by_its_import(s
 
 def test_a_merge_is_undone_from_the_dashboards_decisions(store, individuals):
     """The individual page promises it; the dashboard's Undo is a form (CSRF, reviewer role) over the
-    same CatalogStore.undo as `whaleid catalog undo`."""
+    same CatalogStore.review.undo as `whaleid catalog undo`."""
     c, token = form_client(store, "reviewer")
     viewer, viewer_token = form_client(store, "viewer")
     source, into = individuals[3], individuals[4]

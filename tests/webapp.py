@@ -14,7 +14,8 @@ import httpx
 import pandas as pd
 from fastapi.testclient import TestClient
 
-from whaleid.store.catalog import CatalogStore, EncounterInfo
+from whaleid.store.catalog import CatalogStore
+from whaleid.store.intake import EncounterInfo
 from whaleid.web.config import WebConfig
 from whaleid.web.server import create_app
 from whaleid.web.users import add_user
@@ -31,10 +32,10 @@ def build_catalog(folder: Path, synth_csv: Path, model: Path, db: str | None = N
     folder.mkdir(parents=True, exist_ok=True)
     table[table["individual_id"].isin(first)].to_csv(folder / "known.csv", index=False)
     store = CatalogStore.create(folder / "catalog", model.parent, db)
-    store.import_catalog(folder / "known.csv", synth_csv.parent / "images")
+    store.intake.import_catalog(folder / "known.csv", synth_csv.parent / "images")
     images = synth_csv.parent / "images"
     season = [images / name for name in table[~table["individual_id"].isin(first)]["image"]]
-    store.add(season, EncounterInfo(date="2026-07-01", place="test bay"))
+    store.intake.add(season, EncounterInfo(date="2026-07-01", place="test bay"))
     for role in ROLES:
         add_user(store, role, PASSWORD, role)
     return store

@@ -9,21 +9,27 @@
   name inside an output folder. Names from users may be absolute, hold ``../``, be too
   long for the file system or differ only in their extension (``b.jpg``, ``b.png``);
   outputs built from them directly overwrote photos outside the output folder.
-- :func:`read_user_csv` reads a CSV a person handed in, any failure one line naming it.
+- :func:`read_table` is the one CSV reader (catalogs, boxes, crop tables, predictions):
+  strict, strings only, any failure one line naming the file and the line.
 """
 
 from __future__ import annotations
 
+import codecs
 import contextlib
+import csv
 import errno
 import hashlib
+import io
 import os
 import re
+import stat
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from whaleid.errors import UserError
@@ -35,7 +41,9 @@ __all__ = [
     "inside",
     "is_disk_full",
     "output_path",
-    "read_user_csv",
+    "printable",
+    "read_table",
+    "read_table_lines",
     "safe_name",
     "spreadsheet_safe",
 ]
@@ -71,19 +79,119 @@ def inside(path: str | os.PathLike, folder: str | os.PathLike) -> bool:
     return Path(path).resolve().is_relative_to(Path(folder).resolve())
 
 
-def read_user_csv(path: str | os.PathLike, what: str, **kwargs) -> pd.DataFrame:
-    """A CSV a person handed in (``what`` says which kind), or one :class:`UserError` line naming the file."""
+def printable(text: str, limit: int = 40) -> str:
+    """A name as it can be printed on one line: control characters escaped, long names cut."""
+    shown = "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in text[:limit])
+    return shown + ("..." if len(text) > limit else "")
+
+
+def _read_bytes(path: Path, what: str, error: type[UserError]) -> bytes:
+    """The whole file, refusing what is not a regular file: reading a pipe would block forever."""
     try:
-        return pd.read_csv(path, **kwargs)
-    except pd.errors.EmptyDataError:
-        raise UserError(f"{path}: empty {what} (no header)") from None
-    except UnicodeDecodeError:
-        raise UserError(f"{path}: not a {what} (not UTF-8 text)") from None
-    except (pd.errors.ParserError, ValueError) as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise UserError(f"{path}: not a {what} ({reason})") from None
-    except OSError as error:
-        raise UserError(f"cannot read {what} {path}: {error.strerror or error}") from None
+        mode = path.stat().st_mode
+        data = path.read_bytes() if stat.S_ISREG(mode) else None
+    except FileNotFoundError:
+        raise error(f"{what} not found: {path}") from None
+    except PermissionError:
+        raise error(f"cannot read {what} {path}: permission denied") from None
+    except OSError as exc:
+        raise error(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+    except ValueError:  # os.stat refuses a NUL byte in the path
+        raise error(f"{what} path contains a NUL byte: {str(path)!r}") from None
+    if stat.S_ISDIR(mode):
+        raise error(f"{what} is a folder, not a CSV: {path}")
+    if data is None:
+        raise error(f"{what} is not a regular file (a device, pipe or a link to one): {path}")
+    return data
+
+
+def _decode(data: bytes, path: Path, error: type[UserError]) -> str:
+    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        raise error(f"cannot parse {path}: UTF-16 text; save it as a UTF-8 CSV")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise error(
+            f"cannot parse {path}: not UTF-8 text (line {line}: {exc.reason}); save it as a UTF-8 CSV"
+        ) from None
+
+
+def _rows(text: str, path: Path, error: type[UserError]) -> tuple[list[list[str]], list[int]]:
+    """The non-blank rows and the line each starts on (a quoted line break makes a row span lines)."""
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    rows: list[list[str]] = []
+    starts: list[int] = []
+    start = 1
+    try:
+        for row in reader:
+            if len(row) > 1 or (row and row[0].strip()):
+                rows.append(row)
+                starts.append(start)
+            start = reader.line_num + 1
+    except csv.Error as exc:
+        raise error(f"cannot parse {path}: line {start}: {exc} (check the quotes)") from None
+    return rows, starts
+
+
+def _check_field_counts(
+    header: list[str], rows: list[list[str]], line_of: np.ndarray, path: Path, error: type[UserError]
+) -> None:
+    """A row with another field count than the header: pandas shifted or padded it silently."""
+    counts = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
+    wrong = np.flatnonzero(counts != len(header))
+    if len(wrong):
+        said = [f"line {line_of[i]} has {counts[i]} field{'' if counts[i] == 1 else 's'}" for i in wrong[:3]]
+        more = f" and {len(wrong) - 3} more line{'' if len(wrong) == 4 else 's'}" if len(wrong) > 3 else ""
+        raise error(
+            f"{path}: {', '.join(said)}{more}, the header has {len(header)} "
+            "(a name that contains a comma must be in double quotes)"
+        )
+
+
+def _check_columns(columns: pd.Index, required: Sequence[str], path: Path, error: type[UserError]) -> None:
+    """Required columns present, none twice (a second ``image`` column would hide the first)."""
+    missing = [c for c in required if c not in columns]
+    if missing:
+        found = ", ".join(printable(c) for c in columns[:20]) if len(columns) else "none"
+        raise error(f"{path}: missing required column(s) {', '.join(missing)}; found columns: {found}")
+    twice = columns[columns.duplicated()].tolist()
+    if twice:
+        raise error(f"{path}: column(s) appear twice: {', '.join(map(printable, twice))}")
+
+
+def read_table_lines(
+    path: str | os.PathLike, required: Sequence[str] = (), *, what: str = "CSV", error: type[UserError] = UserError
+) -> tuple[pd.DataFrame, np.ndarray]:
+    """A CSV a person handed in (``what`` names its kind in messages) as strings, and the line each row starts on.
+
+    Read with the csv module, not pandas: pandas takes a first column too many as the
+    index (shifting every column), pads short rows silently and turns cells such as
+    ``NA`` into missing values. Here every cell is kept exactly as written (empty cells
+    are NaN), the header is stripped and lowercased, blank lines are skipped, and any
+    problem (unreadable, not UTF-8, bad quotes, a row with another field count than the
+    header, ``required`` columns absent, a column twice) is one ``error`` naming the
+    file and the lines.
+    """
+    path = Path(path)
+    rows, starts = _rows(_decode(_read_bytes(path, what, error), path, error), path, error)
+    if not rows:
+        raise error(f"{path}: empty {what} (no header and no rows)")
+    if "\x00" in rows[0][0]:
+        raise error(f"cannot parse {path}: binary data (NUL bytes on line 1), not a CSV")
+    header = [c.strip().lower() for c in rows[0]]
+    line_of = np.asarray(starts[1:], dtype=np.int64)
+    _check_field_counts(header, rows[1:], line_of, path, error)
+    table = pd.DataFrame(rows[1:], columns=header, dtype=object) if len(rows) > 1 else pd.DataFrame(columns=header)
+    _check_columns(table.columns, required, path, error)
+    return table.replace("", np.nan), line_of
+
+
+def read_table(
+    path: str | os.PathLike, required: Sequence[str] = (), *, what: str = "CSV", error: type[UserError] = UserError
+) -> pd.DataFrame:
+    """:func:`read_table_lines` without the line numbers: for tables whose errors name no line."""
+    return read_table_lines(path, required, what=what, error=error)[0]
 
 
 def spreadsheet_safe(table: pd.DataFrame) -> pd.DataFrame:

@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from whaleid.app.cli import app, command, console
+from whaleid.app.command import app, command, console
 
 catalog_app = typer.Typer(no_args_is_help=True, help="A living catalog: add photos, review matches, grow the gallery.")
 app.add_typer(catalog_app, name="catalog")
@@ -43,7 +43,7 @@ def import_(
     images: Optional[Path] = typer.Option(None, help="Photo folder (default: images/ beside the CSV)."),
 ):
     """Bring an existing labelled catalog in: every photo copied, embedded and confirmed as labelled."""
-    result = _store(directory).import_catalog(csv, images)
+    result = _store(directory).intake.import_catalog(csv, images)
     console.print(
         f"{len(result.added)} photos imported, {len(result.duplicates)} already there, "
         f"{len(result.rejected)} unreadable"
@@ -64,10 +64,10 @@ def add(
     notes: Optional[str] = typer.Option(None, "--notes"),
 ):
     """Copy new photos in, embed them and match them against the catalog and each other; they await review."""
-    from whaleid.store.catalog import EncounterInfo
+    from whaleid.store.intake import EncounterInfo
 
     encounter = EncounterInfo(date, place, latitude, longitude, observer, notes)
-    result = _store(directory).add(photos, encounter)
+    result = _store(directory).intake.add(photos, encounter)
     console.print(f"{len(result.added)} photos queued for review, {len(result.duplicates)} already in the catalog")
     for name, reason in result.rejected:
         console.print(f"[yellow]skipped {name}: {reason}[/yellow]")
@@ -76,7 +76,7 @@ def add(
 @command("queue", group=catalog_app)
 def queue(directory: Path, limit: int = typer.Option(20, min=1), as_json: bool = typer.Option(False, "--json")):
     """Photos awaiting a decision, with the individuals the model proposed."""
-    items = _store(directory).queue(limit)
+    items = _store(directory).review.queue(limit)
     if as_json:
         console.print_json(json.dumps([vars(i) for i in items]))
         return
@@ -97,21 +97,23 @@ def decide(
     reviewer: str = ReviewerOpt,
 ):
     """Decide one photo: a known individual, a new one, or can't tell."""
-    event = _store(directory).decide(photo, confirm=confirm, new=new, unsure=unsure, name=name, reviewer=reviewer)
+    event = _store(directory).review.decide(
+        photo, confirm=confirm, new=new, unsure=unsure, name=name, reviewer=reviewer
+    )
     console.print(f"decision {event.id}: {event.kind}")
 
 
 @command("merge", group=catalog_app)
 def merge(directory: Path, source: str, target: str, reviewer: str = ReviewerOpt):
     """Individual SOURCE is TARGET: SOURCE's photos join TARGET."""
-    event = _store(directory).merge(source, target, reviewer)
+    event = _store(directory).review.merge(source, target, reviewer)
     console.print(f"decision {event.id}: {source} merged into {target}")
 
 
 @command("undo", group=catalog_app)
 def undo(directory: Path, event: int, reviewer: str = ReviewerOpt):
     """Cancel an earlier decision (recorded as an event of its own)."""
-    done = _store(directory).undo(event, reviewer)
+    done = _store(directory).review.undo(event, reviewer)
     console.print(f"decision {done.id}: undid {event}")
 
 
@@ -122,7 +124,7 @@ def reindex(
     version: Optional[int] = typer.Option(None, help="Go back to an earlier model of this catalog (v<N>).", min=1),
 ):
     """Embed every photo again (with a new model, or an earlier one, when given); decisions are kept."""
-    console.print(f"{_store(directory).reindex(model, version=version)} photos embedded")
+    console.print(f"{_store(directory).gallery.reindex(model, version=version)} photos embedded")
 
 
 @command("export", group=catalog_app)
@@ -135,11 +137,11 @@ def export(
     ),
 ):
     """The grown catalog as a Happywhale CSV, the decision log, or Darwin Core occurrences."""
-    rows = _store(directory).export(format_, out, force=force)
+    rows = _store(directory).exports.export(format_, out, force=force)
     console.print(f"{rows} rows -> {out}" + (f" (photos in {directory / 'photos'})" if format_ == "happywhale" else ""))
 
 
 @command("stats", group=catalog_app)
 def stats(directory: Path):
     """Photos, individuals, pending, decisions per reviewer, new individuals per encounter."""
-    console.print_json(json.dumps(_store(directory).stats()))
+    console.print_json(json.dumps(_store(directory).exports.stats()))

@@ -6,152 +6,32 @@ The training and experiment commands (train, pseudo-label, run, demo) live in
 
 from __future__ import annotations
 
-import functools
-import json
-import os
-from collections.abc import Callable
 from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
-from whaleid.errors import UserError
-from whaleid.files import atomic_path, is_disk_full, output_path
-
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False)
-console = Console()
-errors = Console(stderr=True)
-DEBUG_ENV = "WHALEID_DEBUG"
-
-
-_debug = {"on": False}  # set per invocation by the --debug option
-
-
-def _debug_from_env() -> bool:
-    return os.environ.get(DEBUG_ENV, "").lower() not in ("", "0", "false", "no")
-
-
-def _fail(message: str, code: int) -> typer.Exit:
-    errors.print(f"[red]error:[/red] {message}", markup=True, highlight=False, soft_wrap=True)
-    return typer.Exit(code)
-
-
-def _one_line(error: BaseException) -> str:
-    return " ".join(str(error).split()) or type(error).__name__
-
-
-def _user_errors(command: Callable) -> Callable:
-    """Every command ends in one clear line and a non-zero exit, never a traceback (unless --debug)."""
-
-    @functools.wraps(command)
-    def wrapper(*args, **kwargs):
-        try:
-            return command(*args, **kwargs)
-        except (typer.Exit, typer.Abort, typer.exceptions.TyperException):  # Typer reports these itself
-            raise
-        except KeyboardInterrupt:
-            raise _fail("interrupted; finished work is kept, re-run to continue", 130) from None
-        except Exception as error:
-            if _debug["on"]:
-                raise
-            if isinstance(error, UserError):
-                raise _fail(_one_line(error), 2) from None
-            if is_disk_full(error):  # a write outside atomic_path; the errno may sit deep in the chain
-                raise _fail(f"disk full ({_one_line(error)}): free some space and re-run", 2) from None
-            if isinstance(error, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)):
-                raise _fail(_one_line(error), 2) from None
-            raise _fail(
-                f"unexpected {type(error).__name__}: {_one_line(error)} "
-                f"(re-run with --debug or {DEBUG_ENV}=1 for the traceback, and please report it)",
-                1,
-            ) from None
-
-    return wrapper
-
-
-def command(*args, group: typer.Typer | None = None, **kwargs) -> Callable[[Callable], Callable]:
-    """``app.command`` (or a sub-app's) with :func:`_user_errors` around the function."""
-    return lambda function: (group or app).command(*args, **kwargs)(_user_errors(function))
-
-
-@app.callback()
-def _options(debug: bool = typer.Option(False, "--debug", help=f"Show tracebacks (or set {DEBUG_ENV}=1).")) -> None:
-    """Photo-identification of individual whales and dolphins."""
-    _debug["on"] = debug or _debug_from_env()
-
-
-ImagesOpt = typer.Option(None, "--images", help="Photo folder (default: images/ beside the CSV).")
-RerankOpt = typer.Option(
-    0,
-    min=0,
-    help="Re-rank this many nearest photos by local-feature matches fused with the cosine "
-    "(0: off; the embeddings need --keypoints; docs/results/local-features.md).",
+from whaleid.app.command import (
+    BackgroundOpt,
+    BoxesOpt,
+    CacheRootOpt,
+    CropOpt,
+    EngineOpt,
+    ImagesOpt,
+    LocalWeightOpt,
+    ShortlistOpt,
+    command,
+    console,
+    embedder_for,
+    metrics_table,
+    preparation,
+    prepared,
+    read_catalog,
+    rounded,
+    save_json,
 )
-LocalWeightOpt = typer.Option(0.5, min=0.0, max=1.0, help="With --rerank: weight of the local score in the fusion.")
-CropOpt = typer.Option(
-    None,
-    "--crop",
-    help="Crop photos first: none, saliency (the animal's salient region) or boxes (--boxes). Default: as the model was trained, else none.",
-)
-BoxesOpt = typer.Option(
-    None,
-    "--boxes",
-    help="Box file(s): pixel-box CSV (image, box 'x0 y0 x1 y1' or x0..y1, optional source) or YOLO (folder of .txt or CSV with cx,cy,w,h).",
-)
-BackgroundOpt = typer.Option(
-    None, "--background", help="Remove the background (black, blur or mean) using the saliency mask."
-)
-EngineOpt = typer.Option(
-    "auto", help="What runs the model: onnx (ONNX Runtime, CPU), torch, or auto (onnx on CPU where it exports)."
-)
-CacheRootOpt = typer.Option(Path(".cache/whaleid"), "--cache-root", help="Where cropped/resized photos are cached.")
-
-
-def read_catalog(csv: Path, images: Optional[Path], require_labels: bool = True, check: bool = True):
-    """The catalog, with the photos that could not be read listed (first ten) rather than failing the run."""
-    from whaleid.data.catalog import read_catalog as read
-
-    catalog = read(csv, images, require_labels=require_labels, check_images=check, progress=True)
-    if len(catalog.problems):
-        console.print(f"[yellow]skipped {len(catalog.problems)} unreadable photo(s):[/yellow]")
-        for row in catalog.problems.head(10).itertuples():
-            console.print(f"  {row.image}: {row.reason}")
-    return catalog
-
-
-def prepared(catalog, preprocess, boxes: Optional[list[Path]], cache_root: Path, training: bool = False):
-    """The catalog as the model reads it (crop cache built or reused), said in one line."""
-    from whaleid.preprocess.prepare import prepare
-
-    if preprocess is None:
-        return catalog
-    ready = prepare(catalog, preprocess, cache_root, boxes, training=training)
-    console.print(
-        f"photos from the crop cache ({preprocess.cache.crop}, background {preprocess.cache.background}): "
-        f"{len(ready)} ready"
-    )
-    return ready
-
-
-def save_json(value: dict, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(value, indent=2, default=str))
-
-
-def metrics_table(title: str, rows: dict[str, dict]) -> Table:
-    """Metric rows as a terminal table; an undefined metric is a dash."""
-    from whaleid.search.metrics import cell
-
-    table = Table(title=title)
-    columns = list(next(iter(rows.values())).keys())
-    table.add_column("")
-    for c in columns:
-        table.add_column(c, justify="right")
-    for name, values in rows.items():
-        table.add_row(name, *[cell(v, 4) if v is None or isinstance(v, float) else str(v) for v in values.values()])
-    return table
+from whaleid.files import output_path
+from whaleid.model import DEFAULT_IMG_SIZE
 
 
 @command()
@@ -159,8 +39,8 @@ def summary(
     csv: Path, images: Optional[Path] = ImagesOpt, check: bool = typer.Option(True, help="Decode every photo.")
 ):
     """Photos, individuals, species and photos-per-individual of a catalog."""
-    from whaleid.data.catalog import format_summary
-    from whaleid.data.catalog import summary as summarise
+    from whaleid.data.summary import format_summary
+    from whaleid.data.summary import summary as summarise
 
     console.print(format_summary(summarise(read_catalog(csv, images, check=check))))
 
@@ -178,9 +58,8 @@ def split(
     seed: int = 0,
 ):
     """Open-set split (known.csv / new.csv) and optional k-fold assignment."""
-    from whaleid.data.catalog import min_photos as keep_min
-    from whaleid.data.catalog import open_set_split
-    from whaleid.data.splits import write_folds
+    from whaleid.data.splits import min_photos as keep_min
+    from whaleid.data.splits import open_set_split, write_folds
 
     if folds == 1:
         raise typer.BadParameter("--folds must be 0 (no folds) or at least 2", param_hint="--folds")
@@ -196,28 +75,6 @@ def split(
         console.print(f"{folds} folds -> {out / 'folds.csv'}")
 
 
-def embedder_for(
-    model: Optional[Path],
-    zero_shot: Optional[str],
-    img_size: int,
-    tta: bool,
-    batch_size: int,
-    ensemble: str = "concat",
-    engine: str = "auto",
-):
-    """The embedder of a model.json (or run folder of folds), or of a pretrained backbone."""
-    from whaleid.model.checkpoint import checkpoints
-    from whaleid.model.embed import Embedder
-
-    if (model is None) == (zero_shot is None):
-        raise typer.BadParameter("give exactly one of --model or --zero-shot")
-    if model is not None:
-        return Embedder.from_checkpoint(
-            checkpoints(model), ensemble=ensemble, tta_flip=tta, batch_size=batch_size, engine=engine
-        )
-    return Embedder.zero_shot(zero_shot, img_size, tta_flip=tta, batch_size=batch_size, engine=engine)
-
-
 @command()
 def embed(
     csv: Path,
@@ -227,7 +84,7 @@ def embed(
         None, help="A whaleid model (model.json), or a run folder of fold*/ models (an ensemble)."
     ),
     zero_shot: Optional[str] = typer.Option(None, help="Or a pretrained timm backbone, no fine-tuning."),
-    img_size: int = typer.Option(224, min=32, help="Input size for --zero-shot (a model knows its own)."),
+    img_size: int = typer.Option(DEFAULT_IMG_SIZE, min=32, help="Input size for --zero-shot (a model knows its own)."),
     tta: bool = typer.Option(False, help="Average with the horizontally flipped photo."),
     ensemble: str = typer.Option("concat", help="How fold models combine: concat or mean of their unit vectors."),
     batch_size: int = typer.Option(32, min=1),
@@ -246,14 +103,20 @@ def embed(
     """Embed every photo of a catalog (labels optional)."""
     from whaleid.model.embed import throughput
     from whaleid.model.keypoints import KeypointConfig
-    from whaleid.preprocess.prepare import PreprocessConfig
 
     output_path(out, "--out", folder=True)
-    embedder = embedder_for(model, zero_shot, img_size, tta, batch_size, ensemble, engine)
-    embedder.keypoints = KeypointConfig(detector=detector) if keypoints else None
-    recorded = PreprocessConfig.from_dict(embedder.preprocess)
-    preprocess = PreprocessConfig.from_options(crop, background, None, embedder.config.img_size, recorded)
-    embedder.preprocess = None if preprocess is None else preprocess.to_dict()
+    preprocess = preparation(model, img_size, crop, background) if model or zero_shot else None
+    embedder = embedder_for(
+        model,
+        zero_shot,
+        img_size,
+        tta,
+        batch_size,
+        ensemble,
+        engine,
+        preprocess=None if preprocess is None else preprocess.to_dict(),
+        keypoints=KeypointConfig(detector=detector) if keypoints else None,
+    )
     embeddings = embedder.embed_catalog(
         prepared(read_catalog(csv, images, require_labels=False), preprocess, boxes, cache_root)
     )
@@ -261,92 +124,79 @@ def embed(
     console.print(f"{len(embeddings)} vectors of {embeddings.vectors.shape[1]} dims -> {out}; {throughput(embedder)}")
 
 
+GalleryArg = typer.Argument(
+    ...,
+    help="Embeddings folder of the labelled catalog (from `whaleid embed`), or a saved Identifier "
+    "(`--save`), whose scorer, fusion and threshold are used as saved.",
+)
+QueriesArg = typer.Argument(
+    ..., help="Embeddings folder of the photos to identify, or a CSV of them (embedded with the gallery's model)."
+)
+QueryImagesOpt = typer.Option(None, "--images", help="Photo folder of a query CSV (default: images/ beside it).")
+ThresholdOpt = typer.Option(
+    None, help="new_individual below this score (with --rerank and --calibrate: this one, not a calibrated one)."
+)
+CalibrateOpt = typer.Option(
+    None,
+    help="Embeddings of labelled validation photos: choose the threshold by best leave-one-out MAP@5 "
+    "(with --rerank, fit the fusion on them too).",
+)
+NewRateOpt = typer.Option(None, min=0.0, max=1.0, help="Or choose the threshold so this share of queries is new.")
+PerSpeciesOpt = typer.Option(
+    False, help="With --calibrate: one threshold per species (species with 20+ validation photos)."
+)
+BlendOpt = typer.Option(
+    0.0,
+    min=0.0,
+    max=1.0,
+    help="Weight of the ArcFace-logit probabilities blended with kNN scores (0: kNN only; needs models saved with their head). --calibrate then ranks the validation photos against the gallery.",
+)
+SaveOpt = typer.Option(None, help="Also save the Identifier (index, ids, scorer, threshold, model) here.")
+SubmissionOpt = typer.Option(None, help="Also write a Kaggle submission CSV here.")
+QueryBoxesOpt = typer.Option(
+    None, "--boxes", help="Box file(s) for a query CSV when the gallery was embedded with --crop boxes."
+)
+
+
 @command()
 def identify(
-    gallery: Path = typer.Argument(
-        ...,
-        help="Embeddings folder of the labelled catalog (from `whaleid embed`), or a saved Identifier "
-        "(`--save`), whose scorer, fusion and threshold are used as saved.",
-    ),
-    queries: Path = typer.Argument(
-        ..., help="Embeddings folder of the photos to identify, or a CSV of them (embedded with the gallery's model)."
-    ),
-    images: Optional[Path] = typer.Option(
-        None, "--images", help="Photo folder of a query CSV (default: images/ beside it)."
-    ),
+    gallery: Path = GalleryArg,
+    queries: Path = QueriesArg,
+    images: Optional[Path] = QueryImagesOpt,
     out: Path = typer.Option(Path("predictions.csv"), help="CSV: image, predictions, candidates, scores."),
-    threshold: Optional[float] = typer.Option(
-        None, help="new_individual below this score (with --rerank and --calibrate: this one, not a calibrated one)."
-    ),
-    calibrate: Optional[Path] = typer.Option(
-        None,
-        help="Embeddings of labelled validation photos: choose the threshold by best leave-one-out MAP@5 "
-        "(with --rerank, fit the fusion on them too).",
-    ),
-    new_rate: Optional[float] = typer.Option(
-        None, min=0.0, max=1.0, help="Or choose the threshold so this share of queries is new."
-    ),
-    per_species: bool = typer.Option(
-        False, help="With --calibrate: one threshold per species (species with 20+ validation photos)."
-    ),
-    blend: float = typer.Option(
-        0.0,
-        min=0.0,
-        max=1.0,
-        help="Weight of the ArcFace-logit probabilities blended with kNN scores (0: kNN only; needs models saved with their head). --calibrate then ranks the validation photos against the gallery.",
-    ),
+    threshold: Optional[float] = ThresholdOpt,
+    calibrate: Optional[Path] = CalibrateOpt,
+    new_rate: Optional[float] = NewRateOpt,
+    per_species: bool = PerSpeciesOpt,
+    blend: float = BlendOpt,
     index: str = typer.Option("exact", help="exact or faiss."),
-    rerank: int = RerankOpt,
+    shortlist: int = ShortlistOpt,
     local_weight: float = LocalWeightOpt,
     engine: str = EngineOpt,
-    save: Optional[Path] = typer.Option(
-        None, help="Also save the Identifier (index, ids, scorer, threshold, model) here."
-    ),
-    submission: Optional[Path] = typer.Option(None, help="Also write a Kaggle submission CSV here."),
-    boxes: Optional[list[Path]] = typer.Option(
-        None, "--boxes", help="Box file(s) for a query CSV when the gallery was embedded with --crop boxes."
-    ),
+    save: Optional[Path] = SaveOpt,
+    submission: Optional[Path] = SubmissionOpt,
+    boxes: Optional[list[Path]] = QueryBoxesOpt,
     cache_root: Path = CacheRootOpt,
 ):
     """Top-5 individuals (or new_individual) for each query photo.
 
     Query photos given as a CSV are prepared and embedded as the gallery's were (model, crop, flip TTA).
     """
-    from whaleid.model.embed import Embeddings
-    from whaleid.search.identify import SIDECAR, Identifier, IdentifyConfig, identify_queries
+    from whaleid.model.embeddings import Embeddings
+    from whaleid.search.identify import identify_queries
 
     if per_species and calibrate is None:
         raise typer.BadParameter("--per-species needs --calibrate VAL_EMBEDDINGS")
-    if threshold is not None and (new_rate is not None or (calibrate is not None and not rerank)):
+    if threshold is not None and (new_rate is not None or (calibrate is not None and not shortlist)):
         raise typer.BadParameter(
             "--threshold is a threshold already chosen: give it, --calibrate or --new-rate, not two "
             "(with --rerank, --calibrate fits the fusion and --threshold wins)"
         )
-    output_path(out, "--out", folder=False)
-    if save:
-        output_path(save, "--save", folder=True)
-    if submission:
-        output_path(submission, "--submission", folder=False)
-    if (gallery / SIDECAR).is_file():  # a saved Identifier: ranked and thresholded as it was saved
-        if rerank or blend or per_species or new_rate is not None or index != "exact":
-            raise typer.BadParameter(
-                "a saved Identifier scores as it was saved: drop --rerank, --blend, --per-species, --new-rate "
-                "and --index (or identify from the gallery's embeddings folder)"
-            )
-        identifier = Identifier.load(gallery)
-        if threshold is not None:
-            identifier.threshold = threshold
-    else:
-        policy = "per-species" if per_species else "rate" if new_rate is not None and calibrate is None else "sweep"
-        g = Embeddings.load(gallery)
-        reranking = rerank_config(g, rerank, local_weight)
-        config = IdentifyConfig(blend=blend or None, threshold=policy, new_rate=new_rate, index=index, rerank=reranking)
-        if reranking is not None and calibrate is None:
-            raise typer.BadParameter(
-                "--rerank learns its fusion on labelled photos: give --calibrate VAL_EMBEDDINGS "
-                "(or identify with an Identifier saved with its fusion)"
-            )
-        identifier = Identifier.from_embeddings(g, config, threshold=threshold)
+    for path, flag, folder in ((out, "--out", False), (save, "--save", True), (submission, "--submission", False)):
+        if path:
+            output_path(path, flag, folder=folder)
+    scoring = dict(blend=blend, per_species=per_species, new_rate=new_rate, index=index, shortlist=shortlist)
+    identifier = _identifier(gallery, threshold, calibrate is not None, local_weight, **scoring)
     if queries.is_dir():
         q = Embeddings.load(queries)
     else:  # embedded with the gallery's model, its photos prepared as the gallery's were
@@ -360,12 +210,51 @@ def identify(
     if submission:
         predictions.write_submission(submission)
     said = " (given)" if threshold is not None else ""
-    console.print(f"{len(predictions)} queries -> {out} (threshold: {_rounded(identifier.threshold)}{said})")
+    console.print(f"{len(predictions)} queries -> {out} (threshold: {rounded(identifier.threshold)}{said})")
+
+
+def _identifier(gallery: Path, threshold: float | None, calibrating: bool, local_weight: float, **scoring):
+    """A saved Identifier as it was saved, or one over an embeddings folder scored as the options say."""
+    from whaleid.model.embeddings import Embeddings
+    from whaleid.search.identify import Identifier, IdentifyConfig
+    from whaleid.search.saved import SIDECAR
+
+    if (gallery / SIDECAR).is_file():  # a saved Identifier: ranked and thresholded as it was saved
+        if (
+            scoring["shortlist"]
+            or scoring["blend"]
+            or scoring["per_species"]
+            or scoring["new_rate"] is not None
+            or scoring["index"] != "exact"
+        ):
+            raise typer.BadParameter(
+                "a saved Identifier scores as it was saved: drop --rerank, --blend, --per-species, --new-rate "
+                "and --index (or identify from the gallery's embeddings folder)"
+            )
+        identifier = Identifier.load(gallery)
+        if threshold is not None:
+            identifier.threshold = threshold
+        return identifier
+    new_rate = scoring["new_rate"]
+    policy = (
+        "per-species" if scoring["per_species"] else "rate" if new_rate is not None and not calibrating else "sweep"
+    )
+    g = Embeddings.load(gallery)
+    reranking = rerank_config(g, scoring["shortlist"], local_weight)
+    if reranking is not None and not calibrating:
+        raise typer.BadParameter(
+            "--rerank learns its fusion on labelled photos: give --calibrate VAL_EMBEDDINGS "
+            "(or identify with an Identifier saved with its fusion)"
+        )
+    config = IdentifyConfig(
+        blend=scoring["blend"] or None, threshold=policy, new_rate=new_rate, index=scoring["index"], rerank=reranking
+    )
+    return Identifier.from_embeddings(g, config, threshold=threshold)
 
 
 def rerank_config(embeddings, shortlist: int, local_weight: float):
     """The re-ranking settings for ``--rerank``, reading the keypoint settings the embeddings were made with."""
-    from whaleid.model.embed import keypoint_config
+    from whaleid.model.embeddings import keypoint_config
     from whaleid.search.rerank import RerankConfig
 
     if not shortlist:
@@ -373,16 +262,6 @@ def rerank_config(embeddings, shortlist: int, local_weight: float):
     if embeddings.keypoints is None:
         raise typer.BadParameter(f"--rerank needs keypoints: embed {embeddings.directory} again with --keypoints")
     return RerankConfig(shortlist=shortlist, local_weight=local_weight, keypoints=keypoint_config(embeddings.meta))
-
-
-def _rounded(threshold):
-    return (
-        {k: round(v, 4) for k, v in threshold.items()}
-        if isinstance(threshold, dict)
-        else None
-        if threshold is None
-        else round(threshold, 4)
-    )
 
 
 @command()
@@ -396,7 +275,7 @@ def evaluate(
 ):
     """MAP@5, top-1, top-5, per-species table and a threshold sweep."""
     from whaleid.data.catalog import read_catalog as read
-    from whaleid.model.embed import Embeddings
+    from whaleid.model.embeddings import Embeddings
     from whaleid.search.predictions import Predictions
 
     if out is not None:
@@ -418,11 +297,11 @@ def openset(
     test: Path = typer.Argument(..., help="Embeddings of held-out individuals: each photo queries all the others."),
     val: Path = typer.Option(..., help="Embeddings of validation individuals, to choose the threshold."),
     out: Optional[Path] = typer.Option(None, help="Write the metrics here as JSON."),
-    rerank: int = RerankOpt,
+    shortlist: int = ShortlistOpt,
     local_weight: float = LocalWeightOpt,
 ):
     """The demo's open-set score for any embeddings: threshold from val, metrics on test."""
-    from whaleid.model.embed import Embeddings
+    from whaleid.model.embeddings import Embeddings
     from whaleid.search.openset import calibrated_open_set
 
     if out is not None:
@@ -431,7 +310,7 @@ def openset(
     v.require_labels("the validation embeddings")
     t.require_labels("the test embeddings")
     v.require_compatible(t, "the test embeddings", own="the validation embeddings")
-    metrics, _, _ = calibrated_open_set(v, t, rerank_config(v, rerank, local_weight))
+    metrics, _, _ = calibrated_open_set(v, t, rerank_config(v, shortlist, local_weight))
     console.print(metrics_table("open set (leave-one-out)", {str(test): metrics}))
     if out is not None:
         save_json(metrics, out)
@@ -501,7 +380,8 @@ def cache(
     workers: int = typer.Option(2, min=1),
 ):
     """Write cropped, resized photos once; re-running skips finished photos."""
-    from whaleid.preprocess.cache import CacheSettings, build_cache
+    from whaleid.preprocess.cache import CacheSettings
+    from whaleid.preprocess.cache_writer import build_cache
     from whaleid.preprocess.crops import CropSettings
     from whaleid.preprocess.prepare import box_table
 
@@ -535,7 +415,8 @@ def explore(
     sheet_size: int = typer.Option(120, min=16, help="Tile size of --sheet in pixels."),
 ):
     """A static HTML report of a catalog: counts, contact sheets, crop failures, worst crops."""
-    from whaleid.app.explore import build_explorer, contact_sheet
+    from whaleid.app.explore import build_explorer
+    from whaleid.app.thumbnails import contact_sheet
     from whaleid.preprocess.crops import read_crop_table
 
     if sheet and not crops:

@@ -6,36 +6,26 @@ saliency found nothing. :func:`build_explorer` writes a folder of plain HTML pag
 (``index.html`` with counts and charts, ``individuals.html`` with contact sheets,
 ``failures.html`` and ``worst.html``) with small JPEG thumbnails on which the crop box
 and saliency mask are drawn. Everything is linked relatively and needs no JavaScript or
-network, so the folder can be opened from disk, zipped, or copied to a shared drive.
+network, so the folder can be opened from disk, zipped, or copied to a shared drive. The pages are
+Jinja2 templates (``templates/explore/``), autoescaped: image names and ids come from users.
 """
 
 from __future__ import annotations
 
-import html
-import os
-from collections.abc import Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from PIL import Image, ImageDraw
-from tqdm.auto import tqdm
+from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
-from whaleid.data.catalog import Catalog, summary
-from whaleid.data.images import ImageError, open_image
-from whaleid.errors import UserError
-from whaleid.files import atomic_path, inside, safe_name
-from whaleid.preprocess.crops import CROP_COLUMNS
+from whaleid.app.thumbnails import Thumb, at_least, check_crops, make_thumbs
+from whaleid.data.catalog import Catalog
+from whaleid.data.summary import summary
+from whaleid.files import atomic_path
 from whaleid.preprocess.saliency import STATUS_OK
 
-__all__ = ["BOX_COLOUR", "MASK_COLOUR", "annotated_thumbnail", "build_explorer", "contact_sheet"]
-
-#: Outline of the crop box: yellow stands out against sea, sky and grey skin.
-BOX_COLOUR: tuple[int, int, int] = (255, 255, 0)
-#: Tint laid over salient pixels, opacity proportional to the mask (at most half).
-MASK_COLOUR: tuple[int, int, int] = (255, 0, 160)
+__all__ = ["build_explorer"]
 
 _PAGES = (
     ("index.html", "Overview"),
@@ -44,38 +34,13 @@ _PAGES = (
     ("worst.html", "Worst crops"),
 )
 
-_CSS = """\
-body { font-family: system-ui, sans-serif; margin: 0; color: #222; background: #f6f7f9; }
-header { background: #15324b; color: #fff; padding: .8em 1.5em; }
-header h1 { margin: 0 0 .3em; font-size: 1.4em; }
-nav a { color: #cfe6ff; margin-right: 1.2em; text-decoration: none; }
-nav a[aria-current] { color: #fff; font-weight: bold; }
-main { padding: 1em 1.5em; }
-section { margin-bottom: 2em; }
-h2 { font-size: 1.15em; margin: .8em 0 .3em; }
-table.counts { border-collapse: collapse; }
-table.counts td, table.counts th { padding: .15em .8em; text-align: left; border-bottom: 1px solid #ddd; }
-table.counts td.n { text-align: right; font-variant-numeric: tabular-nums; }
-img.chart { max-width: 100%; background: #fff; border: 1px solid #ddd; }
-.sheet { display: flex; flex-wrap: wrap; gap: 8px; }
-figure { margin: 0; padding: 4px; background: #fff; border: 1px solid #ddd; border-radius: 4px; }
-figure img { display: block; }
-figcaption { font-size: .75em; max-width: 12em; overflow-wrap: anywhere; margin-top: 2px; }
-.unreadable { display: flex; align-items: center; justify-content: center; text-align: center;
-  width: 8em; height: 6em; background: #eee; color: #a00; font-size: .8em; }
-.fallback { border-color: #e0a000; }
-.error { border-color: #c00; }
-.status { font-weight: bold; }
-.meta { color: #666; }
-"""
 
-
-@dataclass(frozen=True)
-class _Thumb:
-    src: str | None  # path relative to out_dir; None when the photo cannot be read
-    width: int
-    height: int
-    note: str  # why there is no thumbnail (or no mask on it); "" when all went well
+_TEMPLATES = Environment(
+    loader=PackageLoader("whaleid.app", "templates/explore"),
+    autoescape=select_autoescape(["html"]),
+    undefined=StrictUndefined,
+    keep_trailing_newline=True,
+)
 
 
 def _status_class(status: str) -> str:
@@ -88,173 +53,48 @@ def _status_class(status: str) -> str:
     return "error"
 
 
-def _mask_path(crop: dict[str, Any] | None, crops_dir: Path | None) -> Path | None:
-    """The mask file the crop table records, relative to ``crops_dir``."""
-    value = None if crop is None else crop.get("mask")
-    if crops_dir is None or not isinstance(value, str) or not value.strip():
-        return None
-    return crops_dir / value
+@dataclass(frozen=True)
+class Card:
+    """One photo on a page: its thumbnail (None: the reason shows instead) and caption lines."""
+
+    image: str
+    thumb: Thumb | None
+    reason: str
+    lines: list[str]
+    css: str
 
 
-def _at_least(value: int, least: int, what: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < least:
-        raise UserError(f"{what} must be a whole number >= {least}, got {value!r}")
-
-
-def annotated_thumbnail(
-    path: str | Path, crop: dict[str, Any] | None, crops_dir: Path | None, size: int
-) -> tuple[Image.Image, str]:
-    """The photo shrunk to ``size``, mask tinted and crop box drawn, with a note on what could not be drawn.
-
-    Raises :class:`ImageError` when the photo itself cannot be read.
-    """
-    photo = open_image(path)
-    frame = photo.size
-    photo.thumbnail((size, size))
-    note = ""
-    mask_path = _mask_path(crop, crops_dir)
-    if mask_path is not None and not inside(mask_path, crops_dir):  # a crop table is a file users can edit
-        note = "mask: not inside the crop folder"
-    elif mask_path is not None:
-        try:
-            mask = open_image(mask_path).convert("L").resize(photo.size, Image.Resampling.BILINEAR)
-        except ImageError as exc:
-            note = f"mask: {exc.reason}"
-        else:
-            alpha = mask.point(lambda v: v // 2)
-            photo = Image.composite(Image.new("RGB", photo.size, MASK_COLOUR), photo, alpha)
-    if crop is not None and min(crop["x0"], crop["y0"], crop["x1"], crop["y1"]) >= 0:
-        # The box is in the frame the crop table was made in; fall back to the photo's own.
-        fw, fh = (crop["width"], crop["height"]) if min(crop["width"], crop["height"]) > 0 else frame
-        sx, sy = photo.width / fw, photo.height / fh
-        x0, x1 = round(crop["x0"] * sx), max(round(crop["x1"] * sx) - 1, 0)
-        y0, y1 = round(crop["y0"] * sy), max(round(crop["y1"] * sy) - 1, 0)
-        ImageDraw.Draw(photo).rectangle(
-            (min(x0, photo.width - 1), min(y0, photo.height - 1), min(x1, photo.width - 1), min(y1, photo.height - 1)),
-            outline=BOX_COLOUR,
-            width=max(2, size // 80),
-        )
-    return photo, note
-
-
-def _make_thumb(
-    image: str, path: str, crop: dict[str, Any] | None, crops_dir: Path | None, thumbs: Path, size: int
-) -> _Thumb:
-    try:
-        photo, note = annotated_thumbnail(path, crop, crops_dir, size)
-    except ImageError as exc:
-        return _Thumb(None, 0, 0, exc.reason)
-    name = safe_name(image, ".jpg")
-    with atomic_path(thumbs / name) as tmp:  # full-resolution chroma keeps the thin box line its own colour
-        photo.save(tmp, format="JPEG", quality=90, subsampling=0)
-    return _Thumb(f"thumbs/{name}", photo.width, photo.height, note)
-
-
-def contact_sheet(
-    catalog: Catalog,
-    crops: pd.DataFrame,
-    out_png: str | Path,
-    crops_dir: str | Path | None = None,
-    columns: int = 10,
-    size: int = 120,
-) -> Path:
-    """One image of every photo with its box (and mask), numbered, fallbacks and errors framed in red.
-
-    Made for reports: a person checks at a glance whether each box holds the animal.
-    """
-    _at_least(columns, 1, "contact sheet columns")
-    _at_least(size, 16, "contact sheet tile size")
-    rows = _check_crops(crops).set_index("image", drop=False)
-    names = catalog.table["image"].astype(str).tolist()
-    crops_dir = Path(crops_dir) if crops_dir is not None else None
-    n_rows = max(1, -(-len(names) // columns))
-    sheet = Image.new("RGB", (columns * size, n_rows * size), (255, 255, 255))
-    draw = ImageDraw.Draw(sheet)
-    for k, (name, path) in enumerate(zip(names, catalog.paths)):
-        crop = rows.loc[name].to_dict() if name in rows.index else None
-        x, y = (k % columns) * size, (k // columns) * size
-        try:
-            thumb, _ = annotated_thumbnail(path, crop, crops_dir, size - 4)
-            sheet.paste(thumb, (x + 2, y + 2))
-        except ImageError:
-            pass  # left blank; the red frame below says the photo is a failure
-        if crop is None or crop["status"] != STATUS_OK:
-            draw.rectangle((x, y, x + size - 1, y + size - 1), outline=(220, 0, 0), width=3)
-        draw.text((x + 4, y + 3), str(k), fill=(255, 255, 255), stroke_width=2, stroke_fill=(0, 0, 0))
-    jpeg = Path(out_png).suffix.lower() in (".jpg", ".jpeg")  # JPEG: a tenth of the size, for committed reports
-    with atomic_path(out_png) as tmp:
-        sheet.save(tmp, format="JPEG" if jpeg else "PNG", quality=85, optimize=True)
-    return Path(out_png)
-
-
-def _make_thumbs(
-    jobs: dict[str, str],
-    crops: dict[str, dict[str, Any]],
-    crops_dir: Path | None,
-    out_dir: Path,
-    size: int,
-    progress: bool,
-) -> dict[str, _Thumb]:
-    thumbs = out_dir / "thumbs"
-    thumbs.mkdir(parents=True, exist_ok=True)
-
-    def one(item: tuple[str, str]) -> _Thumb:
-        return _make_thumb(item[0], item[1], crops.get(item[0]), crops_dir, thumbs, size)
-
-    workers = min(8, os.cpu_count() or 2)
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        results = tqdm(
-            pool.map(one, jobs.items()), total=len(jobs), desc="thumbnails", unit="photo", disable=not progress
-        )
-        return dict(zip(jobs, list(results), strict=True))
-
-
-# --------------------------------------------------------------------------- html
-
-
-def _esc(value: Any) -> str:
-    return html.escape(str(value), quote=True)
-
-
-def _page(current: str, title: str, body: str) -> str:
-    nav = " ".join(
-        f'<a href="{href}"{" aria-current=page" if href == current else ""}>{label}</a>' for href, label in _PAGES
-    )
-    return (
-        '<!doctype html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
-        f"<title>{_esc(title)}</title>\n"
-        '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
-        '<link rel="stylesheet" href="style.css">\n</head>\n<body>\n'
-        f"<header><h1>{_esc(title)}</h1><nav>{nav}</nav></header>\n<main>\n{body}\n</main>\n</body>\n</html>\n"
-    )
-
-
-def _write(path: Path, text: str) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
-
-
-def _counts_table(rows: Iterable[tuple[str, Any]]) -> str:
-    body = "".join(f'<tr><th scope="row">{_esc(k)}</th><td class="n">{_esc(v)}</td></tr>' for k, v in rows)
-    return f'<table class="counts">{body}</table>'
-
-
-def _card(image: str, thumb: _Thumb | None, lines: Sequence[str], css: str = "") -> str:
+def _card(image: str, thumb: Thumb | None, lines: list[str], css: str = "") -> Card:
     if thumb is not None and thumb.src is not None:
-        picture = f'<img src="{_esc(thumb.src)}" width="{thumb.width}" height="{thumb.height}" alt="{_esc(image)}">'
-    else:
-        reason = thumb.note if thumb is not None else "no thumbnail"
-        picture = f'<div class="unreadable">{_esc(reason)}</div>'
-    extra = [thumb.note] if thumb is not None and thumb.src is not None and thumb.note else []
-    caption = "<br>".join([f"<b>{_esc(image)}</b>", *(_esc(x) for x in [*lines, *extra] if x)])
-    return f'<figure class="{css}">{picture}<figcaption>{caption}</figcaption></figure>'
+        return Card(image, thumb, "", [x for x in [*lines, thumb.note] if x], css)
+    return Card(image, None, thumb.note if thumb is not None else "no thumbnail", [x for x in lines if x], css)
 
 
-def _sheet(cards: Sequence[str]) -> str:
-    return '<div class="sheet">' + "".join(cards) + "</div>"
+@dataclass(frozen=True)
+class _Cards:
+    """Cards for the pages, so that a photo is captioned the same way wherever it shows up."""
 
+    thumbs: dict[str, Thumb]
+    crop_rows: dict[str, dict[str, Any]]  # image -> its row of the crop table
+    individual_of: dict[str, Any]
 
-# --------------------------------------------------------------------------- charts
+    def photo(self, image: str) -> Card:
+        """A contact-sheet card: the photo with its crop status, if it has a crop."""
+        status = self.crop_rows[image]["status"] if image in self.crop_rows else ""
+        return _card(image, self.thumbs[image], [status], _status_class(status))
+
+    def problem(self, image: str, reason: str) -> Card:
+        """A photo the catalog lists but could not read, with the reason."""
+        return _card(image, self.thumbs[image], [f"catalog: {reason}"], "error")
+
+    def crop(self, row: dict[str, Any]) -> Card:
+        """A crop worth a look: whose photo it is, its status and, unless it failed, how salient it was."""
+        image = row["image"]
+        css = _status_class(row["status"])
+        lines = [f"individual: {self.individual_of.get(image) or '-'}", row["status"]]
+        if css != "error":
+            lines.append(f"mask area {row['mask_area']:.2%} · score {row['score']:.3f}")
+        return _card(image, self.thumbs[image], lines, css)
 
 
 def _save_chart(fig: Any, path: Path) -> None:
@@ -283,19 +123,6 @@ def _charts(stats: dict[str, Any], out_dir: Path) -> None:
     ax.set(xlabel="photos of the individual", ylabel="individuals", title="Photos per individual")
     ax.grid(axis="y", alpha=0.3)
     _save_chart(fig, out_dir / "photos_per_individual.png")
-
-
-# --------------------------------------------------------------------------- main
-
-
-def _check_crops(crops: pd.DataFrame) -> pd.DataFrame:
-    missing = [c for c in CROP_COLUMNS if c != "mask" and c not in crops.columns]  # masks are optional
-    if missing:
-        raise UserError(f"crop table lacks column(s) {', '.join(missing)}")
-    dup = crops["image"][crops["image"].duplicated()].unique()
-    if len(dup):
-        raise UserError(f"crop table has {len(dup)} image(s) more than once, e.g. {dup[0]!r}")
-    return crops.astype({c: "int64" for c in ("x0", "y0", "x1", "y1", "width", "height")})
 
 
 @dataclass(frozen=True)
@@ -361,38 +188,14 @@ def _thumb_jobs(catalog: Catalog, sel: _Selection) -> dict[str, str]:
     return jobs
 
 
-# --------------------------------------------------------------------------- pages
+def _write_page(out_dir: Path, name: str, title: str, **context: Any) -> None:
+    html = _TEMPLATES.get_template(name).render(pages=_PAGES, current=name, title=title, **context)
+    with atomic_path(out_dir / name) as tmp:
+        tmp.write_text(html, encoding="utf-8")
 
 
-@dataclass(frozen=True)
-class _Cards:
-    """Cards for the pages, so that a photo is captioned the same way wherever it shows up."""
-
-    thumbs: dict[str, _Thumb]
-    crop_rows: dict[str, dict[str, Any]]  # image -> its row of the crop table
-    individual_of: dict[str, Any]
-
-    def photo(self, image: str) -> str:
-        """A contact-sheet card: the photo with its crop status, if it has a crop."""
-        status = self.crop_rows[image]["status"] if image in self.crop_rows else ""
-        return _card(image, self.thumbs[image], [status], _status_class(status))
-
-    def problem(self, image: str, reason: str) -> str:
-        """A photo the catalog lists but could not read, with the reason."""
-        return _card(image, self.thumbs[image], [f"catalog: {reason}"], "error")
-
-    def crop(self, row: dict[str, Any]) -> str:
-        """A crop worth a look: whose photo it is, its status and, unless it failed, how salient it was."""
-        image = row["image"]
-        css = _status_class(row["status"])
-        lines = [f"individual: {self.individual_of.get(image) or '-'}", row["status"]]
-        if css != "error":
-            lines.append(f"mask area {row['mask_area']:.2%} · score {row['score']:.3f}")
-        return _card(image, self.thumbs[image], lines, css)
-
-
-def _index_page(catalog: Catalog, stats: dict[str, Any], crop_table: pd.DataFrame | None) -> str:
-    """Overview: the counts, crop statuses and the two charts."""
+def _counts(stats: dict[str, Any], crop_table: pd.DataFrame | None) -> list[tuple[str, Any]]:
+    """The overview's table: the counts, then crop statuses when there is a crop table."""
     rows: list[tuple[str, Any]] = [
         ("photos", stats["photos"]),
         ("individuals", stats["individuals"]),
@@ -403,67 +206,49 @@ def _index_page(catalog: Catalog, stats: dict[str, Any], crop_table: pd.DataFram
     ]
     if crop_table is not None:
         rows += [(f"crop status: {s}", int(n)) for s, n in crop_table["status"].value_counts().items()]
+    return rows
+
+
+@dataclass(frozen=True)
+class _Individual:
+    """One contact sheet of the individuals page."""
+
+    individual: Any
+    species: str
+    total: int
+    cards: list[Card]
+
+
+def _write_pages(
+    out_dir: Path,
+    catalog: Catalog,
+    stats: dict[str, Any],
+    crop_table: pd.DataFrame | None,
+    sel: _Selection,
+    cards: _Cards,
+) -> None:
+    """The four pages: overview, individuals (largest first), failures (unreadable photos first, then failed
+    crops, fallbacks before errors) and the ok crops most likely to be wrong after all."""
+    with_crops = crop_table is not None
     source = f" from {catalog.csv_path}" if catalog.csv_path is not None else ""
-    body = (
-        f'<section id="summary"><h2>Summary</h2><p class="meta">Catalog{_esc(source)}, '
-        f"photos in {_esc(catalog.images_dir)}.</p>{_counts_table(rows)}</section>\n"
-        '<section id="species"><h2>Species</h2>'
-        '<img class="chart" src="species.png" alt="bar chart of photos per species"></section>\n'
-        '<section id="photos-per-individual"><h2>Photos per individual</h2>'
-        '<img class="chart" src="photos_per_individual.png" alt="histogram of photos per individual">'
-        "</section>"
+    counts = _counts(stats, crop_table)
+    _write_page(
+        out_dir, "index.html", "whaleid dataset explorer", source=source, images_dir=catalog.images_dir, counts=counts
     )
-    return _page("index.html", "whaleid dataset explorer", body)
-
-
-def _individuals_page(sel: _Selection, cards: _Cards) -> str:
-    """One contact sheet per shown individual, largest first, saying when photos were left out."""
-    parts = []
-    if len(sel.sheets) < sel.n_individuals:
-        parts.append(
-            f'<p class="meta">The {len(sel.sheets)} individuals with the most photos, of {sel.n_individuals}.</p>'
+    individuals = [
+        _Individual(
+            ind,
+            ", ".join(sorted(map(str, rows["species"].unique()))),
+            sel.totals[ind],
+            [cards.photo(n) for n in rows["image"]],
         )
-    for n, (ind, rows_of) in enumerate(sel.sheets.items(), 1):
-        total = sel.totals[ind]
-        species = ", ".join(sorted(map(str, rows_of["species"].unique())))
-        more = f", showing {len(rows_of)}" if len(rows_of) < total else ""
-        parts.append(
-            f'<section class="individual" id="individual-{n}"><h2>{_esc(ind)}</h2>'
-            f'<p class="meta">{_esc(species)} · {total} photo{"s" if total != 1 else ""}{more}</p>'
-            f"{_sheet([cards.photo(name) for name in rows_of['image']])}</section>"
-        )
-    if not sel.n_individuals:
-        parts.append("<p>No photo in this catalog has an individual id.</p>")
-    return _page("individuals.html", "Individuals", "\n".join(parts))
-
-
-def _failures_page(sel: _Selection, cards: _Cards, with_crops: bool) -> str:
-    """Unreadable photos first, then failed crops, fallbacks before errors."""
-    figures = [cards.problem(name, reason) for name, reason in sel.problems]
-    figures += [cards.crop(row) for row in sel.failed]
-    where = "" if with_crops else " (no crop table given: only catalog problems are listed)"
-    body = (
-        f'<section id="failures"><h2>{len(figures)} photo{"s" if len(figures) != 1 else ""} '
-        f"unreadable or without a proper crop{where}</h2>"
-        + (_sheet(figures) if figures else "<p>No failures: every photo was read and cropped.</p>")
-        + "</section>"
-    )
-    return _page("failures.html", "Failures", body)
-
-
-def _worst_page(sel: _Selection, cards: _Cards, with_crops: bool) -> str:
-    """The ok crops most likely to be wrong after all: smallest salient area, lowest score."""
-    if not with_crops:
-        sections = ["<p>No crop table given.</p>"] * 2
-    else:
-        sections = [
-            _sheet([cards.crop(r) for r in rs]) if rs else "<p>No ok crops.</p>" for rs in (sel.smallest, sel.lowest)
-        ]
-    body = (
-        f'<section id="smallest"><h2>Smallest salient area (ok crops)</h2>{sections[0]}</section>\n'
-        f'<section id="lowest-score"><h2>Lowest saliency score (ok crops)</h2>{sections[1]}</section>'
-    )
-    return _page("worst.html", "Worst crops", body)
+        for ind, rows in sel.sheets.items()
+    ]
+    _write_page(out_dir, "individuals.html", "Individuals", sections=individuals, n_individuals=sel.n_individuals)
+    failed = [cards.problem(name, reason) for name, reason in sel.problems] + [cards.crop(row) for row in sel.failed]
+    _write_page(out_dir, "failures.html", "Failures", cards=failed, with_crops=with_crops)
+    smallest, lowest = ([cards.crop(r) for r in rows] for rows in (sel.smallest, sel.lowest))
+    _write_page(out_dir, "worst.html", "Worst crops", smallest=smallest, lowest=lowest, with_crops=with_crops)
 
 
 def build_explorer(
@@ -487,19 +272,19 @@ def build_explorer(
     photos each; None shows all) so that the page stays usable for a full catalog.
     Photos that cannot be read get a text placeholder with the reason, not an error.
     """
-    _at_least(thumb_size, 16, "thumbnail size")
-    _at_least(per_individual, 1, "photos per individual")
-    _at_least(worst, 0, "number of worst crops")
+    at_least(thumb_size, 16, "thumbnail size")
+    at_least(per_individual, 1, "photos per individual")
+    at_least(worst, 0, "number of worst crops")
     if max_individuals is not None:
-        _at_least(max_individuals, 1, "number of individuals")
+        at_least(max_individuals, 1, "number of individuals")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     table = catalog.table
     stats = summary(catalog)
-    crop_table = _check_crops(crops) if crops is not None else None
+    crop_table = check_crops(crops) if crops is not None else None
     crop_rows = {} if crop_table is None else {r["image"]: r for r in crop_table.to_dict("records")}
     sel = _select(catalog, crop_table, per_individual, max_individuals, worst)
-    thumbs = _make_thumbs(
+    thumbs = make_thumbs(
         _thumb_jobs(catalog, sel),
         crop_rows,
         Path(crops_dir) if crops_dir is not None else None,
@@ -509,10 +294,8 @@ def build_explorer(
     )
     cards = _Cards(thumbs, crop_rows, dict(zip(table["image"], table["individual_id"])))
 
-    _write(out_dir / "style.css", _CSS)
+    with atomic_path(out_dir / "style.css") as tmp:
+        tmp.write_text(_TEMPLATES.get_template("style.css").render(), encoding="utf-8")
     _charts(stats, out_dir)
-    _write(out_dir / "index.html", _index_page(catalog, stats, crop_table))
-    _write(out_dir / "individuals.html", _individuals_page(sel, cards))
-    _write(out_dir / "failures.html", _failures_page(sel, cards, crop_table is not None))
-    _write(out_dir / "worst.html", _worst_page(sel, cards, crop_table is not None))
+    _write_pages(out_dir, catalog, stats, crop_table, sel, cards)
     return out_dir / "index.html"

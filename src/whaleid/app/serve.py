@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from whaleid.app.cli import command, console
+from whaleid.app.command import command, console
 
 
 @command("serve")

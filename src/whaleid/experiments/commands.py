@@ -13,7 +13,7 @@ from typing import Optional
 
 import typer
 
-from whaleid.app.cli import (
+from whaleid.app.command import (
     BackgroundOpt,
     BoxesOpt,
     CacheRootOpt,
@@ -23,6 +23,7 @@ from whaleid.app.cli import (
     console,
     embedder_for,
     metrics_table,
+    preparation,
     prepared,
     read_catalog,
 )
@@ -119,12 +120,11 @@ def pseudo_label(
 ):
     """Confident predictions on unlabelled photos, as labels for the next training round (`train --pseudo`)."""
     from whaleid.experiments.pseudo import pseudo_labels, save_pseudo_labels
-    from whaleid.preprocess.prepare import PreprocessConfig
     from whaleid.search.identify import Identifier, IdentifyConfig
 
     output_path(out, "--out", folder=False)
     embedder = embedder_for(model, None, 0, tta, 32)
-    preprocess = PreprocessConfig.from_dict(embedder.preprocess)
+    preprocess = preparation(model, 0, None, None)  # as the model recorded
     g = embedder.embed_catalog(prepared(read_catalog(train_csv, images), preprocess, None, cache_root))
     q = embedder.embed_catalog(
         prepared(read_catalog(unlabelled, unlabelled_images, require_labels=False), preprocess, None, cache_root)

@@ -72,7 +72,6 @@ def score_embedder(
 ) -> dict[str, tuple[dict, pd.DataFrame, list[list[str]], list[str]]]:
     """Threshold from the validation individuals, metrics on the held-out ones: by the embeddings
     alone ("") and, with ``rerank``, re-ranked (" + <matcher> re-ranking"). Each: metrics, sweep, predictions, images."""
-    embedder.keypoints = None if rerank is None else rerank.keypoints
     val, test = (embedder.embed_catalog(part, progress=progress) for part in (split.val, split.test))
     images = test.table["image"].tolist()
     scored = {"": (*calibrated_open_set(val, test), images)}
@@ -102,13 +101,15 @@ def run_open_set(
     split.save(out_dir / "split")
     report: dict = {"split": split.sizes(), "train_config": asdict(config), "results": {}}
 
-    zero_shot = Embedder.zero_shot(config.model.backbone, config.model.img_size, batch_size=64)
+    keypoints = None if demo.rerank is None else demo.rerank.keypoints  # extracted once, beside the vectors
+    zero_shot = Embedder.zero_shot(config.model.backbone, config.model.img_size, batch_size=64, keypoints=keypoints)
     for suffix, (metrics, *_) in score_embedder(zero_shot, split, demo.rerank, progress).items():
         report["results"][f"zero-shot{suffix}"] = metrics
     report["embedding"] = {"engine": zero_shot.runs_on, "torch_photos_per_s": eager_speed(config, split, progress)}
 
     trained = train(split.fit, config, out_dir / "model", val_catalog=split.val, resume=resume, progress=progress)
-    scored = score_embedder(Embedder.from_checkpoint(trained.checkpoint, batch_size=64), split, demo.rerank, progress)
+    fine_tuned = Embedder.from_checkpoint(trained.checkpoint, batch_size=64, keypoints=keypoints)
+    scored = score_embedder(fine_tuned, split, demo.rerank, progress)
     for suffix, (metrics, *_) in scored.items():
         metrics["train_seconds"] = trained.seconds
         report["results"][f"fine-tuned{suffix}"] = metrics

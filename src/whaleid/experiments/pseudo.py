@@ -12,9 +12,9 @@ from collections.abc import Mapping, Sequence
 
 import pandas as pd
 
-from whaleid.data.catalog import Catalog, read_table
+from whaleid.data.catalog import Catalog
 from whaleid.errors import UserError
-from whaleid.files import atomic_path
+from whaleid.files import atomic_path, read_table
 from whaleid.search.ranking import NEW_INDIVIDUAL, Ranking
 
 __all__ = ["PSEUDO_COLUMNS", "pseudo_labels", "save_pseudo_labels", "with_pseudo_labels", "with_pseudo_label_file"]

@@ -30,12 +30,13 @@ from whaleid.errors import UserError
 from whaleid.experiments.pseudo import pseudo_labels, save_pseudo_labels, with_pseudo_labels
 from whaleid.files import atomic_path
 from whaleid.model.checkpoint import checkpoints
-from whaleid.model.embed import ENSEMBLES, Embedder, Embeddings, ensemble
+from whaleid.model.embed import Embedder
+from whaleid.model.embeddings import ENSEMBLES, Embeddings, ensemble
 from whaleid.model.keypoints import KeypointSet
 from whaleid.preprocess.prepare import PreprocessConfig
 from whaleid.search.identify import Identifier, IdentifyConfig
 from whaleid.search.metrics import evaluate, json_float
-from whaleid.search.openset import score_rankings
+from whaleid.search.openset import calibrate_then_score
 from whaleid.search.ranking import NEW_INDIVIDUAL, Ranking, apply_threshold, truths
 from whaleid.search.threshold import calibrate_threshold
 from whaleid.settings import from_dict, load_yaml, to_dict
@@ -141,22 +142,11 @@ def score(parts: dict[str, Embeddings], recipe: Recipe) -> Scored:
         )
     if config.threshold == "rate" and config.new_rate is None:
         config = replace(config, new_rate=float(np.mean([t == NEW_INDIVIDUAL for t in val_truths])))
-    on_fit = Identifier.from_embeddings(fit, config)
-    if config.threshold == "rate":
-        if config.rerank is not None:
-            on_fit.fit_fusion(val)
-        scorer = Identifier.from_embeddings(gallery, config, fusion=on_fit.fusion)
-        scorer.calibrate(queries=test)
-    else:  # one match of the validation shortlists fits the fusion and the threshold
-        threshold = on_fit.calibrate(val)
-        scorer = Identifier.from_embeddings(gallery, config, threshold=threshold, fusion=on_fit.fusion)
-    test_rankings = scorer.rank(test)
-    predictions = [r.ids for r in scorer.answer(test_rankings)]
-    test_truths = truths(test.table["individual_id"].tolist(), scorer.gallery_ids)
-    metrics = score_rankings(test_rankings, test_truths, scorer.threshold, species_of=scorer.species_of)
+    scored = calibrate_then_score(Identifier.from_embeddings(fit, config), val, test, gallery)
+    metrics = scored.metrics()
     threshold = metrics.pop("threshold")
     metrics.update(blend=config.blend, threshold=threshold)  # threshold last, as printed
-    return Scored(metrics, predictions, test_rankings, scorer.threshold)
+    return Scored(metrics, scored.answers(), scored.rankings, scored.scorer.threshold)
 
 
 def embed_split(embedder: Embedder, split: OpenSetSplit, progress: bool = True) -> dict[str, Embeddings]:
@@ -213,9 +203,12 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, progress: bool = True) -> di
     species_of = dict(zip(gallery["individual_id"], gallery["species"]))
     for round_ in range(recipe.pseudo_rounds + 1):
         paths, seconds = train_models(training, recipe, out_dir / f"round{round_}", split.val, progress=progress)
-        embedders = [Embedder.from_checkpoint(p, tta_flip=recipe.tta, batch_size=64) for p in paths]
         rerank = recipe.identify.rerank
-        embedders[0].keypoints = None if rerank is None else rerank.keypoints  # of the photos: once, not per model
+        keypoints = None if rerank is None else rerank.keypoints  # of the photos: once, not per model
+        embedders = [
+            Embedder.from_checkpoint(p, tta_flip=recipe.tta, batch_size=64, keypoints=None if i else keypoints)
+            for i, p in enumerate(paths)
+        ]
         members = [embed_split(embedder, split, progress) for embedder in embedders]
         scored = score(combine(members, recipe.ensemble), recipe)
         metrics = {**scored.metrics, "train_photos": len(training), "train_seconds": seconds}

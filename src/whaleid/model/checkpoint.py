@@ -26,6 +26,7 @@ from safetensors.torch import save as save_tensors
 from whaleid import __version__
 from whaleid.errors import UserError
 from whaleid.files import atomic_path
+from whaleid.model import DEFAULT_IMG_SIZE
 from whaleid.model.network import EmbeddingModel, ModelConfig
 from whaleid.settings import from_dict, to_dict
 
@@ -238,6 +239,14 @@ def _build(path: Path, meta: dict, tensors: dict[str, torch.Tensor]) -> tuple[Em
     except (KeyError, TypeError, ValueError, RuntimeError) as error:
         raise _unreadable(path, "its weights do not fit its settings") from error
     return model.eval(), head
+
+
+def recorded_preparation(path: str | Path) -> tuple[int, dict | None]:
+    """A checkpoint's input size and photo preparation, read without its weights: options are settled before the
+    model loads."""
+    meta = _read_meta(checkpoint_paths(path)[0])
+    model = meta.get("model") if isinstance(meta.get("model"), dict) else {}
+    return model.get("img_size", DEFAULT_IMG_SIZE), meta.get("preprocess")  # the settings are checked when it loads
 
 
 def load_checkpoint(path: str | Path) -> tuple[EmbeddingModel, Checkpoint]:

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from whaleid.errors import UserError
+from whaleid.model import DEFAULT_IMG_SIZE
 from whaleid.model.pretrained import create_backbone
 
 DEFAULT_BACKBONE = "tf_efficientnet_lite0"
@@ -71,7 +72,7 @@ class ModelConfig:
 
     backbone: str = DEFAULT_BACKBONE
     embedding_dim: int = 512  # 0: no neck, the pooled backbone features are the embedding
-    img_size: int = 224
+    img_size: int = DEFAULT_IMG_SIZE
     gem_p: float = 3.0
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     std: tuple[float, float, float] = (0.5, 0.5, 0.5)

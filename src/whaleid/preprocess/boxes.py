@@ -33,8 +33,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from whaleid.data.species import MISSING_MARKERS
 from whaleid.errors import UserError
-from whaleid.files import read_user_csv
+from whaleid.files import read_table, read_table_lines
 
 log = logging.getLogger(__name__)
 
@@ -55,11 +56,20 @@ def _empty_boxes() -> pd.DataFrame:
 
 
 def _is_blank(v: object) -> bool:
+    """No value: None, NaN, an empty cell or a missing-value marker such as ``nan`` a detector wrote."""
     if v is None:
         return True
     if isinstance(v, float) and math.isnan(v):
         return True
-    return isinstance(v, str) and not v.strip()
+    return isinstance(v, str) and (not v.strip() or v.strip().lower() in MISSING_MARKERS)
+
+
+def _box_table(rows: list[tuple]) -> pd.DataFrame:
+    """The box table of ``(image, x0, y0, x1, y1, source)`` rows, coordinates as int64."""
+    df = pd.DataFrame(rows, columns=BOX_COLUMNS) if rows else _empty_boxes()
+    for c in ["x0", "y0", "x1", "y1"]:
+        df[c] = df[c].astype("int64")
+    return df
 
 
 def _default_source(path: Path) -> str:
@@ -97,7 +107,7 @@ def read_pixel_boxes(csv_path: str | Path, image_col: str = "image", box_col: st
     empty box are skipped, logged, and returned in ``df.attrs["skipped"]``.
     """
     csv_path = Path(csv_path)
-    raw = read_user_csv(csv_path, "pixel-box CSV", dtype=str, skip_blank_lines=False)  # row i on line i + 2
+    raw, lines = read_table_lines(csv_path, what="pixel-box CSV")
     if image_col not in raw.columns:
         raise UserError(f"{csv_path}: no image column {image_col!r}")
     sep_cols = ["x0", "y0", "x1", "y1"]
@@ -107,9 +117,9 @@ def read_pixel_boxes(csv_path: str | Path, image_col: str = "image", box_col: st
     default = _default_source(csv_path)
     rows, skipped = [], []
     for i, r in raw.iterrows():
-        where = f"{csv_path}:{i + 2}"  # 1-based, after the header
+        where = f"{csv_path}:{lines[i]}"
         if r.isna().all():
-            continue  # a blank line
+            continue  # a row of empty cells
         if _is_blank(r[image_col]):
             raise UserError(f"{where}: no image name")
         if use_sep:
@@ -132,9 +142,7 @@ def read_pixel_boxes(csv_path: str | Path, image_col: str = "image", box_col: st
             raise UserError(f"{where}: empty or inverted box for {r[image_col]!r}: ({x0}, {y0}, {x1}, {y1})")
         src = _source(r["source"] if "source" in raw.columns else None, where, default)
         rows.append((str(r[image_col]), x0, y0, x1, y1, src))
-    df = pd.DataFrame(rows, columns=BOX_COLUMNS) if rows else _empty_boxes()
-    for c in ["x0", "y0", "x1", "y1"]:
-        df[c] = df[c].astype("int64")
+    df = _box_table(rows)
     df.attrs["skipped"] = raw.loc[skipped].reset_index(drop=True)
     if skipped:
         log.warning("%s: skipped %d row(s) with an empty box", csv_path, len(skipped))
@@ -167,6 +175,60 @@ def _yolo_to_pixels(
     return x0, y0, x1, y1
 
 
+def _resolve(lookup: dict[str, str], name: str, where: str) -> str:
+    """The ``image_sizes`` key of a photo named by a box: YOLO boxes need its size."""
+    key = lookup.get(name) or lookup.get(Path(name).stem)
+    if key is None:
+        raise UserError(f"{where}: no photo {name!r} in the catalog (YOLO boxes need its size)")
+    return key
+
+
+def _yolo_label_rows(folder: Path, image_sizes: Mapping[str, tuple[int, int]], source: str) -> list[tuple]:
+    """Box rows from a folder of ``<image stem>.txt`` label files, one ``class cx cy w h`` per line."""
+    lookup = _size_lookup(image_sizes)
+    rows = []
+    for f in sorted(folder.glob("*.txt")):
+        try:
+            lines = f.read_text(encoding="utf-8").splitlines()
+        except UnicodeDecodeError:
+            raise UserError(f"{f}: not a YOLO label file (not UTF-8 text)") from None
+        except OSError as e:
+            raise UserError(f"cannot read YOLO label file {f}: {e.strerror or e}") from None
+        for ln, text in enumerate(lines, start=1):
+            if not text.strip():
+                continue
+            where = f"{f}:{ln}"
+            parts = text.split()
+            if len(parts) < 5:
+                raise UserError(f"{where}: expected 'class cx cy w h', got {text[:80]!r}")
+            cx, cy, w, h = _coords(parts[1:5], where, "cx cy w h")
+            key = _resolve(lookup, f.stem, where)
+            W, H = image_sizes[key]
+            rows.append((key, *_yolo_to_pixels(cx, cy, w, h, W, H, where), source))
+    return rows
+
+
+def _yolo_csv_rows(path: Path, image_sizes: Mapping[str, tuple[int, int]], source: str) -> list[tuple]:
+    """Box rows from a CSV with columns ``image, cx, cy, w, h`` (optional ``source``)."""
+    lookup = _size_lookup(image_sizes)
+    raw, lines = read_table_lines(path, what="YOLO box CSV")
+    missing = {"image", "cx", "cy", "w", "h"} - set(raw.columns)
+    if missing:
+        raise UserError(f"{path}: missing columns {sorted(missing)}")
+    rows = []
+    for i, r in raw.iterrows():
+        where = f"{path}:{lines[i]}"
+        if r.isna().all():
+            continue  # a row of empty cells
+        if _is_blank(r["image"]):
+            raise UserError(f"{where}: no image name")
+        key = _resolve(lookup, str(r["image"]), where)
+        W, H = image_sizes[key]
+        box = _yolo_to_pixels(*_coords([r[c] for c in ("cx", "cy", "w", "h")], where, "cx cy w h"), W, H, where)
+        rows.append((key, *box, _source(r["source"] if "source" in raw.columns else None, where, source)))
+    return rows
+
+
 def read_yolo_boxes(
     path: str | Path, image_sizes: Mapping[str, tuple[int, int]], source: str | None = None
 ) -> pd.DataFrame:
@@ -181,54 +243,9 @@ def read_yolo_boxes(
     ``source`` defaults to the folder/file stem.
     """
     path = Path(path)
-    lookup = _size_lookup(image_sizes)
     src_default = _source(source, f"{path}: source", _default_source(path))
-    rows = []
-
-    def resolve(name: str, where: str) -> str:
-        key = lookup.get(name) or lookup.get(Path(name).stem)
-        if key is None:
-            raise UserError(f"{where}: no photo {name!r} in the catalog (YOLO boxes need its size)")
-        return key
-
-    if path.is_dir():
-        for f in sorted(path.glob("*.txt")):
-            try:
-                lines = f.read_text(encoding="utf-8").splitlines()
-            except UnicodeDecodeError:
-                raise UserError(f"{f}: not a YOLO label file (not UTF-8 text)") from None
-            except OSError as e:
-                raise UserError(f"cannot read YOLO label file {f}: {e.strerror or e}") from None
-            for ln, text in enumerate(lines, start=1):
-                if not text.strip():
-                    continue
-                where = f"{f}:{ln}"
-                parts = text.split()
-                if len(parts) < 5:
-                    raise UserError(f"{where}: expected 'class cx cy w h', got {text[:80]!r}")
-                cx, cy, w, h = _coords(parts[1:5], where, "cx cy w h")
-                key = resolve(f.stem, where)
-                W, H = image_sizes[key]
-                rows.append((key, *_yolo_to_pixels(cx, cy, w, h, W, H, where), src_default))
-    else:
-        raw = read_user_csv(path, "YOLO box CSV", dtype=str, skip_blank_lines=False)
-        missing = {"image", "cx", "cy", "w", "h"} - set(raw.columns)
-        if missing:
-            raise UserError(f"{path}: missing columns {sorted(missing)}")
-        for i, r in raw.iterrows():
-            where = f"{path}:{i + 2}"
-            if r.isna().all():
-                continue  # a blank line
-            if _is_blank(r["image"]):
-                raise UserError(f"{where}: no image name")
-            key = resolve(str(r["image"]), where)
-            W, H = image_sizes[key]
-            box = _yolo_to_pixels(*_coords([r[c] for c in ("cx", "cy", "w", "h")], where, "cx cy w h"), W, H, where)
-            rows.append((key, *box, _source(r["source"] if "source" in raw.columns else None, where, src_default)))
-    df = pd.DataFrame(rows, columns=BOX_COLUMNS) if rows else _empty_boxes()
-    for c in ["x0", "y0", "x1", "y1"]:
-        df[c] = df[c].astype("int64")
-    return df
+    read = _yolo_label_rows if path.is_dir() else _yolo_csv_rows
+    return _box_table(read(path, image_sizes, src_default))
 
 
 def validate_boxes(df: pd.DataFrame, image_sizes: Mapping[str, tuple[int, int]]) -> pd.DataFrame:
@@ -305,7 +322,7 @@ def read_boxes(path: str | Path, photos: Mapping[str, str | Path]) -> pd.DataFra
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
             continue  # unreadable photos get their error row elsewhere
         sizes[name] = (h, w) if turned else (w, h)
-    yolo = path.is_dir() or "cx" in read_user_csv(path, "box CSV", nrows=0).columns
+    yolo = path.is_dir() or "cx" in read_table(path, what="box CSV").columns
     boxes = read_yolo_boxes(path, sizes) if yolo else read_pixel_boxes(path)
     try:
         return validate_boxes(boxes[boxes["image"].isin(sizes)], sizes)

@@ -26,7 +26,7 @@ from tqdm import tqdm
 from whaleid.data.catalog import Catalog
 from whaleid.data.images import ImageError, open_image
 from whaleid.errors import UserError
-from whaleid.files import atomic_path, read_user_csv, safe_name
+from whaleid.files import atomic_path, read_table, safe_name
 from whaleid.preprocess.saliency import REGIONS, STATUS_OK, Crop, crop_box, saliency_masks
 from whaleid.settings import from_dict
 
@@ -269,7 +269,7 @@ def write_crop_table(table: pd.DataFrame, out_dir: str | Path) -> tuple[Path, Pa
 def read_crop_table(path: str | Path) -> pd.DataFrame:
     """A ``crops.csv`` as written by :func:`write_crop_table`; any other file, or a cell that should hold a
     number and does not (an edited table), is a :class:`UserError` naming the file."""
-    table = read_user_csv(path, "crop table", dtype={"image": str, "status": str, "mask": str}, keep_default_na=False)
+    table = read_table(path, what="crop table").fillna("")
     missing = [c for c in CROP_COLUMNS if c not in table.columns]
     if missing:
         raise UserError(f"{path}: not a crop table (missing {', '.join(missing)})")

@@ -18,7 +18,8 @@ import pandas as pd
 from whaleid.data.catalog import Catalog
 from whaleid.errors import UserError
 from whaleid.preprocess.boxes import read_boxes
-from whaleid.preprocess.cache import DEFAULT_ROOT, CacheSettings, cached_catalog
+from whaleid.preprocess.cache import DEFAULT_ROOT, CacheSettings
+from whaleid.preprocess.cache_writer import cached_catalog
 from whaleid.settings import from_dict, to_dict
 
 __all__ = ["PreprocessConfig", "parse_probabilities", "prepare", "prepare_paths"]

@@ -9,12 +9,8 @@ preparation that made the gallery, so photos can be identified from its folder a
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
 from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -22,14 +18,14 @@ import numpy as np
 
 from whaleid.data.catalog import Catalog
 from whaleid.errors import UserError
-from whaleid.files import atomic_path
-from whaleid.model.checkpoint import checkpoint_files
-from whaleid.model.embed import Embedder, Embeddings, embed_files, require_same_model
+from whaleid.model.embed import Embedder, embed_files
+from whaleid.model.embeddings import Embeddings, require_same_model
 from whaleid.model.keypoints import KeypointSet
 from whaleid.preprocess.cache import DEFAULT_ROOT
 from whaleid.preprocess.prepare import PreprocessConfig, prepare, prepare_paths
+from whaleid.search.config import POLICIES, IdentifyConfig
 from whaleid.search.fusion import Fusion
-from whaleid.search.index import ExactIndex, Index, build_index, load_index
+from whaleid.search.index import ExactIndex, Index, build_index
 from whaleid.search.predictions import Predictions
 from whaleid.search.ranking import (
     CUTOFF,
@@ -39,69 +35,14 @@ from whaleid.search.ranking import (
     check_species,
     check_threshold,
     species_by_individual,
-    top_individuals,
     truths,
 )
-from whaleid.search.rerank import RerankConfig, pair_inliers
-from whaleid.search.rerank import fit_fusion as fit_fusion_of
-from whaleid.search.scoring import ranker
+from whaleid.search.record import GalleryRecord
+from whaleid.search.saved import load_folder, save_folder
+from whaleid.search.stages import Knn, blend_ranker, keypoints_of, stages, vectors_of
 from whaleid.search.threshold import calibrate_per_species, calibrate_threshold
-from whaleid.settings import from_dict, to_dict
 
 __all__ = ["IdentifyConfig", "Identifier", "POLICIES", "identify_queries"]
-
-SIDECAR = "identifier.json"
-INDEX_FILE = "index.npz"
-IDS_FILE = "gallery_ids.json"
-SPECIES_FILE = "gallery_species.json"
-KEYPOINTS_FILE = "keypoints.npz"
-MODELS_DIR = "models"
-FORMAT = "whaleid.identifier"
-FORMAT_VERSION = 4  # 4: re-ranking (keypoints + fusion); 3: the scorer and threshold policy, every member copied
-READABLE = (3, 4)  # a version-3 folder is a version 4 without re-ranking
-POLICIES = ("sweep", "rate", "per-species")
-INDEX_KINDS = ("exact", "faiss", "faiss-flat", "faiss-hnsw", "faiss-ivf")
-
-
-@dataclass
-class IdentifyConfig:
-    """How queries are scored and when new_individual is answered."""
-
-    # Weight of the ArcFace-logit probabilities blended with every individual's max cosine; None: plain kNN
-    # over the `neighbours` nearest photos. Recipes may say "auto" to choose it on validation photos.
-    blend: float | str | None = None
-    threshold: str = "sweep"  # sweep (best validation MAP@5) | rate (a share of new queries) | per-species
-    new_rate: float | None = None  # for "rate": the share of queries expected to be new
-    neighbours: int = 100
-    index: str = "exact"
-    min_species_queries: int = 20  # per-species: fewer validation queries fall back to the overall threshold
-    rerank: RerankConfig | None = None  # second stage: the shortlist re-scored by local-feature matches
-
-    def __post_init__(self) -> None:
-        if self.threshold not in POLICIES:
-            raise UserError(f"unknown threshold policy {self.threshold!r}; valid: {', '.join(POLICIES)}")
-        if self.index not in INDEX_KINDS:
-            raise UserError(f"unknown index kind {self.index!r}; valid: {', '.join(INDEX_KINDS)}")
-        for name, value, low in (
-            ("neighbours", self.neighbours, 1),
-            ("min_species_queries", self.min_species_queries, 1),
-        ):
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-                raise UserError(f"{name} must be an integer >= {low}, got {value!r}")
-        if self.blend != "auto" and self.blend is not None and not _share(self.blend):
-            raise UserError(f"blend must be a number in [0, 1], 'auto' or null, got {self.blend!r}")
-        if self.new_rate is not None and not _share(self.new_rate):
-            raise UserError(
-                f"new_rate must be the share of queries expected to be new, in [0, 1], got {self.new_rate!r}"
-            )
-        if self.blend is not None and self.index != "exact":
-            raise UserError("the blend scores every individual over the whole gallery: use the exact index with it")
-        if self.rerank is not None and self.blend not in (None, 0, 0.0):
-            raise UserError("re-ranking fuses the plain cosine with local matches: set blend to 0 or null with rerank")
-
-
-def _share(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= 1
 
 
 class Identifier:
@@ -140,24 +81,9 @@ class Identifier:
             None if gallery_species is None else check_species(gallery_species, len(ids), "gallery_species")
         )
         self._species_of = None if self.gallery_species is None else species_by_individual(ids, self.gallery_species)
-        rerank = self.config.rerank
-        if rerank is not None:
-            if keypoints is None:
-                raise UserError(
-                    "re-ranking needs the gallery photos' keypoints: embed the gallery with keypoints "
-                    "(`whaleid embed ... --keypoints`)"
-                )
-            if len(keypoints) != len(ids):
-                raise UserError(f"{len(keypoints)} photos' keypoints for a gallery of {len(ids)}: extract them again")
-            if keypoints.config != rerank.keypoints:
-                raise UserError(
-                    f"the gallery's keypoints were extracted with {keypoints.config}, not the re-ranking's "
-                    f"{rerank.keypoints}: extract them again"
-                )
-        self.keypoints = keypoints if rerank is not None else None
-        if fusion is not None and rerank is not None:  # the config's weight is the one that fuses
-            fusion = Fusion(fusion.cosine, fusion.inliers, rerank.local_weight)
-        self.fusion = fusion
+        self.first, self.second = stages(
+            self.config.blend, self.config.neighbours, self.config.rerank, keypoints, len(ids), fusion
+        )
 
     @classmethod
     def from_embeddings(cls, gallery: Embeddings, config: IdentifyConfig | None = None, **kwargs: Any) -> Identifier:
@@ -183,6 +109,16 @@ class Identifier:
     def threshold(self, value: float | dict[str, float] | None) -> None:
         self._threshold = check_threshold(value)  # a property, so a threshold set later is checked too
 
+    @property
+    def keypoints(self) -> KeypointSet | None:
+        """The gallery photos' local features (when re-ranking)."""
+        return None if self.second is None else self.second.keypoints
+
+    @property
+    def fusion(self) -> Fusion | None:
+        """The re-ranking's calibrated fusion of cosine and matches (None until fitted, or without re-ranking)."""
+        return None if self.second is None else self.second.fusion
+
     def __len__(self) -> int:
         return len(self.index)
 
@@ -197,7 +133,12 @@ class Identifier:
 
     @property
     def preprocess(self) -> PreprocessConfig | None:
-        return PreprocessConfig.from_dict(self.metadata.get("preprocess"))
+        return self.record.preprocess
+
+    @property
+    def record(self) -> GalleryRecord:
+        """How this gallery was made and is scored, as one typed value."""
+        return GalleryRecord.of(self.metadata, self.config, self.fusion, self.threshold)
 
     def __repr__(self) -> str:
         return (
@@ -208,73 +149,26 @@ class Identifier:
     # ------------------------------------------------------------------ ranking
 
     def rank(self, queries: Embeddings | np.ndarray, top: int = CUTOFF) -> list[Ranking]:
-        """Known individuals only, best first, by this Identifier's scorer: the input to thresholds."""
-        if self.config.rerank is not None:
-            return self._fused(*self._evidence(_vectors(queries), _keypoints(queries), own=False), top)
-        if self.config.blend is None:
-            vectors = queries.vectors if isinstance(queries, Embeddings) else queries
-            scores, indices = self.index.search(vectors, self.config.neighbours)
-            return top_individuals(scores, indices, self.gallery_ids, top=top)
-        return self.blend_ranker(queries)(self.config.blend, top)
+        """Known individuals only, best first, by this Identifier's stages: the input to thresholds."""
+        if self.second is None:
+            return self.first.rank(self.index, self.gallery_ids, queries, top=top)
+        evidence = self.second.evidence(self.first, self.index, vectors_of(queries), keypoints_of(queries))
+        return self.second.rank(evidence, self.gallery_ids, top)
 
     def blend_ranker(self, queries: Embeddings | np.ndarray):
         """Rankings of every individual at any blend weight (one kNN matrix for all weights)."""
-        if isinstance(queries, Embeddings):
-            meta = queries.meta
-            return ranker(
-                self.index.vectors,
-                self.gallery_ids,
-                queries.vectors,
-                queries.class_cosines,
-                meta.get("classes", ()),
-                meta.get("arcface_scale"),
-            )
-        return ranker(self.index.vectors, self.gallery_ids, queries)
+        return blend_ranker(self.index, self.gallery_ids, queries)
 
     def leave_one_out(self) -> tuple[list[Ranking], list[str]]:
         """Each gallery photo ranked against all the others, and the truths they should match (kNN, re-ranked
         when this Identifier re-ranks)."""
         if len(self) < 2:
             raise UserError(f"leave-one-out scoring needs at least 2 photos (each queries the others), got {len(self)}")
-        if self.config.rerank is not None:
-            return self._fused(*self._evidence(self.index.vectors, self.keypoints, own=True)), truths(self.gallery_ids)
-        return top_individuals(*self._shortlist(self.index.vectors, own=True), self.gallery_ids), truths(
-            self.gallery_ids
-        )
-
-    def _shortlist(self, vectors: np.ndarray, own: bool) -> tuple[np.ndarray, np.ndarray]:
-        """The nearest gallery photos by cosine; with ``own`` the queries are the gallery, each one's own slot
-        emptied (index -1) wherever ties put it."""
-        rerank = self.config.rerank
-        k = max(self.config.neighbours, rerank.shortlist if rerank else 0) + own
-        scores, indices = self.index.search(vectors, min(k, len(self)))
-        if own:
-            mine = indices == np.arange(len(self))[:, None]
-            scores, indices = np.where(mine, -np.inf, scores), np.where(mine, -1, indices)
-        return scores, indices
-
-    def _evidence(
-        self, vectors: np.ndarray, queries: KeypointSet, own: bool
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Each query's shortlist: cosines, gallery rows, and the verified local matches of its first
-        ``shortlist`` photos (one more where its own slot was emptied), 0 beyond. Matched once, used for
-        fitting and ranking alike."""
-        scores, indices = self._shortlist(vectors, own)
-        width = self.config.rerank.shortlist + own
-        counts = np.zeros(indices.shape, np.float64)
-        counts[:, :width] = pair_inliers(queries, self.keypoints, indices[:, :width], self.config.rerank)
-        return scores, indices, counts
-
-    def _fused(self, scores: np.ndarray, indices: np.ndarray, counts: np.ndarray, top: int = CUTOFF) -> list[Ranking]:
-        """Individuals by their best fused photo; equal fused scores (isotonic steps) go to the photo with more
-        verified matches, then the higher cosine."""
-        if self.fusion is None:
-            raise UserError(
-                "re-ranking fuses scores calibrated on labelled validation photos: fit the fusion first "
-                "(`--calibrate` on the command line, Identifier.calibrate in Python)"
-            )
-        fused = np.where(indices >= 0, self.fusion(scores, counts), -np.inf)
-        return top_individuals(fused, indices, self.gallery_ids, top=top, tiebreak=counts + scores)
+        if self.second is None:
+            knn = Knn(self.config.neighbours)  # the gallery's own photos have no held-out logits to blend
+            return knn.rank(self.index, self.gallery_ids, self.index.vectors, own=True), truths(self.gallery_ids)
+        evidence = self.second.evidence(self.first, self.index, self.index.vectors, self.keypoints, own=True)
+        return self.second.rank(evidence, self.gallery_ids), truths(self.gallery_ids)
 
     def validate(
         self, val: Embeddings, leave_one_out: bool = False, fit_fusion: bool | None = None
@@ -284,34 +178,20 @@ class Identifier:
         (``fit_fusion``; by default when there is none yet): each pair is matched once."""
         val.require_labels("the calibration embeddings")
         val_ids = val.table["individual_id"].tolist()
-        if self.config.rerank is None:
+        answers = truths(val_ids) if leave_one_out else truths(val_ids, self.gallery_ids)
+        if self.second is None:
             if leave_one_out:
                 return Identifier(ExactIndex(val.vectors), val_ids, self.config).leave_one_out()
-            return self.rank(val), truths(val_ids, self.gallery_ids)
+            return self.rank(val), answers
         gallery = (
-            Identifier(ExactIndex(val.vectors), val_ids, self.config, keypoints=_keypoints(val), fusion=self.fusion)
+            Identifier(ExactIndex(val.vectors), val_ids, self.config, keypoints=keypoints_of(val), fusion=self.fusion)
             if leave_one_out
             else self
         )
-        scores, indices, counts = gallery._evidence(val.vectors, _keypoints(val), own=leave_one_out)
+        evidence = gallery.second.evidence(gallery.first, gallery.index, val.vectors, keypoints_of(val), leave_one_out)
         if fit_fusion or (fit_fusion is None and self.fusion is None):
-            width = self.config.rerank.shortlist + leave_one_out  # the pairs that were matched
-            matched = indices[:, :width] >= 0
-            labels = np.asarray(gallery.gallery_ids, dtype=object)[indices[:, :width][matched]]
-            same = labels == np.repeat(np.asarray(val_ids, dtype=object), matched.sum(axis=1))
-            self.fusion = gallery.fusion = fit_fusion_of(
-                scores[:, :width][matched], counts[:, :width][matched], same, self.config.rerank.local_weight
-            )
-        rankings = gallery._fused(scores, indices, counts)
-        return rankings, truths(val_ids) if leave_one_out else truths(val_ids, self.gallery_ids)
-
-    def fit_fusion(self, val: Embeddings, leave_one_out: bool = False) -> Fusion:
-        """Calibrate the cosine and the inlier count into P(same individual) on labelled validation photos'
-        shortlists: against this gallery, or ``leave_one_out`` among themselves (new individuals allowed)."""
-        if self.config.rerank is None:
-            raise UserError("this Identifier does not re-rank: give its config a rerank section")
-        self.validate(val, leave_one_out, fit_fusion=True)
-        return self.fusion
+            self.second.fusion = gallery.second.fit(evidence, gallery.gallery_ids, val_ids)
+        return gallery.second.rank(evidence, gallery.gallery_ids), answers
 
     # ------------------------------------------------------------------ threshold
 
@@ -320,27 +200,40 @@ class Identifier:
         val: Embeddings | None = None,
         queries: Embeddings | None = None,
         leave_one_out: bool = False,
-        fit_fusion: bool | None = None,
-    ) -> float | dict[str, float]:
-        """Set the threshold by the policy: on labelled validation photos (ranked against this gallery, or
-        ``leave_one_out`` among themselves; a re-ranking fusion fitted on the same matches, see
-        :meth:`validate`), or, for "rate", on the queries' own score distribution."""
+        keep_threshold: bool = False,
+    ) -> tuple[list[Ranking], list[str]] | None:
+        """The one calibration step: when re-ranking, the fusion fitted on labelled validation photos (ranked
+        against this gallery, or ``leave_one_out`` among themselves); then the threshold by the policy, on the
+        same matches, or for "rate" on the queries' own scores. ``keep_threshold``: a threshold already given
+        stays, only the fusion is fitted. Returns the validation rankings and truths it fitted on, if any."""
         policy = self.config.threshold
+        validated = None
+        if val is not None and (self.second is not None or not (keep_threshold or policy == "rate")):
+            validated = rankings, val_truths = self.validate(val, leave_one_out, fit_fusion=True)
+        if keep_threshold:
+            return validated
         if policy == "rate":
             if queries is None or self.config.new_rate is None:
+                if val is not None:  # the fusion only: the rate is measured on the queries, later
+                    return validated
                 raise UserError("the rate threshold needs the queries and the share expected to be new (new_rate)")
             self.threshold = calibrate_threshold(self.rank(queries), None, "rate", new_rate=self.config.new_rate)
-            return self.threshold
-        if val is None:
+        elif val is None:
             raise UserError(f"the {policy} threshold needs labelled validation photos")
-        rankings, val_truths = self.validate(val, leave_one_out, fit_fusion)
-        if policy == "per-species":
+        elif policy == "per-species":
             self.threshold = calibrate_per_species(
                 rankings, val_truths, val.table["species"].tolist(), self.config.min_species_queries
             )
         else:
             self.threshold = calibrate_threshold(rankings, val_truths, "sweep")
-        return self.threshold
+        return validated
+
+    def fit_fusion(self, val: Embeddings, leave_one_out: bool = False) -> Fusion:
+        """Only the re-ranking's fusion, fitted on labelled validation photos' shortlists (see :meth:`calibrate`)."""
+        if self.second is None:
+            raise UserError("this Identifier does not re-rank: give its config a rerank section")
+        self.calibrate(val, leave_one_out=leave_one_out, keep_threshold=True)
+        return self.fusion
 
     # ------------------------------------------------------------------ answers
 
@@ -386,14 +279,8 @@ class Identifier:
             )
 
     def embedder(self, **options: Any) -> Embedder:
-        """The model(s) that made the gallery, to embed new photos the same way."""
-        options = {**options, "tta_flip": bool(self.metadata.get("tta_flip", False))}  # as the gallery was embedded
-        embedder = Embedder.from_source(
-            self.metadata.get("source", {}), self.metadata.get("model", {}).get("img_size", 224), **options
-        )
-        embedder.preprocess = self.metadata.get("preprocess")  # as the gallery was embedded, options included
-        embedder.keypoints = None if self.config.rerank is None else self.config.rerank.keypoints
-        return embedder
+        """The model(s) that made the gallery, to embed new photos the same way (see :class:`GalleryRecord`)."""
+        return self.record.embedder(**options)
 
     def embed(
         self,
@@ -424,62 +311,32 @@ class Identifier:
     # ------------------------------------------------------------------ files
 
     def save(self, directory: str | os.PathLike) -> Path:
-        """index.npz + gallery_ids.json (+ gallery_species.json) + models/ + identifier.json, each atomic.
-
-        Every model that made the gallery is copied into ``models/``, so the folder identifies
-        photos alone; the sidecar goes last, so a folder with a sidecar is complete.
-        """
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        (directory / SIDECAR).unlink(missing_ok=True)  # mark incomplete while rewriting
-        self.index.save(directory / INDEX_FILE)
-        _write_json(directory / IDS_FILE, self.gallery_ids)
-        if self.gallery_species is None:
-            (directory / SPECIES_FILE).unlink(missing_ok=True)  # not another save's leftover
-        else:
-            _write_json(directory / SPECIES_FILE, self.gallery_species)
-        if self.keypoints is None:
-            (directory / KEYPOINTS_FILE).unlink(missing_ok=True)
-        else:
-            self.keypoints.save(directory / KEYPOINTS_FILE)
+        """The folder that identifies photos alone: see :mod:`whaleid.search.saved`."""
         sidecar = {
-            "format": FORMAT,
-            "version": FORMAT_VERSION,
             "kind": self.index.kind,
             "dim": self.index.dim,
             "n": len(self),
             "n_individuals": self.n_individuals,
-            "config": to_dict(self.config),
-            "threshold": self.threshold,
-            "fusion": None if self.fusion is None else self.fusion.to_dict(),
             "per_photo_species": self.gallery_species is not None,
-            "created": datetime.now(UTC).isoformat(timespec="seconds"),
-            "metadata": _copy_models(self.metadata, directory),
         }
-        _write_json(directory / SIDECAR, sidecar)
-        return directory
+        parts = (self.index, self.gallery_ids, self.gallery_species, self.keypoints)
+        return save_folder(directory, *parts, sidecar, self.metadata, self.record)
 
     @classmethod
     def load(cls, directory: str | os.PathLike, *, threads: int | None = None) -> Identifier:
-        directory = Path(directory)
-        sidecar = _read_sidecar(directory)
-        index = load_index(directory / INDEX_FILE, threads=threads)
-        ids = json.loads((directory / IDS_FILE).read_text(encoding="utf-8"))
-        if len(index) != sidecar["n"] or index.dim != sidecar["dim"]:
-            raise UserError(
-                f"{directory}: index (n={len(index)}, dim={index.dim}) does not match its sidecar "
-                f"(n={sidecar['n']}, dim={sidecar['dim']})"
-            )
-        species = None
-        if sidecar.get("per_photo_species"):
-            species = json.loads((directory / SPECIES_FILE).read_text(encoding="utf-8"))
-        metadata = _resolve_models(dict(sidecar.get("metadata") or {}), directory)
-        config = from_dict(IdentifyConfig, sidecar["config"], "identifier config")
-        keypoints = None
-        if config.rerank is not None:
-            keypoints = KeypointSet.load(directory / KEYPOINTS_FILE, config.rerank.keypoints)
-        fusion = Fusion.from_dict(sidecar["fusion"]) if sidecar.get("fusion") else None
-        return cls(index, ids, config, sidecar["threshold"], metadata, species, keypoints, fusion)
+        folder = load_folder(directory, threads)
+        record = folder.record
+        keypoints = None if record.keypoints is None else folder.keypoints(record.keypoints)
+        return cls(
+            folder.index,
+            folder.ids,
+            record.scoring,
+            record.threshold,
+            folder.metadata,
+            folder.species,
+            keypoints,
+            record.fusion,
+        )
 
 
 def identify_queries(
@@ -496,85 +353,7 @@ def identify_queries(
     identifier.require_compatible(queries, "the queries")
     if calibration is not None:
         identifier.require_compatible(calibration, "the calibration embeddings")
+    if calibration is not None or (identifier.config.threshold == "rate" and identifier.config.new_rate is not None):
         leave_one_out = identifier.config.blend is None
-        if keep_threshold:
-            if identifier.config.rerank is not None:
-                identifier.fit_fusion(calibration, leave_one_out=leave_one_out)
-        else:
-            identifier.calibrate(calibration, leave_one_out=leave_one_out, fit_fusion=True)
-    elif identifier.config.threshold == "rate" and identifier.config.new_rate is not None and not keep_threshold:
-        identifier.calibrate(queries=queries)
+        identifier.calibrate(calibration, queries, leave_one_out=leave_one_out, keep_threshold=keep_threshold)
     return identifier.predict(queries)
-
-
-def _vectors(queries: Embeddings | np.ndarray) -> np.ndarray:
-    return queries.vectors if isinstance(queries, Embeddings) else queries
-
-
-def _keypoints(queries: Embeddings | np.ndarray) -> KeypointSet:
-    """The queries' local features, which re-ranking needs beside their vectors."""
-    if not isinstance(queries, Embeddings) or queries.keypoints is None:
-        raise UserError(
-            "re-ranking needs the query photos' keypoints: embed them with keypoints "
-            "(`whaleid embed ... --keypoints`, or the Identifier's own embedder)"
-        )
-    return queries.keypoints
-
-
-def _write_json(path: Path, value: Any) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(value, indent=2) + "\n", encoding="utf-8")
-
-
-def _read_sidecar(directory: Path) -> dict:
-    path = directory / SIDECAR
-    if not path.is_file():
-        raise UserError(f"no {SIDECAR} in {directory} (not an Identifier, or its save was interrupted)")
-    try:
-        sidecar = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise UserError(f"{path} is not readable JSON ({error}): save the Identifier again") from None
-    if not isinstance(sidecar, dict) or sidecar.get("format") != FORMAT:
-        raise UserError(f"{path} is not a whaleid identifier sidecar")
-    if sidecar.get("version", 0) not in READABLE:
-        raise UserError(
-            f"{directory} was written by {'a newer' if sidecar.get('version', 0) > FORMAT_VERSION else 'an older'} "
-            "whaleid: save the Identifier again with this version (`whaleid identify --save`)"
-        )
-    return sidecar
-
-
-def _members(source: dict) -> tuple[str, list[str]]:
-    """The key of a model source that names checkpoint files, and those files."""
-    if "checkpoint" in source:
-        return "checkpoint", [source["checkpoint"]]
-    if "checkpoints" in source:
-        return "checkpoints", list(source["checkpoints"])
-    return "", []  # a zero-shot backbone, or no model recorded
-
-
-def _copy_models(metadata: dict, directory: Path) -> dict:
-    """The gallery's checkpoint(s) copied under ``directory/models/``; the metadata naming them relative to it."""
-    key, members = _members(metadata.get("source", {}))
-    if not members:
-        return dict(metadata)
-    copied = []
-    for i, member in enumerate(members):
-        target = directory / MODELS_DIR / str(i)
-        target.mkdir(parents=True, exist_ok=True)
-        for path in checkpoint_files(member):
-            if path.resolve() != (target / path.name).resolve():
-                with atomic_path(target / path.name) as tmp:
-                    shutil.copyfile(path, tmp)
-        copied.append(f"{MODELS_DIR}/{i}/{checkpoint_files(member)[-1].name}")
-    source = {**metadata["source"], key: copied[0] if key == "checkpoint" else copied}
-    return {**metadata, "source": source}
-
-
-def _resolve_models(metadata: dict, directory: Path) -> dict:
-    """Saved metadata with its relative checkpoint paths made absolute under the Identifier's folder."""
-    key, members = _members(metadata.get("source", {}))
-    if not members:
-        return metadata
-    paths = [str(directory / p) for p in members]
-    return {**metadata, "source": {**metadata["source"], key: paths[0] if key == "checkpoint" else paths}}

@@ -139,6 +139,32 @@ def default_thresholds(rankings: Sequence[Ranking], num: int = 101) -> np.ndarra
     return np.linspace(lo, hi, num) if hi > lo else np.array([lo, hi])
 
 
+def _candidates(
+    rankings: Sequence[Ranking], truths: Sequence[str], top: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Each query's candidate scores padded with -inf (queries x width), how many it has, where its truth
+    is among them (past the cutoff when absent) and whether the first one is the truth.
+
+    Candidates are those left after dropping any pre-existing new_individual, as
+    insert_new_individual does. Only the first ``top`` can change the outcome: an insertion
+    point beyond them puts new_individual outside the cutoff either way.
+    """
+    nq = len(rankings)
+    cands = [[(i, s) for i, s in zip(r.ids, r.scores) if i != NEW_INDIVIDUAL][:top] for r in rankings]
+    width = max(1, max(len(c) for c in cands))
+    scores = np.full((nq, width), -np.inf)
+    truth_pos = np.full(nq, width + top + 1)  # "absent": never inside the cutoff
+    first_is_truth = np.zeros(nq, bool)
+    for q, (c, t) in enumerate(zip(cands, truths)):
+        if c:
+            scores[q, : len(c)] = [s for _, s in c]
+            ids = [i for i, _ in c]
+            if t in ids:
+                truth_pos[q] = ids.index(t)
+            first_is_truth[q] = ids[0] == t
+    return scores, np.array([len(c) for c in cands]), truth_pos, first_is_truth
+
+
 def threshold_sweep(
     rankings: Sequence[Ranking],
     truths: Sequence[str],
@@ -159,23 +185,8 @@ def threshold_sweep(
     thr = default_thresholds(rankings) if thresholds is None else np.asarray(thresholds, float)
     if thr.ndim != 1 or thr.size == 0 or not np.isfinite(thr).all():
         raise UserError("thresholds must be a non-empty 1-D array of finite numbers")
-    nq = len(rankings)
-    # Candidates after dropping any pre-existing new_individual, as insert_new_individual does.
-    # Only the first `top` candidates can change the outcome: an insertion point beyond
-    # them puts new_individual outside the cutoff either way.
-    cands = [[(i, s) for i, s in zip(r.ids, r.scores) if i != NEW_INDIVIDUAL][:top] for r in rankings]
-    width = max(1, max(len(c) for c in cands))
-    scores = np.full((nq, width), -np.inf)
-    truth_pos = np.full(nq, width + top + 1)  # "absent": never inside the cutoff
-    first_is_truth = np.zeros(nq, bool)
-    for q, (c, t) in enumerate(zip(cands, truths)):
-        if c:
-            scores[q, : len(c)] = [s for _, s in c]
-            ids = [i for i, _ in c]
-            if t in ids:
-                truth_pos[q] = ids.index(t)
-            first_is_truth[q] = ids[0] == t
-    lengths = np.array([len(c) for c in cands])
+    scores, lengths, truth_pos, first_is_truth = _candidates(rankings, truths, top)
+    width = scores.shape[1]
     true_new = np.array([t == NEW_INDIVIDUAL for t in truths])
 
     below = scores[None, :, :] < thr[:, None, None]  # (T, nq, width)

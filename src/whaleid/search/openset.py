@@ -7,15 +7,16 @@ A query whose individual has no other photo in the set has the truth
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
-from whaleid.model.embed import Embeddings
+from whaleid.model.embeddings import Embeddings
 from whaleid.search.identify import Identifier, IdentifyConfig
 from whaleid.search.index import ExactIndex
 from whaleid.search.metrics import evaluate, map_at_5, threshold_sweep
-from whaleid.search.ranking import NEW_INDIVIDUAL, Ranking, apply_threshold
+from whaleid.search.ranking import NEW_INDIVIDUAL, Ranking, apply_threshold, truths
 from whaleid.search.rerank import RerankConfig
 from whaleid.search.threshold import calibrate_threshold
 
@@ -69,6 +70,45 @@ def score_rankings(
     }
 
 
+@dataclass
+class Scored:
+    """Test photos ranked by a calibrated scorer, their truths, and the validation they were calibrated on."""
+
+    rankings: list[Ranking]
+    truths: list[str]
+    scorer: Identifier  # its threshold (and fusion) fitted on validation photos only
+    validated: tuple[list[Ranking], list[str]] | None
+
+    def metrics(self) -> dict:
+        return score_rankings(self.rankings, self.truths, self.scorer.threshold, species_of=self.scorer.species_of)
+
+    def answers(self) -> list[list[str]]:
+        return [r.ids for r in self.scorer.answer(self.rankings)]
+
+
+def calibrate_then_score(
+    calibrator: Identifier, val: Embeddings, test: Embeddings, gallery: Embeddings | None = None
+) -> Scored:
+    """The one calibrate-then-score protocol (CLI, recipes, demo, benchmarks): the fusion and threshold fitted on
+    labelled ``val`` photos, then ``test`` ranked and thresholded with them; the test truths are never used to fit.
+
+    With a ``gallery``, val is ranked against ``calibrator``'s gallery and test against ``gallery`` (a "rate"
+    threshold then comes from the test queries' own scores). Without, both are open-set: each set's photos
+    rank among themselves (leave-one-out), so unseen individuals are new.
+    """
+    leave_one_out = gallery is None
+    validated = calibrator.calibrate(val, leave_one_out=leave_one_out)
+    fitted = {"threshold": calibrator.threshold, "fusion": calibrator.fusion}
+    scorer = Identifier.from_embeddings(test if leave_one_out else gallery, calibrator.config, **fitted)
+    if leave_one_out:
+        return Scored(*scorer.leave_one_out(), scorer, validated)
+    if scorer.config.threshold == "rate":
+        scorer.calibrate(queries=test)
+    return Scored(
+        scorer.rank(test), truths(test.table["individual_id"].tolist(), scorer.gallery_ids), scorer, validated
+    )
+
+
 def calibrated_open_set(
     val: Embeddings, test: Embeddings, rerank: RerankConfig | None = None
 ) -> tuple[dict, pd.DataFrame, list[list[str]]]:
@@ -76,10 +116,5 @@ def calibrated_open_set(
 
     Returns the metrics, the validation threshold sweep, and the test predictions.
     """
-    config = IdentifyConfig(rerank=rerank)
-    among_val = Identifier.from_embeddings(val, config)
-    val_rankings, val_truths = among_val.validate(val, leave_one_out=True)  # with rerank: fusion fitted, same matches
-    threshold = calibrate_threshold(val_rankings, val_truths, "sweep")
-    rankings, truths = Identifier.from_embeddings(test, config, fusion=among_val.fusion).leave_one_out()
-    metrics = score_rankings(rankings, truths, threshold)
-    return metrics, threshold_sweep(val_rankings, val_truths), [r.ids for r in apply_threshold(rankings, threshold)]
+    scored = calibrate_then_score(Identifier.from_embeddings(val, IdentifyConfig(rerank=rerank)), val, test)
+    return scored.metrics(), threshold_sweep(*scored.validated), scored.answers()

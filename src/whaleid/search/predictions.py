@@ -13,9 +13,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from whaleid.data.catalog import read_table
 from whaleid.errors import UserError
-from whaleid.files import atomic_path
+from whaleid.files import atomic_path, read_table
 from whaleid.search.metrics import Report, evaluate, threshold_sweep, truths_for, write_submission
 from whaleid.search.ranking import Ranking, truths
 

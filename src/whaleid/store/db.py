@@ -14,6 +14,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event, func, inspect, select
+from sqlalchemy.orm import Session
 
 from whaleid.errors import UserError
 from whaleid.files import is_disk_full
@@ -37,6 +38,22 @@ REASONS = (
         "re-run when it has finished",
     ),
 )
+
+
+class Database:
+    """A catalog's database: sessions for writing, and for reading that on SQLite never wait for a writer."""
+
+    def __init__(self, url: str):
+        self.engine = open_engine(url)
+        self.read_engine = reading(self.engine)
+
+    def session(self) -> Session:
+        """A session for writing, whose objects stay readable after its transaction commits (they are returned)."""
+        return Session(self.engine, expire_on_commit=False)
+
+    def reader(self) -> Session:
+        """A session for reading only: on SQLite it never waits for, nor blocks, a writer."""
+        return Session(self.read_engine, expire_on_commit=False)
 
 
 def sqlite_url(directory: Path) -> str:

@@ -120,8 +120,13 @@ class Model(Base):
     version: Mapped[int] = mapped_column(Integer, unique=True)
     file_hash: Mapped[str] = mapped_column(String(200))
     source: Mapped[dict] = mapped_column(JSON)  # checkpoint path(s) relative to the catalog folder, or zero-shot
+    # with source, file_hash and the columns below: the gallery record (whaleid.search.record.GalleryRecord)
     threshold: Mapped[dict | None] = mapped_column(JSON)  # {"value": float | {species: float}}
     preprocess: Mapped[dict | None] = mapped_column(JSON)
+    img_size: Mapped[int | None] = mapped_column(Integer)  # null: as the model file says
+    tta_flip: Mapped[bool] = mapped_column(Boolean, default=False)
+    scoring: Mapped[dict | None] = mapped_column(JSON)  # IdentifyConfig: the ranking stages (re-ranking inside)
+    fusion: Mapped[dict | None] = mapped_column(JSON)  # the fitted fusion of cosine and matches, when re-ranking
     created_at: Mapped[datetime] = mapped_column(DateTime)
 
 

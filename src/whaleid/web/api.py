@@ -11,12 +11,13 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile as StarletteUpload
 
-from whaleid.store.catalog import EncounterInfo
-from whaleid.store.schema import Individual
-from whaleid.web import images, views
+from whaleid.store import browse
+from whaleid.store.intake import EncounterInfo
+from whaleid.store.users import users as listed_users
+from whaleid.web import images
 from whaleid.web.jobs import Refused
 from whaleid.web.security import COOKIE, reader, writer
-from whaleid.web.users import Account, add_user, change_user, list_users, log_in, log_out, verified
+from whaleid.web.users import Account, add_user, change_user, log_in, log_out, verified
 
 router = APIRouter(prefix="/api")
 Reader = Annotated[Account, Depends(reader)]
@@ -135,20 +136,20 @@ def my_password(body: PasswordBody, request: Request, user: AnyUser) -> dict:
 def stats(request: Request, _: Reader) -> dict:
     store = request.app.state.store
     return {
-        **store.stats(),
-        "pending_by_encounter": views.pending_by_encounter(store),
-        "discovery_curve": views.discovery_curve(store),
+        **store.exports.stats(),
+        "pending_by_encounter": browse.pending_by_encounter(store),
+        "discovery_curve": browse.discovery_curve(store),
     }
 
 
 @router.get("/queue")
 def queue(request: Request, _: Reader, limit: Annotated[int, Query(ge=1, le=1000)] = 50) -> list[dict]:
-    return [vars(item) for item in request.app.state.store.queue(limit)]
+    return [vars(item) for item in request.app.state.store.review.queue(limit)]
 
 
 @router.get("/photos/{photo_id}")
 def photo(photo_id: PhotoId, request: Request, _: Reader) -> dict:
-    return views.review(request.app.state.store, photo_id)
+    return browse.review_page(request.app.state.store, photo_id)
 
 
 @router.get("/photos/{photo_id}/image")
@@ -164,7 +165,8 @@ def decide(photo_id: PhotoId, body: DecisionBody, request: Request, user: Review
     """Confirm a candidate, make a new individual, or say you can't tell; 409 when decided meanwhile."""
     if body.kind == "confirm" and not body.individual:
         raise Refused(422, "confirm needs the individual's catalog id")
-    event = request.app.state.store.decide(
+    store = request.app.state.store
+    event = store.review.decide(
         photo_id,
         confirm=body.individual if body.kind == "confirm" else None,
         new=body.kind == "new",
@@ -173,25 +175,19 @@ def decide(photo_id: PhotoId, body: DecisionBody, request: Request, user: Review
         reviewer=user.name,
         expected_version=body.version,
     )
-    return {"decision": event.id, "kind": event.kind, "photo": photo_id, "individual": _catalog_id(request, event)}
-
-
-def _catalog_id(request: Request, event) -> str | None:
-    if event.individual_id is None:
-        return None
-    with request.app.state.store.reader() as session:
-        return session.get(Individual, event.individual_id).catalog_id
+    individual = browse.catalog_id(store, event.individual_id)
+    return {"decision": event.id, "kind": event.kind, "photo": photo_id, "individual": individual}
 
 
 @router.post("/decisions/{decision_id}/undo")
 def undo(decision_id: PhotoId, request: Request, user: Reviewer) -> dict:
-    event = request.app.state.store.undo(decision_id, reviewer=user.name)
+    event = request.app.state.store.review.undo(decision_id, reviewer=user.name)
     return {"decision": event.id, "undoes": decision_id}
 
 
 @router.get("/decisions")
 def decisions(request: Request, _: Reader, limit: Annotated[int, Query(ge=1, le=500)] = 20) -> list[dict]:
-    return views.decisions(request.app.state.store, limit)
+    return browse.latest_decisions(request.app.state.store, limit)
 
 
 @router.get("/individuals")
@@ -201,29 +197,29 @@ def individuals(
     limit: Annotated[int, Query(ge=1, le=1000)] = 200,
     offset: Annotated[int, Query(ge=0, le=10**9)] = 0,
 ) -> list[dict]:
-    return views.individuals(request.app.state.store, limit, offset)
+    return browse.individuals(request.app.state.store, limit, offset)
 
 
 @router.get("/individuals/{catalog_id}")
 def individual(catalog_id: Text, request: Request, _: Reader) -> dict:
-    return views.individual(request.app.state.store, catalog_id)
+    return browse.individual_page(request.app.state.store, catalog_id)
 
 
 @router.post("/individuals/{catalog_id}/merge")
 def merge(catalog_id: Text, body: MergeBody, request: Request, user: Reviewer) -> dict:
     """This individual is ``into``: its photos join that one's (undoable)."""
-    event = request.app.state.store.merge(catalog_id, body.into, reviewer=user.name)
+    event = request.app.state.store.review.merge(catalog_id, body.into, reviewer=user.name)
     return {"decision": event.id, "merged": catalog_id, "into": body.into}
 
 
 @router.get("/encounters")
 def encounters(request: Request, _: Reader) -> list[dict]:
-    return views.encounters(request.app.state.store)
+    return browse.encounters(request.app.state.store)
 
 
 @router.get("/encounters/{encounter_id}")
 def encounter(encounter_id: PhotoId, request: Request, _: Reader) -> dict:
-    return views.encounter(request.app.state.store, encounter_id)
+    return browse.encounter_page(request.app.state.store, encounter_id)
 
 
 @router.post("/uploads", status_code=201)
@@ -263,7 +259,7 @@ def job(job_id: PhotoId, request: Request, _: Reader) -> dict:
 def export(kind: Literal["happywhale", "decisions", "dwc"], request: Request, _: Reader) -> Response:
     """The catalog as CSV: ``happywhale`` (train the next model on it), ``decisions`` or ``dwc`` (Darwin Core)."""
     buffer = io.StringIO()
-    request.app.state.store.table(kind).to_csv(buffer, index=False)
+    request.app.state.store.exports.table(kind).to_csv(buffer, index=False)
     return Response(
         buffer.getvalue(),
         media_type="text/csv",
@@ -273,7 +269,7 @@ def export(kind: Literal["happywhale", "decisions", "dwc"], request: Request, _:
 
 @router.get("/users")
 def users(request: Request, _: Admin) -> list[dict]:
-    return list_users(request.app.state.store)
+    return listed_users(request.app.state.store)
 
 
 @router.post("/users", status_code=201)
@@ -290,7 +286,7 @@ def edit_user(name: Text, body: UserChange, request: Request, _: Admin) -> dict:
 
 @router.get("/models")
 def models(request: Request, _: Reader) -> list[dict]:
-    return request.app.state.store.models()
+    return request.app.state.store.models.listed()
 
 
 @router.post("/models/{version}/activate", status_code=202)

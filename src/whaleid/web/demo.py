@@ -16,8 +16,9 @@ import pandas as pd
 from whaleid.data.synth import make_catalog
 from whaleid.model.checkpoint import save_checkpoint
 from whaleid.model.network import EmbeddingModel, ModelConfig
-from whaleid.store.catalog import CONFIG, CatalogStore, EncounterInfo
-from whaleid.store.schema import User
+from whaleid.store.catalog import CONFIG, CatalogStore
+from whaleid.store.intake import EncounterInfo
+from whaleid.store.users import user_named
 from whaleid.web.users import add_user, change_user
 
 DEMO_USER = "demo"
@@ -41,9 +42,9 @@ def demo_catalog(directory: Path, db: str | None = None, individuals: int = 24, 
     held_out = table.groupby("individual_id").tail(1)  # the last photo of every fin comes in the survey
     in_catalog = table[table["individual_id"].isin(known) & ~table.index.isin(held_out.index)]
     in_catalog.to_csv(source / "known.csv", index=False)
-    store.import_catalog(source / "known.csv", csv.parent / "images")
+    store.intake.import_catalog(source / "known.csv", csv.parent / "images")
     survey = table[~table.index.isin(in_catalog.index)].sample(frac=1.0, random_state=0)
-    store.add(
+    store.intake.add(
         [csv.parent / "images" / name for name in survey["image"]],
         EncounterInfo(date="2026-07-14", place="demo survey (synthetic fins)", observer="whaleid demo"),
     )
@@ -67,9 +68,7 @@ def demo_logins(store: CatalogStore) -> dict[str, str]:
         (DEMO_ADMIN, "admin", "WHALEID_DEMO_ADMIN_PASSWORD"),
     ):
         password = os.environ.get(variable) or secrets.token_urlsafe(9)
-        with store.reader() as session:
-            exists = session.query(User.id).filter(User.name == name).first() is not None
-        if exists:
+        if user_named(store, name) is not None:
             change_user(store, name, role=role, password=password)
         else:
             add_user(store, name, password, role)

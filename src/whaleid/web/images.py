@@ -7,9 +7,9 @@ from pathlib import Path
 
 from whaleid.data.images import ImageError, open_image
 from whaleid.files import atomic_path
+from whaleid.store.browse import photo_file
 from whaleid.store.catalog import CatalogStore
 from whaleid.web.jobs import PixelBudget, Refused, header_pixels
-from whaleid.web.views import photo_file
 
 SIZES = {"thumb": 320, "medium": 1024, "full": 2400, "crop": 1024}
 
@@ -23,7 +23,7 @@ def rendition(store: CatalogStore, budget: PixelBudget, photo_id: int, size: str
         return target
     original = store.dir / "photos" / file
     with budget.hold(header_pixels(original)):
-        source = store.model_input(file) if size == "crop" else original
+        source = store.models.model_input(file) if size == "crop" else original
         try:
             image = open_image(source)
         except ImageError as error:

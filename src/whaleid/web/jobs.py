@@ -20,14 +20,13 @@ from datetime import timedelta
 from pathlib import Path
 
 from PIL import Image
-from sqlalchemy import select, update
 
 from whaleid.data.images import ImageError, decode_bytes
 from whaleid.errors import UserError
 from whaleid.files import atomic_path
-from whaleid.store.catalog import CatalogStore, EncounterInfo, now
-from whaleid.store.jobs import expire_uploads
-from whaleid.store.schema import Encounter, Job, Photo
+from whaleid.store import jobs
+from whaleid.store.catalog import CatalogStore
+from whaleid.store.intake import EncounterInfo
 
 log = logging.getLogger(__name__)
 ACCEPTED = {"JPEG": ".jpg", "MPO": ".jpg", "PNG": ".png", "TIFF": ".tif", "HEIF": ".heic"}
@@ -96,7 +95,8 @@ def header_pixels(source: bytes | Path) -> int:
 
 
 class Jobs:
-    """Creates, stages, queues and runs the jobs of one catalog (one worker thread per server)."""
+    """Stages, queues and runs the jobs of one catalog (one worker thread per server); their rows are
+    ``store.jobs``'s."""
 
     def __init__(self, store: CatalogStore, limits: UploadLimits, poll: float = 0.5, sweep: float = 600.0):
         self.store, self.limits, self.poll, self.sweep = store, limits, poll, sweep
@@ -109,12 +109,7 @@ class Jobs:
 
     def create_upload(self, encounter: EncounterInfo, user: str) -> dict:
         """An encounter and an upload job waiting for its photos."""
-        with self.store.session() as session, session.begin():
-            row = Encounter(**vars(encounter), created_at=now())
-            session.add(row)
-            session.flush()
-            job = self._new(session, "upload", {"encounter": row.id, "files": []}, user, "receiving")
-        return describe(job)
+        return jobs.new_upload(self.store, encounter, user)
 
     def stage(self, job_id: int, data: bytes, original_name: str) -> dict:
         """One photo of an upload, decoded in memory and stored under a name the server chose; refused
@@ -130,93 +125,47 @@ class Jobs:
             raise Refused(status, f"{_shown(original_name)}: {error.reason}") from None
         if fmt not in ACCEPTED:
             raise Refused(415, f"{_shown(original_name)}: {fmt} photos are not accepted (JPEG, PNG, TIFF or HEIC)")
-        self._receiving(job_id)  # before writing: no file for a job that takes no photos
+        jobs.check_receiving(self.store, job_id)  # before writing: no file for a job that takes no photos
         name = f"{STAGING}/{job_id}/{secrets.token_hex(12)}{ACCEPTED[fmt]}"
         target = self.store.dir / name
         target.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(target) as tmp:
             tmp.write_bytes(data)
         try:
-            with self.store.session() as session, session.begin():
-                job = self._locked(session, job_id, "receiving")
-                if len(job.payload["files"]) >= self.limits.files_per_job:
-                    raise Refused(413, f"an upload holds at most {self.limits.files_per_job} photos")
-                files = [*job.payload["files"], {"file": name, "name": original_name[:500], "size": len(data)}]
-                job.payload = {**job.payload, "files": files}
-                job.progress = {"stage": "receiving", "done": len(files), "total": len(files)}
-                job.updated_at = now()
+            entry = {"file": name, "name": original_name[:500], "size": len(data)}
+            if not jobs.add_staged(self.store, job_id, entry, self.limits.files_per_job):
+                raise Refused(413, f"an upload holds at most {self.limits.files_per_job} photos")
         except BaseException:
             target.unlink(missing_ok=True)
             raise
         return {"job": job_id, "name": original_name, "format": fmt, "size": len(data)}
 
     def start(self, job_id: int) -> dict:
-        with self.store.session() as session, session.begin():
-            job = self._locked(session, job_id, "receiving")
-            if not job.payload["files"]:
-                raise Refused(409, f"upload {job_id} has no photos yet")
-            job.state, job.updated_at = "queued", now()
-            job.progress = {"stage": "queued", "done": 0, "total": len(job.payload["files"])}
+        jobs.queue_upload(self.store, job_id)
         self._wake.set()
         return self.get(job_id)
 
     def create_reindex(self, version: int, user: str) -> dict:
         """A job that embeds every photo with model ``version`` and makes it the active one."""
-        if version not in [m["version"] for m in self.store.models()]:
+        if version not in [m["version"] for m in self.store.models.listed()]:
             raise Refused(404, f"no model v{version} in this catalog")
-        with self.store.session() as session, session.begin():
-            job = self._new(session, "reindex", {"version": version}, user, "queued")
+        job = jobs.new_reindex(self.store, version, user)
         self._wake.set()
-        return describe(job)
-
-    def _new(self, session, kind: str, payload: dict, user: str, state: str) -> Job:
-        job = Job(
-            kind=kind,
-            state=state,
-            payload=payload,
-            progress={"stage": state, "done": 0, "total": 0},
-            created_by=user,
-            created_at=now(),
-            updated_at=now(),
-        )
-        session.add(job)
-        session.flush()
-        return job
-
-    def _receiving(self, job_id: int) -> None:
-        with self.store.reader() as session:
-            self._checked(session.get(Job, job_id), job_id, "receiving")
-
-    def _locked(self, session, job_id: int, state: str) -> Job:
-        return self._checked(session.get(Job, job_id, with_for_update=True), job_id, state)
-
-    @staticmethod
-    def _checked(job: Job | None, job_id: int, state: str) -> Job:
-        if job is None or job.kind != "upload":
-            raise Refused(404, f"no upload {job_id}")
-        if job.state != state:
-            raise Refused(409, f"upload {job_id} is {job.state}, not {state}")
         return job
 
     # ------------------------------------------------------------------ reading jobs
 
     def get(self, job_id: int) -> dict:
-        with self.store.reader() as session:
-            job = session.get(Job, job_id)
-            if job is None:
-                raise Refused(404, f"no job {job_id}")
-            return describe(job)
+        return jobs.job(self.store, job_id)
 
     def recent(self, limit: int = 20) -> list[dict]:
-        with self.store.reader() as session:
-            return [describe(j) for j in session.scalars(select(Job).order_by(Job.id.desc()).limit(limit))]
+        return jobs.recent(self.store, limit)
 
     # ------------------------------------------------------------------ the worker
 
     def start_worker(self) -> None:
         """Jobs a killed server left running are queued again, then one thread works through the queue."""
-        with self.store.session() as session, session.begin():
-            session.execute(update(Job).where(Job.state == "running").values(state="queued", updated_at=now()))
+        jobs.requeue_running(self.store)
         self.expire()
         self._stop.clear()
         self._thread = threading.Thread(target=self._loop, name="whaleid-jobs", daemon=True)
@@ -240,90 +189,52 @@ class Jobs:
 
     def expire(self) -> list[int]:
         """Uploads left waiting for photos longer than ``idle_hours`` expire, their staged photos removed."""
-        expired = expire_uploads(self.store, timedelta(hours=self.limits.idle_hours))
+        expired = jobs.expire_uploads(self.store, timedelta(hours=self.limits.idle_hours))
         for job_id in expired:
             shutil.rmtree(self.store.dir / STAGING / str(job_id), ignore_errors=True)
         return expired
 
     def run_next(self) -> bool:
         """Run the oldest queued job, if any; whether there was one."""
-        with self.store.session() as session, session.begin():
-            job = session.scalar(
-                select(Job).where(Job.state == "queued").order_by(Job.id).limit(1).with_for_update(skip_locked=True)
-            )
-            if job is None:
-                return False
-            job.state, job.updated_at = "running", now()
-            job_id, kind, payload = job.id, job.kind, dict(job.payload)
+        claimed = jobs.claim_next(self.store)
+        if claimed is None:
+            return False
+        job_id, kind, payload = claimed
         try:
             with self.budget.hold(self.limits.pixels, wait=None):  # the job's share: a photo of the largest size
                 result = self._upload(job_id, payload) if kind == "upload" else self._reindex(job_id, payload)
-            self._finish(job_id, "done", result=result)
+            jobs.finish(self.store, job_id, "done", result=result)
             shutil.rmtree(self.store.dir / STAGING / str(job_id), ignore_errors=True)
         except UserError as error:
-            self._finish(job_id, "failed", error=str(error))
+            jobs.finish(self.store, job_id, "failed", error=public(self.store, str(error)))
         except Exception as error:  # one bad job never stops the worker; the log has the details
             log.error("job %s failed:\n%s", job_id, traceback.format_exc())
-            self._finish(job_id, "failed", error=f"internal error ({type(error).__name__}): see the server log")
+            jobs.finish(
+                self.store, job_id, "failed", error=f"internal error ({type(error).__name__}): see the server log"
+            )
         return True
 
     def _upload(self, job_id: int, payload: dict) -> dict:
         files = payload["files"]
         paths = [self.store.dir / f["file"] for f in files]
-        added = self.store.add(
+        added = self.store.intake.add(
             paths, payload["encounter"], names=[f["name"] for f in files], progress=self._progress(job_id)
         )
-        digests = [hashlib.sha256(p.read_bytes()).hexdigest() for p in paths]
-        with self.store.reader() as session:
-            ids = dict(session.execute(select(Photo.sha256, Photo.id).where(Photo.sha256.in_(digests))).all())
         return {
-            "photos": [ids[d] for d in digests if d in ids],
+            "photos": jobs.photo_ids(self.store, [hashlib.sha256(p.read_bytes()).hexdigest() for p in paths]),
             "added": len(added.added),
             "duplicates": len(added.duplicates),
             "rejected": [{"name": n, "reason": r} for n, r in added.rejected],
         }
 
     def _reindex(self, job_id: int, payload: dict) -> dict:
-        return {"embedded": self.store.reindex(version=payload["version"], progress=self._progress(job_id))}
+        return {"embedded": self.store.gallery.reindex(version=payload["version"], progress=self._progress(job_id))}
 
     def _progress(self, job_id: int):
         def report(stage: str, done: int, total: int) -> None:
-            with self.store.session() as session, session.begin():
-                session.execute(
-                    update(Job)
-                    .where(Job.id == job_id)
-                    .values(progress={"stage": stage, "done": done, "total": total}, updated_at=now())
-                )
+            jobs.report_progress(self.store, job_id, stage, done, total)
 
         return report
-
-    def _finish(self, job_id: int, state: str, result: dict | None = None, error: str | None = None) -> None:
-        with self.store.session() as session, session.begin():
-            job = session.get(Job, job_id)
-            total = len(job.payload.get("files", [])) or job.progress.get("total", 0)
-            job.state, job.result, job.updated_at = state, result, now()
-            job.error = error and public(self.store, error)
-            job.progress = {
-                "stage": state,
-                "done": total if state == "done" else job.progress.get("done", 0),
-                "total": total,
-            }
-
-
-def describe(job: Job) -> dict:
-    """A job as the API shows it (staged file names stay private)."""
-    return {
-        "id": job.id,
-        "kind": job.kind,
-        "state": job.state,
-        "encounter": job.payload.get("encounter"),
-        "files": len(job.payload.get("files", [])),
-        "progress": job.progress,
-        "result": job.result,
-        "error": job.error,
-        "created_by": job.created_by,
-        "created_at": job.created_at.isoformat(timespec="seconds"),
-    }
 
 
 def _shown(name: str) -> str:

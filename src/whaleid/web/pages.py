@@ -12,11 +12,12 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.templating import Jinja2Templates
 
 from whaleid.errors import UserError
-from whaleid.web import views
+from whaleid.store import browse
+from whaleid.store.users import users as listed_users
 from whaleid.web.api import PhotoId, Text, login_response, password_is
 from whaleid.web.jobs import Refused
 from whaleid.web.security import COOKIE, LOGIN_COOKIE, current, login_csrf_ok, page_reader, writer
-from whaleid.web.users import MIN_PASSWORD, Account, add_user, change_user, list_users, log_out
+from whaleid.web.users import MIN_PASSWORD, Account, add_user, change_user, log_out
 
 templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
 router = APIRouter(include_in_schema=False)
@@ -147,15 +148,15 @@ def logout_form(request: Request, _: AnyUser):
 @router.get("/")
 def dashboard(request: Request, user: Viewer) -> HTMLResponse:
     store = request.app.state.store
-    curve = views.discovery_curve(store)
+    curve = browse.discovery_curve(store)
     jobs = request.app.state.jobs.recent(8)
     return render(
         request,
         "dashboard.html",
         user,
-        stats=store.stats(),
-        pending=views.pending_by_encounter(store),
-        decisions=views.decisions(store, 15),
+        stats=store.exports.stats(),
+        pending=browse.pending_by_encounter(store),
+        decisions=browse.latest_decisions(store, 15),
         jobs=jobs,
         curve=curve,
         curve_svg=_curve_points(curve),
@@ -176,7 +177,7 @@ def upload_page(request: Request, user: Viewer) -> HTMLResponse:
 
 @router.get("/review")
 def review_next(request: Request, user: Viewer, encounter: PhotoId | None = None):
-    first = views.first_pending(request.app.state.store, encounter)
+    first = browse.first_pending(request.app.state.store, encounter)
     if first is None:
         return render(request, "review_done.html", user)
     return RedirectResponse(f"/review/{first}", status_code=303)
@@ -184,17 +185,17 @@ def review_next(request: Request, user: Viewer, encounter: PhotoId | None = None
 
 @router.get("/review/{photo_id}")
 def review(photo_id: PhotoId, request: Request, user: Viewer) -> HTMLResponse:
-    return render(request, "review.html", user, item=views.review(request.app.state.store, photo_id))
+    return render(request, "review.html", user, item=browse.review_page(request.app.state.store, photo_id))
 
 
 @router.get("/individuals")
 def individuals(request: Request, user: Viewer) -> HTMLResponse:
-    return render(request, "individuals.html", user, individuals=views.individuals(request.app.state.store, 1000))
+    return render(request, "individuals.html", user, individuals=browse.individuals(request.app.state.store, 1000))
 
 
 @router.get("/individuals/{catalog_id}")
 def individual(catalog_id: Text, request: Request, user: Viewer) -> HTMLResponse:
-    return render(request, "individual.html", user, item=views.individual(request.app.state.store, catalog_id))
+    return render(request, "individual.html", user, item=browse.individual_page(request.app.state.store, catalog_id))
 
 
 @router.post("/individuals/{catalog_id}/merge")
@@ -202,7 +203,7 @@ def merge_form(
     catalog_id: Text, request: Request, user: Reviewer, into: Annotated[str, Form(max_length=200)]
 ) -> RedirectResponse:
     try:
-        request.app.state.store.merge(catalog_id, into.strip(), reviewer=user.name)
+        request.app.state.store.review.merge(catalog_id, into.strip(), reviewer=user.name)
     except UserError:
         return back(f"/individuals/{_quoted(catalog_id)}", error="merge-refused")
     return back(f"/individuals/{_quoted(into.strip())}", note="merged")
@@ -212,7 +213,7 @@ def merge_form(
 def undo_form(decision_id: PhotoId, request: Request, user: Reviewer) -> RedirectResponse:
     """Undo a decision from the dashboard's list (merges: the review page's Z undoes a photo's decision)."""
     try:
-        request.app.state.store.undo(decision_id, reviewer=user.name)
+        request.app.state.store.review.undo(decision_id, reviewer=user.name)
     except UserError:
         return back("/", error="undo-refused")
     return back("/", note="undone")
@@ -224,17 +225,17 @@ def _quoted(catalog_id: str) -> str:
 
 @router.get("/encounters")
 def encounters(request: Request, user: Viewer) -> HTMLResponse:
-    return render(request, "encounters.html", user, encounters=views.encounters(request.app.state.store))
+    return render(request, "encounters.html", user, encounters=browse.encounters(request.app.state.store))
 
 
 @router.get("/encounters/{encounter_id}")
 def encounter(encounter_id: PhotoId, request: Request, user: Viewer) -> HTMLResponse:
-    return render(request, "encounter.html", user, item=views.encounter(request.app.state.store, encounter_id))
+    return render(request, "encounter.html", user, item=browse.encounter_page(request.app.state.store, encounter_id))
 
 
 @router.get("/export")
 def export(request: Request, user: Viewer) -> HTMLResponse:
-    return render(request, "export.html", user, stats=request.app.state.store.stats())
+    return render(request, "export.html", user, stats=request.app.state.store.exports.stats())
 
 
 @router.get("/users")
@@ -242,7 +243,7 @@ def users(request: Request, user: Viewer) -> HTMLResponse:
     if not user.may("admin"):
         return render(request, "forbidden.html", user, needed="admin")
     store = request.app.state.store
-    return render(request, "users.html", user, users=list_users(store), models=store.models())
+    return render(request, "users.html", user, users=listed_users(store), models=store.models.listed())
 
 
 @router.post("/users")

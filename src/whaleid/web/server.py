@@ -16,7 +16,8 @@ from filelock import FileLock, Timeout
 from starlette.exceptions import HTTPException
 
 from whaleid.errors import UserError
-from whaleid.store.catalog import CatalogStore, ConflictError
+from whaleid.store.catalog import CatalogStore
+from whaleid.store.errors import ConflictError, NotFound
 from whaleid.web import api, pages
 from whaleid.web.config import WebConfig
 from whaleid.web.jobs import Jobs, Refused, public
@@ -27,6 +28,7 @@ log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
 SWAGGER_UI = Path(fastapi_offline.__file__).parent / "static"  # Swagger UI's files, vendored in a wheel
 ADMIN_ENV = "WHALEID_ADMIN_PASSWORD"
+STATUS = ((ConflictError, 409), (NotFound, 404))  # the store's refusals; any other UserError is a 400
 
 
 def create_app(store: CatalogStore, config: WebConfig | None = None) -> FastAPI:
@@ -70,9 +72,8 @@ def _handlers(app: FastAPI) -> None:
 
     @app.exception_handler(UserError)
     async def user_error(request: Request, error: UserError):
-        status = error.status if isinstance(error, Refused) else 409 if isinstance(error, ConflictError) else 400
-        if status == 400 and str(error).startswith("no "):
-            status = 404  # "no photo 7 in ...", "no individual 'X' ...", "no decision 9 ..."
+        typed = next((status for kind, status in STATUS if isinstance(error, kind)), 400)
+        status = error.status if isinstance(error, Refused) else typed
         return _refusal(request, status, public(request.app.state.store, str(error)))
 
     @app.exception_handler(RequestValidationError)

@@ -1,4 +1,4 @@
-"""People: argon2 password hashes, roles, login sessions held in the database, a login rate limit."""
+"""People: argon2 password hashes, roles, login sessions (their rows: ``store.users``), a login rate limit."""
 
 from __future__ import annotations
 
@@ -14,11 +14,12 @@ from typing import TypeVar
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy import delete, func, select
 
 from whaleid.errors import UserError
-from whaleid.store.catalog import CatalogStore, now
-from whaleid.store.schema import LoginSession, User
+from whaleid.store import users
+from whaleid.store.db import Database
+from whaleid.store.queries import now
+from whaleid.store.schema import User
 from whaleid.web.jobs import Refused
 
 ROLES = ("viewer", "reviewer", "admin")  # each may do what the ones before it may
@@ -61,60 +62,34 @@ def check_role(role: str) -> str:
     return role
 
 
-def add_user(store: CatalogStore, name: str, password: str, role: str = "reviewer", must_change: bool = False) -> None:
+def add_user(store: Database, name: str, password: str, role: str = "reviewer", must_change: bool = False) -> None:
     check_name(name)
     check_password(password)
     check_role(role)
-    with store.session() as session, session.begin():
-        if session.scalar(select(User.id).where(User.name == name)) is not None:
-            raise UserError(f"there is already a user {name!r}")
-        session.add(
-            User(name=name, password_hash=_hasher.hash(password), role=role, created_at=now(), must_change=must_change)
-        )
+    users.create_user(store, name, _hasher.hash(password), role, must_change)
 
 
-def change_user(store: CatalogStore, name: str, *, role: str | None = None, password: str | None = None) -> None:
+def change_user(store: Database, name: str, *, role: str | None = None, password: str | None = None) -> None:
     """A new role or password; either ends the user's sessions, so a demoted user keeps no old rights."""
-    with store.session() as session, session.begin():
-        user = session.scalar(select(User).where(User.name == name))
-        if user is None:
-            raise UserError(f"no user {name!r}")
-        if role is not None:
-            check_role(role)
-            admins = session.scalar(select(func.count()).where(User.role == "admin"))
-            if user.role == "admin" and role != "admin" and admins <= 1:
-                raise UserError("the last admin cannot lose the admin role")
-            user.role = role
-        if password is not None:
-            user.password_hash = _hasher.hash(check_password(password))
-            user.must_change = False
-        session.execute(delete(LoginSession).where(LoginSession.user_id == user.id))
+    role = None if role is None else check_role(role)
+    hashed = None if password is None else _hasher.hash(check_password(password))
+    users.change_user(store, name, role=role, password_hash=hashed)
 
 
-def list_users(store: CatalogStore) -> list[dict]:
-    with store.reader() as session:
-        return [
-            {"name": u.name, "role": u.role, "created_at": u.created_at.isoformat(timespec="seconds")}
-            for u in session.scalars(select(User).order_by(User.name))
-        ]
-
-
-def first_admin(store: CatalogStore, name: str, password: str | None) -> str | None:
+def first_admin(store: Database, name: str, password: str | None) -> str | None:
     """The first admin, when the catalog has no users: with ``password`` (from the environment), or a
     random one-time password that is returned to be printed once and must be changed at first login."""
-    with store.reader() as session:
-        if session.scalar(select(func.count()).select_from(User)):
-            return None
+    if users.has_users(store):
+        return None
     one_time = password is None
     password = password or secrets.token_urlsafe(12)
     add_user(store, name, password, "admin", must_change=one_time)
     return password if one_time else None
 
 
-def verified(store: CatalogStore, name: str, password: str) -> User | None:
+def verified(store: Database, name: str, password: str) -> User | None:
     """The user when ``password`` is theirs, else None (an unknown name costs the same time)."""
-    with store.reader() as session:  # the (slow, on purpose) hash check holds no write lock
-        user = session.scalar(select(User).where(User.name == name))
+    user = users.user_named(store, name)  # the (slow, on purpose) hash check holds no write lock
     try:
         _hasher.verify(user.password_hash if user else _DUMMY, password)
     except (VerificationError, InvalidHashError):
@@ -122,46 +97,28 @@ def verified(store: CatalogStore, name: str, password: str) -> User | None:
     return user
 
 
-def log_in(store: CatalogStore, name: str, password: str, hours: float) -> tuple[str, Account] | None:
+def log_in(store: Database, name: str, password: str, hours: float) -> tuple[str, Account] | None:
     """A new session token and its account, or None when the name or password is wrong."""
     user = verified(store, name, password)
     if user is None:
         return None
     token, csrf = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
-    with store.session() as session, session.begin():
-        session.execute(delete(LoginSession).where(LoginSession.expires_at < now()))
-        session.add(
-            LoginSession(
-                token_hash=_digest(token),
-                user_id=user.id,
-                csrf=csrf,
-                created_at=now(),
-                expires_at=now() + timedelta(hours=hours),
-            )
-        )
-        return token, Account(user.id, user.name, user.role, csrf, user.must_change)
+    users.open_login(store, user, _digest(token), csrf, now() + timedelta(hours=hours))
+    return token, Account(user.id, user.name, user.role, csrf, user.must_change)
 
 
-def account(store: CatalogStore, token: str | None) -> Account | None:
+def account(store: Database, token: str | None) -> Account | None:
     """The account a session cookie stands for, or None (no cookie, unknown, expired)."""
-    if not token:
+    found = users.logged_in(store, _digest(token)) if token else None
+    if found is None:
         return None
-    with store.reader() as session:
-        row = session.execute(
-            select(User, LoginSession.csrf)
-            .join(LoginSession, LoginSession.user_id == User.id)
-            .where(LoginSession.token_hash == _digest(token), LoginSession.expires_at > now())
-        ).first()
-    if row is None:
-        return None
-    user, csrf = row
+    user, csrf = found
     return Account(user.id, user.name, user.role, csrf, user.must_change)
 
 
-def log_out(store: CatalogStore, token: str | None) -> None:
+def log_out(store: Database, token: str | None) -> None:
     if token:
-        with store.session() as session, session.begin():
-            session.execute(delete(LoginSession).where(LoginSession.token_hash == _digest(token)))
+        users.close_login(store, _digest(token))
 
 
 def _digest(token: str) -> str:

@@ -15,12 +15,13 @@ depends_on = None
 
 
 def upgrade() -> None:
-    _people_places_and_models()
+    _people_and_places()
+    _models_and_bookkeeping()
     _photos()
     _review()
 
 
-def _people_places_and_models() -> None:
+def _people_and_places() -> None:
     op.create_table(
         "encounters",
         sa.Column("id", sa.Integer(), nullable=False),
@@ -49,6 +50,9 @@ def _people_places_and_models() -> None:
         sa.PrimaryKeyConstraint("id"),
         sa.UniqueConstraint("catalog_id"),
     )
+
+
+def _models_and_bookkeeping() -> None:
     op.create_table(
         "models",
         sa.Column("id", sa.Integer(), nullable=False),

@@ -1,14 +1,15 @@
-"""What the pages and the API show, read from the catalog in as few queries as a page needs
-(the review page stays fast on a 50,000-photo catalog: every query here is by an indexed key)."""
+"""What the web's pages and API show, read in as few queries as a page needs (the review page stays fast
+on a 50,000-photo catalog: every query here is by an indexed key, and a page's photos come in one query)."""
 
 from __future__ import annotations
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from whaleid.store.catalog import CatalogStore
+from whaleid.store.db import Database
+from whaleid.store.errors import NotFound
+from whaleid.store.queries import PHOTO_KINDS, resolve, undone
 from whaleid.store.schema import Decision, Encounter, Individual, MatchRun, Model, Photo
-from whaleid.web.jobs import Refused
 
 CANDIDATE_PHOTOS = 4  # catalog photos shown per candidate individual
 CURVE_POINTS = 200
@@ -37,80 +38,45 @@ def _encounters(session: Session, ids) -> dict[int, Encounter]:
     return {e.id: e for e in session.scalars(select(Encounter).where(Encounter.id.in_(ids)))} if ids else {}
 
 
-def _resolved(store: CatalogStore, session: Session, catalog_ids: list[str]) -> dict[str, Individual]:
+def _resolved(session: Session, catalog_ids: list[str]) -> dict[str, Individual]:
     """Each catalog id's individual now (following merges)."""
     found = session.scalars(select(Individual).where(Individual.catalog_id.in_(catalog_ids)))
-    return {i.catalog_id: store.resolve(session, i) for i in found}
+    return {i.catalog_id: resolve(session, i) for i in found}
 
 
-def review(store: CatalogStore, photo_id: int) -> dict:
+def _catalog_ids(session: Session, individual_ids) -> dict[int, str]:
+    ids = set(individual_ids) - {None}
+    return dict(session.execute(select(Individual.id, Individual.catalog_id).where(Individual.id.in_(ids))).all())
+
+
+def review_page(db: Database, photo_id: int) -> dict:
     """A photo, what the model proposed for it (each candidate with a few of its photos), the photos of
     its upload that look like it, its neighbours in the queue and its latest undoable decision."""
-    with store.reader() as session:
+    with db.reader() as session:
         photo = session.get(Photo, photo_id)
         if photo is None:
-            raise Refused(404, f"no photo {photo_id}")
+            raise NotFound(f"no photo {photo_id}")
         run = session.scalar(
             select(MatchRun).where(MatchRun.photo_id == photo.id).order_by(MatchRun.id.desc()).limit(1)
         )
-        proposed = run.candidates if run else []
-        individuals = _resolved(store, session, [c["individual"] for c in proposed])
-        candidates = []
-        for rank, c in enumerate(proposed, 1):
-            individual = individuals.get(c["individual"])
-            if individual is None:  # new_individual, or an id no longer in the catalog
-                candidates.append({"rank": rank, "individual": c["individual"], "score": c["score"], "photos": []})
-                continue
-            shown = session.scalars(
-                select(Photo)
-                .where(Photo.individual_id == individual.id, Photo.state == "confirmed", Photo.id != photo.id)
-                .order_by(Photo.id.desc())
-                .limit(CANDIDATE_PHOTOS)
-            ).all()
-            candidates.append(
-                {
-                    "rank": rank,
-                    "individual": individual.catalog_id,
-                    "proposed_as": c["individual"],
-                    "name": individual.name,
-                    "species": individual.species,
-                    "score": c["score"],
-                    "photo_count": session.scalar(
-                        select(func.count()).where(Photo.individual_id == individual.id, Photo.state == "confirmed")
-                    ),
-                    "photos": shown,
-                }
-            )
-        batch = {
-            p.id: p
-            for p in session.scalars(
-                select(Photo).where(Photo.id.in_([b["photo"] for b in (run.batch_matches if run else [])]))
-            )
-        }
-        shown_photos = [p for c in candidates for p in c["photos"]] + list(batch.values()) + [photo]
-        encounters = _encounters(session, [p.encounter_id for p in shown_photos])
+        candidates = _candidates(session, photo, run.candidates if run else [])
+        matches = run.batch_matches if run else []
+        batch = {p.id: p for p in session.scalars(select(Photo).where(Photo.id.in_([b["photo"] for b in matches])))}
+        shown = [p for c in candidates for p in c["photos"]] + [*batch.values(), photo]
+        encounters = _encounters(session, [p.encounter_id for p in shown])
         for c in candidates:
             c["photos"] = [photo_view(p, encounters) for p in c["photos"]]
-        batch_individuals = {
-            i.id: i.catalog_id
-            for i in session.scalars(
-                select(Individual).where(Individual.id.in_({p.individual_id for p in batch.values()} - {None}))
-            )
-        }
+        names = _catalog_ids(session, [p.individual_id for p in batch.values()] + [photo.individual_id])
         return {
-            "photo": {**photo_view(photo, encounters), "individual": _catalog_id(session, photo.individual_id)},
+            "photo": {**photo_view(photo, encounters), "individual": names.get(photo.individual_id)},
             "model": run.model_id if run else None,
             "model_version": session.get(Model, run.model_id).version if run else None,
             "match_run": run.id if run else None,
             "candidates": candidates,
             "batch": [
-                {
-                    **photo_view(batch[b["photo"]], encounters),
-                    "score": b["score"],
-                    "individual": batch_individuals.get(batch[b["photo"]].individual_id),
-                }
-                for b in (run.batch_matches if run else [])
-                if b["photo"] in batch
+                {**photo_view(p, encounters), "score": b["score"], "individual": names.get(p.individual_id)}
+                for b in matches
+                if (p := batch.get(b["photo"])) is not None
             ],
             "previous": session.scalar(
                 select(Photo.id).where(Photo.state == "pending", Photo.id < photo.id).order_by(Photo.id.desc()).limit(1)
@@ -122,44 +88,87 @@ def review(store: CatalogStore, photo_id: int) -> dict:
         }
 
 
-def _catalog_id(session: Session, individual_id: int | None) -> str | None:
-    return None if individual_id is None else session.get(Individual, individual_id).catalog_id
+def _candidates(session: Session, photo: Photo, proposed: list[dict]) -> list[dict]:
+    """The proposed individuals as they stand now (merges followed), each with its confirmed photo count and
+    its latest few photos other than ``photo``; an id that is no individual (new_individual) stays bare."""
+    individuals = _resolved(session, [c["individual"] for c in proposed])
+    photos, counts = _latest_photos(session, {i.id for i in individuals.values()}, photo.id)
+    candidates = []
+    for rank, c in enumerate(proposed, 1):
+        found = individuals.get(c["individual"])
+        if found is None:  # new_individual, or an id no longer in the catalog
+            candidates.append({"rank": rank, "individual": c["individual"], "score": c["score"], "photos": []})
+            continue
+        candidates.append(
+            {
+                "rank": rank,
+                "individual": found.catalog_id,
+                "proposed_as": c["individual"],
+                "name": found.name,
+                "species": found.species,
+                "score": c["score"],
+                "photo_count": counts.get(found.id, 0),
+                "photos": photos.get(found.id, []),
+            }
+        )
+    return candidates
+
+
+def _latest_photos(session: Session, individual_ids: set[int], other_than: int) -> tuple[dict, dict]:
+    """Of each individual: its latest CANDIDATE_PHOTOS confirmed photos but ``other_than``, and its confirmed
+    photo count, in one query (a window per individual)."""
+    if not individual_ids:
+        return {}, {}
+    ranked = (
+        select(
+            Photo.id,
+            func.row_number().over(partition_by=Photo.individual_id, order_by=Photo.id.desc()).label("place"),
+            func.count().over(partition_by=Photo.individual_id).label("total"),
+        )
+        .where(Photo.individual_id.in_(individual_ids), Photo.state == "confirmed")
+        .subquery()
+    )
+    rows = session.execute(
+        select(Photo, ranked.c.total)
+        .join(ranked, ranked.c.id == Photo.id)
+        .where(ranked.c.place <= CANDIDATE_PHOTOS + 1)  # one more, in case ``other_than`` is among them
+        .order_by(Photo.id.desc())
+    ).all()
+    photos: dict[int, list[Photo]] = {}
+    counts: dict[int, int] = {}
+    for photo, total in rows:
+        counts[photo.individual_id] = total
+        kept = photos.setdefault(photo.individual_id, [])
+        if photo.id != other_than and len(kept) < CANDIDATE_PHOTOS:
+            kept.append(photo)
+    return photos, counts
 
 
 def _undoable(session: Session, photo_id: int) -> int | None:
-    """The photo's latest decision that is not undone (what Z undoes), if any."""
-    latest = session.scalar(
-        select(Decision)
-        .where(Decision.photo_id == photo_id, Decision.kind.in_(("confirm", "new", "unsure")))
+    """The photo's latest decision, when it is not undone (what Z undoes)."""
+    latest = session.execute(
+        select(Decision.id, undone())
+        .where(Decision.photo_id == photo_id, Decision.kind.in_(PHOTO_KINDS))
         .order_by(Decision.id.desc())
         .limit(1)
-    )
-    if latest is None or session.scalar(select(Decision.id).where(Decision.undoes_id == latest.id)) is not None:
-        return None
-    return latest.id
+    ).first()
+    return None if latest is None or latest[1] else latest[0]
 
 
-def first_pending(store: CatalogStore, encounter: int | None = None) -> int | None:
-    with store.reader() as session:
+def first_pending(db: Database, encounter: int | None = None) -> int | None:
+    """The first photo awaiting review (of one encounter, when given)."""
+    with db.reader() as session:
         query = select(Photo.id).where(Photo.state == "pending")
         if encounter is not None:
             query = query.where(Photo.encounter_id == encounter)
         return session.scalar(query.order_by(Photo.id).limit(1))
 
 
-def decisions(store: CatalogStore, limit: int = 20) -> list[dict]:
+def latest_decisions(db: Database, limit: int = 20) -> list[dict]:
     """The latest decisions, newest first, with whether each was undone."""
-    with store.reader() as session:
-        rows = session.scalars(select(Decision).order_by(Decision.id.desc()).limit(limit)).all()
-        undone = set(session.scalars(select(Decision.undoes_id).where(Decision.undoes_id.in_([d.id for d in rows]))))
-        names = {
-            i.id: i.catalog_id
-            for i in session.scalars(
-                select(Individual).where(
-                    Individual.id.in_({d.individual_id for d in rows} | {d.other_individual_id for d in rows})
-                )
-            )
-        }
+    with db.reader() as session:
+        rows = session.execute(select(Decision, undone()).order_by(Decision.id.desc()).limit(limit)).all()
+        names = _catalog_ids(session, {d.individual_id for d, _ in rows} | {d.other_individual_id for d, _ in rows})
         return [
             {
                 "id": d.id,
@@ -168,16 +177,17 @@ def decisions(store: CatalogStore, limit: int = 20) -> list[dict]:
                 "individual": names.get(d.individual_id),
                 "into": names.get(d.other_individual_id),
                 "undoes": d.undoes_id,
-                "undone": d.id in undone,
+                "undone": bool(was_undone),
                 "reviewer": d.reviewer,
                 "at": d.created_at.isoformat(timespec="seconds"),
             }
-            for d in rows
+            for d, was_undone in rows
         ]
 
 
-def pending_by_encounter(store: CatalogStore) -> list[dict]:
-    with store.reader() as session:
+def pending_by_encounter(db: Database) -> list[dict]:
+    """Photos awaiting review per encounter (those of no encounter last)."""
+    with db.reader() as session:
         counts = session.execute(
             select(Photo.encounter_id, func.count()).where(Photo.state == "pending").group_by(Photo.encounter_id)
         ).all()
@@ -193,15 +203,12 @@ def pending_by_encounter(store: CatalogStore) -> list[dict]:
         ]
 
 
-def discovery_curve(store: CatalogStore) -> list[tuple[int, int]]:
+def discovery_curve(db: Database) -> list[tuple[int, int]]:
     """(photos identified, individuals seen) after each identifying decision that stands, thinned to a few
     hundred points: the curve flattens as a population becomes fully catalogued."""
-    with store.reader() as session:
-        undone = select(Decision.undoes_id).where(Decision.undoes_id.is_not(None))
+    with db.reader() as session:
         individuals = session.scalars(
-            select(Decision.individual_id)
-            .where(Decision.kind.in_(("confirm", "new")), Decision.id.not_in(undone))
-            .order_by(Decision.id)
+            select(Decision.individual_id).where(Decision.kind.in_(("confirm", "new")), ~undone()).order_by(Decision.id)
         ).all()
     points, seen = [(0, 0)], set()
     for i, individual in enumerate(individuals, 1):
@@ -211,11 +218,12 @@ def discovery_curve(store: CatalogStore) -> list[tuple[int, int]]:
     return points[::step] + ([points[-1]] if (len(points) - 1) % step else [])
 
 
-def individual(store: CatalogStore, catalog_id: str) -> dict:
-    with store.reader() as session:
-        found = _resolved(store, session, [catalog_id]).get(catalog_id)
+def individual_page(db: Database, catalog_id: str) -> dict:
+    """An individual as it stands now (an alias shows the one it was merged into), its photos and encounters."""
+    with db.reader() as session:
+        found = _resolved(session, [catalog_id]).get(catalog_id)
         if found is None:
-            raise Refused(404, f"no individual {catalog_id!r}")
+            raise NotFound(f"no individual {catalog_id!r}")
         photos = session.scalars(
             select(Photo)
             .where(Photo.individual_id == found.id, Photo.state == "confirmed")
@@ -238,8 +246,9 @@ def individual(store: CatalogStore, catalog_id: str) -> dict:
         }
 
 
-def individuals(store: CatalogStore, limit: int = 200, offset: int = 0) -> list[dict]:
-    with store.reader() as session:
+def individuals(db: Database, limit: int = 200, offset: int = 0) -> list[dict]:
+    """Individuals (not those merged into others), oldest first, with their confirmed photo counts."""
+    with db.reader() as session:
         counts = (
             select(Photo.individual_id, func.count().label("n"))
             .where(Photo.state == "confirmed")
@@ -257,18 +266,14 @@ def individuals(store: CatalogStore, limit: int = 200, offset: int = 0) -> list[
         return [{"individual": i.catalog_id, "name": i.name, "species": i.species, "photos": n or 0} for i, n in rows]
 
 
-def encounter(store: CatalogStore, encounter_id: int) -> dict:
-    with store.reader() as session:
+def encounter_page(db: Database, encounter_id: int) -> dict:
+    """An encounter and all its photos, each with the individual it was identified as."""
+    with db.reader() as session:
         found = session.get(Encounter, encounter_id)
         if found is None:
-            raise Refused(404, f"no encounter {encounter_id}")
+            raise NotFound(f"no encounter {encounter_id}")
         photos = session.scalars(select(Photo).where(Photo.encounter_id == found.id).order_by(Photo.id)).all()
-        names = {
-            i.id: i.catalog_id
-            for i in session.scalars(
-                select(Individual).where(Individual.id.in_({p.individual_id for p in photos} - {None}))
-            )
-        }
+        names = _catalog_ids(session, [p.individual_id for p in photos])
         return {
             "id": found.id,
             "date": found.date,
@@ -281,8 +286,9 @@ def encounter(store: CatalogStore, encounter_id: int) -> dict:
         }
 
 
-def encounters(store: CatalogStore, limit: int = 200) -> list[dict]:
-    with store.reader() as session:
+def encounters(db: Database, limit: int = 200) -> list[dict]:
+    """The latest encounters, newest first, with their photo counts."""
+    with db.reader() as session:
         counts = dict(session.execute(select(Photo.encounter_id, func.count()).group_by(Photo.encounter_id)).all())
         rows = session.scalars(select(Encounter).order_by(Encounter.id.desc()).limit(limit)).all()
         return [
@@ -291,10 +297,18 @@ def encounters(store: CatalogStore, limit: int = 200) -> list[dict]:
         ]
 
 
-def photo_file(store: CatalogStore, photo_id: int) -> tuple[str, str]:
+def photo_file(db: Database, photo_id: int) -> tuple[str, str]:
     """A photo's stored file (relative to the catalog) and content hash."""
-    with store.reader() as session:
+    with db.reader() as session:
         photo = session.get(Photo, photo_id)
         if photo is None:
-            raise Refused(404, f"no photo {photo_id}")
+            raise NotFound(f"no photo {photo_id}")
         return photo.file, photo.sha256
+
+
+def catalog_id(db: Database, individual_id: int | None) -> str | None:
+    """The catalog id of an individual row (a decision names its individual by row)."""
+    if individual_id is None:
+        return None
+    with db.reader() as session:
+        return session.get(Individual, individual_id).catalog_id

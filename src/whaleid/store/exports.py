@@ -1,0 +1,175 @@
+"""What leaves the catalog: the Happywhale CSV (train the next model on it), the decision log, Darwin Core
+occurrences, and the catalog's numbers."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pandas as pd
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, aliased
+
+from whaleid.errors import UserError
+from whaleid.files import atomic_path, inside, spreadsheet_safe
+from whaleid.store.db import Database, database_file
+from whaleid.store.queries import confirmed, undone
+from whaleid.store.schema import Decision, Encounter, Individual, Photo, Rejected
+
+DWC_COLUMNS = [
+    "occurrenceID",
+    "eventID",
+    "organismID",
+    "eventDate",
+    "decimalLatitude",
+    "decimalLongitude",
+    "identifiedBy",
+    "dateIdentified",
+    "associatedMedia",
+]
+
+
+class Exports:
+    """The exports and numbers of one catalog folder."""
+
+    def __init__(self, directory: Path, db: Database):
+        self.dir, self.db = directory, db
+
+    def table(self, kind: str) -> pd.DataFrame:
+        """``happywhale`` (the grown catalog, to train the next model on), ``decisions`` (the event log) or
+        ``dwc`` (Darwin Core occurrences), with no text cell a spreadsheet would run as a formula."""
+        exporters = {"happywhale": export_happywhale, "decisions": export_decisions, "dwc": export_dwc}
+        if kind not in exporters:
+            raise UserError(f"unknown export format {kind!r}; valid: {', '.join(exporters)}")
+        with self.db.reader() as session:
+            return spreadsheet_safe(exporters[kind](session))  # ids, names and notes people typed
+
+    def export(self, kind: str, path: str | os.PathLike, *, force: bool = False) -> int:
+        """One of the :meth:`table` exports written as CSV; returns the rows written.
+
+        Never inside the catalog folder nor over its database; a file that is there already is replaced
+        only when it is an earlier export of this kind (its header says so), or with ``force``.
+        """
+        path = Path(path)
+        table = self.table(kind)
+        database = database_file(self.db.engine)
+        ours = [database.with_name(database.name + s) for s in ("", "-wal", "-shm")] if database else []
+        if inside(path, self.dir) or any(inside(path, f) for f in ours):
+            raise UserError(f"{path} is in the catalog {self.dir}: write exports outside the catalog folder")
+        if path.is_dir():
+            raise UserError(f"{path} is a folder: give --out a file name")
+        if path.exists() and not force and _first_line(path) != ",".join(table.columns):
+            raise UserError(f"{path} exists and is not a {kind} export: choose another --out, or add --force")
+        try:
+            with atomic_path(path) as tmp:
+                table.to_csv(tmp, index=False)
+        except PermissionError as error:
+            raise UserError(f"cannot write {path} ({error.strerror}): choose a folder you can write to") from None
+        return len(table)
+
+    def stats(self) -> dict:
+        """Photos by state, individuals, rejected photos, decisions per reviewer, new individuals per encounter."""
+        with self.db.reader() as session:
+            states = dict(session.execute(select(Photo.state, func.count()).group_by(Photo.state)).all())
+            individuals = session.scalar(select(func.count()).where(Individual.merged_into_id.is_(None)))
+            reviewers = dict(session.execute(select(Decision.reviewer, func.count()).group_by(Decision.reviewer)).all())
+            discovered = session.execute(
+                select(Photo.encounter_id, func.count())
+                .join(Decision, Decision.photo_id == Photo.id)
+                .where(Decision.kind == "new")
+                .group_by(Photo.encounter_id)
+                .order_by(Photo.encounter_id)
+            ).all()
+            return {
+                "photos": sum(states.values()),
+                "confirmed": states.get("confirmed", 0),
+                "pending": states.get("pending", 0),
+                "unsure": states.get("unsure", 0),
+                "individuals": individuals,
+                "rejected": session.scalar(select(func.count()).select_from(Rejected)),
+                "decisions_per_reviewer": reviewers,
+                "new_individuals_per_encounter": {str(e): n for e, n in discovered},
+            }
+
+
+def _first_line(path: Path) -> str:
+    """The first line of a file, as an export's header would be ("" when it is not text)."""
+    with open(path, "rb") as f:
+        head = f.readline(4096)
+    return head.decode("utf-8", "replace").rstrip("\r\n")
+
+
+def export_happywhale(session: Session) -> pd.DataFrame:
+    """image (under photos/), species, individual_id of every confirmed photo: `whaleid train` reads it as is."""
+    rows = confirmed(session, Photo.file, Individual.species, Individual.catalog_id)
+    return pd.DataFrame(rows, columns=["image", "species", "individual_id"])
+
+
+def export_decisions(session: Session) -> pd.DataFrame:
+    first, second = aliased(Individual), aliased(Individual)
+    rows = session.execute(
+        select(
+            Decision.id,
+            Decision.kind,
+            Photo.sha256,
+            first.catalog_id,
+            second.catalog_id,
+            Decision.undoes_id,
+            Decision.reviewer,
+            Decision.created_at,
+        )
+        .outerjoin(Photo, Decision.photo_id == Photo.id)
+        .outerjoin(first, Decision.individual_id == first.id)
+        .outerjoin(second, Decision.other_individual_id == second.id)
+        .order_by(Decision.id)
+    ).all()
+    columns = ["event", "kind", "photo_sha256", "individual", "merged_into", "undoes", "reviewer", "time"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def export_dwc(session: Session) -> pd.DataFrame:
+    """Darwin Core occurrences: one per confirmed photo, identified by the reviewer of its standing decision."""
+    standing = (
+        select(Decision.photo_id, func.max(Decision.id).label("event"))
+        .where(Decision.kind.in_(("confirm", "new")), ~undone())
+        .group_by(Decision.photo_id)
+        .subquery()
+    )
+    rows = session.execute(
+        select(
+            Photo.sha256,
+            Photo.encounter_id,
+            Individual.catalog_id,
+            Encounter.date,
+            Photo.taken_at,
+            Photo.latitude,
+            Photo.longitude,
+            Encounter.latitude,
+            Encounter.longitude,
+            Decision.reviewer,
+            Decision.created_at,
+            Photo.file,
+        )
+        .join(Individual, Photo.individual_id == Individual.id)
+        .join(standing, standing.c.photo_id == Photo.id)
+        .join(Decision, Decision.id == standing.c.event)
+        .outerjoin(Encounter, Photo.encounter_id == Encounter.id)
+        .where(Photo.state == "confirmed")
+        .order_by(Photo.id)
+    ).all()
+    return pd.DataFrame([_occurrence(r) for r in rows], columns=DWC_COLUMNS)
+
+
+def _occurrence(r) -> dict:
+    """One Darwin Core occurrence: the photo's own date and place where it has them, else its encounter's."""
+    return {
+        "occurrenceID": r[0],
+        "eventID": "" if r[1] is None else f"encounter-{r[1]}",
+        "organismID": r[2],
+        "eventDate": r[3] or r[4] or "",
+        "decimalLatitude": r[5] if r[5] is not None else r[7],
+        "decimalLongitude": r[6] if r[6] is not None else r[8],
+        "identifiedBy": r[9],
+        "dateIdentified": r[10].date().isoformat(),
+        "associatedMedia": f"photos/{r[11]}",
+    }

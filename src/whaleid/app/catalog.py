@@ -141,6 +141,24 @@ def export(
     console.print(f"{rows} rows -> {out}" + (f" (photos in {directory / 'photos'})" if format_ == "happywhale" else ""))
 
 
+@command("histories", group=catalog_app)
+def histories(
+    directory: Path,
+    out: Path = typer.Option(
+        ..., help="A .csv (individuals x occasions, 0/1) or a MARK .inp file, outside the catalog."
+    ),
+    occasion: str = typer.Option("month", help="The sampling occasion: day, month, season or encounter."),
+    season_start: int = typer.Option(1, help="With --occasion season: the month a season starts (7: July-June)."),
+    force: bool = typer.Option(False, "--force", help="Replace --out even when it is not an earlier export of it."),
+):
+    """Capture histories for mark-recapture: one row per individual, one column per occasion (confirmed photos)."""
+    made = _store(directory).exports.export_histories(out, occasion, season_start, force=force)
+    console.print(
+        f"{len(made.matrix)} individuals x {made.matrix.shape[1]} occasions ({occasion}) -> {out}; "
+        f"{made.waiting} photos still waiting for review, {made.left_out()}"
+    )
+
+
 @command("stats", group=catalog_app)
 def stats(directory: Path):
     """Photos, individuals, pending, decisions per reviewer, new individuals per encounter."""

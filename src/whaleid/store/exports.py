@@ -4,6 +4,7 @@ occurrences, and the catalog's numbers."""
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
@@ -13,6 +14,7 @@ from sqlalchemy.orm import Session, aliased
 from whaleid.errors import UserError
 from whaleid.files import atomic_path, inside, spreadsheet_safe
 from whaleid.store.db import Database, database_file
+from whaleid.store.population import CaptureHistories, capture_histories
 from whaleid.store.queries import confirmed, undone
 from whaleid.store.schema import Decision, Encounter, Individual, Photo, Rejected
 
@@ -50,22 +52,48 @@ class Exports:
         Never inside the catalog folder nor over its database; a file that is there already is replaced
         only when it is an earlier export of this kind (its header says so), or with ``force``.
         """
-        path = Path(path)
         table = self.table(kind)
+        header = ",".join(table.columns)
+        self._write(Path(path), header.__eq__, kind, force, lambda tmp: table.to_csv(tmp, index=False))
+        return len(table)
+
+    def capture_histories(self, occasion: str = "month", season_start: int = 1) -> CaptureHistories:
+        with self.db.reader() as session:
+            return capture_histories(session, occasion, season_start)
+
+    def export_histories(
+        self, path: str | os.PathLike, occasion: str = "month", season_start: int = 1, *, force: bool = False
+    ) -> CaptureHistories:
+        """Capture histories written as a CSV matrix, or in MARK's ``.inp`` format when ``path`` ends so; the
+        same rules as :meth:`export` for where and over what."""
+        path, histories = Path(path), self.capture_histories(occasion, season_start)
+        if path.suffix.lower() == ".inp":
+            text = histories.inp()
+            ours = text.split(":")[0]  # "/* whaleid capture histories by month"
+            self._write(
+                path, lambda first: first.startswith(ours), "MARK", force, lambda tmp: tmp.write_text(text, "utf-8")
+            )
+        else:
+            table = spreadsheet_safe(histories.table())
+            self._write(path, _history_header, "capture-history", force, lambda tmp: table.to_csv(tmp, index=False))
+        return histories
+
+    def _write(self, path: Path, ours: Callable[[str], bool], kind: str, force: bool, write) -> None:
+        """``write(tmp)`` then ``tmp`` moved to ``path``: outside the catalog, and over a file only when ``ours``
+        says its first line is an earlier export of this kind."""
         database = database_file(self.db.engine)
-        ours = [database.with_name(database.name + s) for s in ("", "-wal", "-shm")] if database else []
-        if inside(path, self.dir) or any(inside(path, f) for f in ours):
+        files = [database.with_name(database.name + s) for s in ("", "-wal", "-shm")] if database else []
+        if inside(path, self.dir) or any(inside(path, f) for f in files):
             raise UserError(f"{path} is in the catalog {self.dir}: write exports outside the catalog folder")
         if path.is_dir():
             raise UserError(f"{path} is a folder: give --out a file name")
-        if path.exists() and not force and _first_line(path) != ",".join(table.columns):
+        if path.exists() and not force and not ours(_first_line(path)):
             raise UserError(f"{path} exists and is not a {kind} export: choose another --out, or add --force")
         try:
             with atomic_path(path) as tmp:
-                table.to_csv(tmp, index=False)
+                write(tmp)
         except PermissionError as error:
             raise UserError(f"cannot write {path} ({error.strerror}): choose a folder you can write to") from None
-        return len(table)
 
     def stats(self) -> dict:
         """Photos by state, individuals, rejected photos, decisions per reviewer, new individuals per encounter."""
@@ -90,6 +118,11 @@ class Exports:
                 "decisions_per_reviewer": reviewers,
                 "new_individuals_per_encounter": {str(e): n for e, n in discovered},
             }
+
+
+def _history_header(first: str) -> bool:
+    """Whether a CSV's first line is a capture-history header (its occasions change from one export to the next)."""
+    return first == "individual" or first.startswith("individual,")
 
 
 def _first_line(path: Path) -> str:

@@ -160,6 +160,7 @@ def dashboard(request: Request, user: Viewer) -> HTMLResponse:
         jobs=jobs,
         curve=curve,
         curve_svg=_curve_points(curve),
+        sightings=_sightings_bars(store.exports.capture_histories("month")),
     )
 
 
@@ -168,6 +169,18 @@ def _curve_points(curve: list[tuple[int, int]], width: int = 560, height: int = 
     max_x = max(curve[-1][0], 1)
     max_y = max(max(y for _, y in curve), 1)
     return " ".join(f"{x * width / max_x:.1f},{height - y * height / max_y:.1f}" for x, y in curve)
+
+
+def _sightings_bars(histories, width: int = 560, height: int = 150) -> list[dict]:
+    """Individuals seen per month (confirmed photos only) as SVG bars: x, y, width, height, label, count."""
+    counts = histories.matrix.sum(axis=0)
+    if counts.empty:
+        return []
+    step, top = width / len(counts), max(int(counts.max()), 1)
+    return [
+        {"x": i * step, "w": step * 0.8, "h": n * height / top, "y": height - n * height / top, "month": m, "n": int(n)}
+        for i, (m, n) in enumerate(counts.items())
+    ]
 
 
 @router.get("/upload")

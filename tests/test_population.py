@@ -123,3 +123,17 @@ def test_the_dashboard_shows_individuals_seen_per_month(catalog):
     assert page.status_code == 200
     bars = re.findall(r'<rect class="bar"[^>]*><title>([^<]*)</title>', page.text)
     assert bars == ["2026-01: 3", "2026-03: 2", "2027-07: 1"]  # fin_002 seen on the 25th counts for January
+
+
+def test_an_individuals_page_plots_its_sightings_by_date_and_place(catalog):
+    from webapp import PASSWORD, client
+    from whaleid.web.config import WebConfig
+    from whaleid.web.users import add_user
+
+    add_user(catalog, "looker", PASSWORD, "viewer")
+    c = client(catalog, None, WebConfig(start_worker=False))
+    c.post("/api/login", json={"name": "looker", "password": PASSWORD}).raise_for_status()
+    page = c.get("/individuals/fin_000")
+    dots = re.findall(r'<circle class="dot" cx="([\d.]+)"[^>]*><title>([^<]*)</title>', page.text)
+    # the imported photo has no date; the two encounters sit at either end of the time axis
+    assert dots == [("0.0", "2026-01-10 bay"), ("560.0", "2026-03-05 bay")]

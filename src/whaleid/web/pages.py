@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+from datetime import date
 from pathlib import Path
 from typing import Annotated
 from urllib.parse import quote, urlencode, urlsplit
@@ -208,7 +209,30 @@ def individuals(request: Request, user: Viewer) -> HTMLResponse:
 
 @router.get("/individuals/{catalog_id}")
 def individual(catalog_id: Text, request: Request, user: Viewer) -> HTMLResponse:
-    return render(request, "individual.html", user, item=browse.individual_page(request.app.state.store, catalog_id))
+    item = browse.individual_page(request.app.state.store, catalog_id)
+    return render(request, "individual.html", user, item=item, sightings=_sightings_plot(item["photos"]))
+
+
+def _sightings_plot(photos: list[dict], width: int = 560, row: int = 28) -> dict | None:
+    """An individual's dated sightings as SVG dots: across by date, one row per place (None: none dated)."""
+    seen = set()
+    for photo in photos:
+        try:
+            day = date.fromisoformat((photo["seen"] or "")[:10])
+        except ValueError:
+            continue  # date unknown
+        seen.add((day, photo["encounter_place"] or "place unknown"))
+    if not seen:
+        return None
+    places = sorted({place for _, place in seen})
+    first, last = min(d for d, _ in seen), max(d for d, _ in seen)
+    span = max((last - first).days, 1)
+    dots = [
+        {"x": (d - first).days * width / span, "y": (places.index(p) + 0.5) * row, "title": f"{d} {p}"}
+        for d, p in sorted(seen)
+    ]
+    rows = [{"y": (i + 0.5) * row, "name": p} for i, p in enumerate(places)]
+    return {"dots": dots, "places": rows, "height": len(places) * row, "first": str(first), "last": str(last)}
 
 
 @router.post("/individuals/{catalog_id}/merge")

@@ -41,6 +41,7 @@ class Models:
     def __init__(self, directory: Path, db: Database):
         self.dir, self.db = directory, db
         self._embedders: dict[int, Embedder] = {}
+        self._records: dict[int, GalleryRecord] = {}  # a model row never changes once registered
 
     def register(self, session: Session, members: list[str], record: GalleryRecord):
         """The model's checkpoint(s) (see :func:`model_source`) copied in, with its record; the caller makes it
@@ -108,8 +109,13 @@ class Models:
             ]
 
     def record(self, model: Model) -> GalleryRecord:
-        """How this model's gallery is made and scored, from its row (a row migrated from before the record
-        has no size: its model file's)."""
+        """How this model's gallery is made and scored, from its row, read once (a row migrated from before the
+        record has no size: its model file's)."""
+        if model.id not in self._records:
+            self._records[model.id] = self._read_record(model)
+        return self._records[model.id]
+
+    def _read_record(self, model: Model) -> GalleryRecord:
         files = [str(self.dir / p) for p in model.source["checkpoints"]]
         return GalleryRecord(
             source={"checkpoints": files},

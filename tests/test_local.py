@@ -10,7 +10,7 @@ import pytest
 from whaleid.errors import UserError
 from whaleid.model import learned
 from whaleid.model.keypoints import KeypointConfig, Keypoints, KeypointSet, extract, extract_files
-from whaleid.search.local import MatchConfig, inliers, verified
+from whaleid.search.local import MatchConfig, inliers, matched_points, verified
 from whaleid.search.rerank import RerankConfig
 
 SIFT = KeypointConfig(detector="sift")
@@ -49,6 +49,25 @@ def test_both_geometries_find_the_copy(photos):
     for geometry in ("affine", "similarity"):
         match = MatchConfig(matcher="ratio", geometry=geometry)
         assert inliers(extract(photos[1], SIFT), extract(transformed(photos[1]), SIFT), match) >= 20
+
+
+@pytest.mark.parametrize(("detector", "matcher"), [("aliked", "lightglue"), ("sift", "ratio")])
+def test_the_matched_points_are_the_verified_pairs_where_each_photo_shows_them(photos, detector, matcher):
+    """A photo and its copy shifted by 8 px right and 4 px down on a canvas of the same long side: every
+    verified pair is the same point, moved by (8, 4) / long side, and their number is the inlier count."""
+    config, match = KeypointConfig(detector=detector), MatchConfig(matcher=matcher).resolved(detector)
+    image = photos[0]
+    h, w = image.shape[:2]
+    moved = cv2.warpAffine(image, np.float32([[1, 0, 8], [0, 1, 4]]), (w, h), borderMode=cv2.BORDER_REFLECT)
+    a, b = extract(image, config), extract(moved, config)
+    pairs = matched_points(a, b, match)
+    assert pairs.shape[1] == 4 and len(pairs) == inliers(a, b, match) >= 20
+    shift = (pairs[:, 2:] - pairs[:, :2]) * max(h, w)
+    assert np.median(shift, axis=0) == pytest.approx([8, 4], abs=0.5)
+    assert np.all(np.abs(shift - [8, 4]) <= match.reprojection * max(h, w) + 1e-3)
+    unrelated = [matched_points(a, extract(p, config), match) for p in photos[10:20]]
+    assert max(len(u) for u in unrelated) < len(pairs) / 3
+    assert matched_points(a, Keypoints(a.xy[:2], a.descriptors[:2]), match).shape == (0, 4)
 
 
 class NoNetwork(Exception):

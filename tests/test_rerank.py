@@ -232,6 +232,20 @@ def test_a_catalog_made_from_a_reranking_identifier_reranks_and_keeps_keypoints_
     store.gallery.reindex()  # what the error for a lost file tells the user to run
     assert all(path.is_file() for path in lost) and len(list(folder.glob("*.npz"))) == len(known) + 2
 
+    # what the review page shows of why: the verified pairs, as many as the second stage counts
+    shown = store.matches.between(second[0], added[0])
+    config = identifier.config.rerank
+    want = inliers(
+        *(extract(cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB), config.keypoints) for p in (again, query)),
+        config.match,
+    )
+    assert (shown["matcher"], shown["count"]) == ("lightglue", want) and len(shown["pairs"]) == want >= 3
+    assert len(list((store.dir / "cache").glob("matches*/*.npy"))) == 1
+    for path in folder.glob("*.npz"):
+        path.unlink()  # cached: asked again, the pair is not matched again
+    assert store.matches.between(second[0], added[0]) == shown
+    assert store.matches.between(added[0], second[0])["count"] > 0  # the other way: its keypoints extracted again
+
 
 def test_a_recipe_fits_the_fusion_on_validation_and_reranks_its_test_queries(tmp_path, model):
     """The recipe's scoring with ``identify.rerank``: the same zero-shot parts re-ranked find more test

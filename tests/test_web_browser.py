@@ -168,8 +168,46 @@ def test_serve_demo_builds_a_catalog_to_review_within_two_minutes(tmp_path, brow
         page.wait_for_selector(".candidate[data-rank='5']")
         _images_loaded(page)
         _shoot(page, "review.png")
+        _matched_points_are_drawn_in_the_comparison(page, server.url)
     finally:
         server.stop()
+
+
+def _matched_points_are_drawn_in_the_comparison(page, url: str) -> None:
+    """The demo re-ranks: comparing a photo with a candidate's draws the pairs its second stage verified, as
+    many on each side as the API counts; a pair with none says so. Screenshots: compare-matches*.png."""
+    counts = {}
+    for item in page.request.get(f"{url}/api/queue?limit=8").json():
+        for c in page.request.get(f"{url}/api/photos/{item['photo']}").json()["candidates"]:
+            for photo in c["photos"]:
+                found = page.request.get(f"{url}/api/photos/{item['photo']}/matches/{photo['id']}").json()
+                counts[item["photo"], photo["id"]] = found["count"]
+    assert found["matcher"] == "lightglue" and found["detector"] == "aliked"
+    many = max(counts, key=counts.get)
+    none = next(pair for pair, n in counts.items() if n == 0)
+    assert counts[many] >= 10, counts
+    for (query, other), name in ((many, "compare-matches.png"), (none, "compare-no-matches.png")):
+        page.goto(f"{url}/review/{query}")
+        page.locator(f"img.zoomable[data-photo='{other}']").click()
+        page.wait_for_selector("#compare-matches:not(:text('Matching…'))")
+        said = page.locator("#compare-matches").inner_text()
+        for side in ("left", "right"):
+            assert page.locator(f"#compare-{side}-marks circle").count() == counts[query, other]
+        if counts[query, other]:
+            assert said.startswith(f"{counts[query, other]} matched points (ALIKED + LightGlue)")
+            assert page.locator("#compare-left-label").inner_text() == f"Query: photo {query}"
+            assert page.locator("#compare-right-label").inner_text().startswith("Candidate ")
+            _images_loaded(page)
+            _shoot(page, name)
+            page.keyboard.press("m")  # hides them, and says M shows them again
+            assert not page.locator("#compare-left-marks").is_visible()
+            assert page.locator("#compare-matches").inner_text().endswith("M shows them")
+            page.keyboard.press("m")
+            assert page.locator("#compare-left-marks").is_visible()
+        else:
+            assert said == "No matched points between these two photos (ALIKED + LightGlue)."
+            _images_loaded(page)
+            _shoot(page, name)
 
 
 def _images_loaded(page, timeout: float = 60.0) -> None:
@@ -244,6 +282,8 @@ def test_the_comparison_says_which_side_is_which_and_1_to_5_confirm_there(browse
     page.wait_for_selector("#compare:not([hidden])")
     assert page.locator("#compare-left-label").inner_text(timeout=5_000) == f"Query: photo {photo}"
     assert page.locator("#compare-right-label").inner_text() == f"Candidate {rank}: {individual} ({rank} confirms)"
+    page.wait_for_selector("#compare-matches:text('no re-ranking')")  # this catalog's model has no second stage
+    assert page.locator("#compare-right-marks circle").count() == 0
     _press(page, rank)
     decided = _state(page, served, photo)["photo"]
     assert (decided["state"], decided["individual"]) == ("confirmed", individual)

@@ -9,10 +9,18 @@ from typing import Optional
 import typer
 
 from whaleid.app.command import app, command, console
+from whaleid.errors import UserError
 
 catalog_app = typer.Typer(no_args_is_help=True, help="A living catalog: add photos, review matches, grow the gallery.")
 app.add_typer(catalog_app, name="catalog")
 ReviewerOpt = typer.Option("cli", "--reviewer", help="Who decides (recorded with every decision).")
+# an encounter's details, as `add` records them and `edit-encounter` corrects them
+DateOpt = typer.Option(None, "--date", help="Encounter date, ISO 8601 (2026-07-01 or 2026-07-01T14:30).")
+PlaceOpt = typer.Option(None, "--place")
+LatitudeOpt = typer.Option(None, "--latitude", "--lat", help="Decimal degrees, -90 to 90.")
+LongitudeOpt = typer.Option(None, "--longitude", "--lon", help="Decimal degrees, -180 to 180.")
+ObserverOpt = typer.Option(None, "--observer")
+NotesOpt = typer.Option(None, "--notes")
 
 
 def _store(directory: Path):
@@ -54,14 +62,12 @@ def import_(
 def add(
     directory: Path,
     photos: list[Path] = typer.Argument(..., help="Photo files of a survey."),
-    date: Optional[str] = typer.Option(
-        None, "--date", help="Encounter date, ISO 8601 (2026-07-01 or 2026-07-01T14:30)."
-    ),
-    place: Optional[str] = typer.Option(None, "--place"),
-    latitude: Optional[float] = typer.Option(None, "--lat", help="Decimal degrees, -90 to 90."),
-    longitude: Optional[float] = typer.Option(None, "--lon", help="Decimal degrees, -180 to 180."),
-    observer: Optional[str] = typer.Option(None, "--observer"),
-    notes: Optional[str] = typer.Option(None, "--notes"),
+    date: Optional[str] = DateOpt,
+    place: Optional[str] = PlaceOpt,
+    latitude: Optional[float] = LatitudeOpt,
+    longitude: Optional[float] = LongitudeOpt,
+    observer: Optional[str] = ObserverOpt,
+    notes: Optional[str] = NotesOpt,
 ):
     """Copy new photos in, embed them and match them against the catalog and each other; they await review."""
     from whaleid.store.intake import EncounterInfo
@@ -110,6 +116,43 @@ def merge(directory: Path, source: str, target: str, reviewer: str = ReviewerOpt
     console.print(f"decision {event.id}: {source} merged into {target}")
 
 
+@command("name", group=catalog_app)
+def name(
+    directory: Path,
+    catalog_id: str = typer.Argument(..., help="The individual (an alias: the one it was merged into)."),
+    new_name: str = typer.Argument(..., metavar="NAME", help='Its name; "" clears it.'),
+    reviewer: str = ReviewerOpt,
+):
+    """Name individual CATALOG_ID ("" clears its name); recorded as an event, undone with `undo`."""
+    event = _store(directory).edits.rename(catalog_id, new_name, reviewer)
+    change = event.details["name"]
+    console.print(f"decision {event.id}: {catalog_id} named {change['after']!r} (was {change['before']!r})")
+
+
+@command("edit-encounter", group=catalog_app)
+def edit_encounter(
+    directory: Path,
+    encounter: int = typer.Argument(..., help="The encounter's number (the web app's encounter pages show it)."),
+    date: Optional[str] = DateOpt,
+    place: Optional[str] = PlaceOpt,
+    latitude: Optional[float] = LatitudeOpt,
+    longitude: Optional[float] = LongitudeOpt,
+    observer: Optional[str] = ObserverOpt,
+    notes: Optional[str] = NotesOpt,
+    reviewer: str = ReviewerOpt,
+):
+    """Correct an encounter's details: the options given change ("" clears a text), the rest stay; recorded
+    with the values before, undone with `undo`."""
+    given = {"date": date, "place": place, "latitude": latitude, "longitude": longitude}
+    given |= {"observer": observer, "notes": notes}
+    fields = {key: value for key, value in given.items() if value is not None}
+    if not fields:
+        raise UserError("give at least one of --date, --place, --latitude, --longitude, --observer, --notes")
+    event = _store(directory).edits.edit_encounter(encounter, reviewer, **fields)
+    changes = ", ".join(f"{key} {c['before']!r} -> {c['after']!r}" for key, c in event.details.items())
+    console.print(f"decision {event.id}: encounter {encounter}: {changes}")
+
+
 @command("undo", group=catalog_app)
 def undo(directory: Path, event: int, reviewer: str = ReviewerOpt):
     """Cancel an earlier decision (recorded as an event of its own)."""
@@ -125,6 +168,63 @@ def reindex(
 ):
     """Embed every photo again (with a new model, or an earlier one, when given); decisions are kept."""
     console.print(f"{_store(directory).gallery.reindex(model, version=version)} photos embedded")
+
+
+@command("retrain", group=catalog_app)
+def retrain(
+    directory: Path,
+    recipe: Optional[Path] = typer.Option(
+        None, help="A recipe YAML whose train section to use (default: how the active model was trained)."
+    ),
+    epochs: Optional[int] = typer.Option(None, min=1, help="Train this many epochs instead of the recipe's."),
+    holdout: float = typer.Option(0.3, min=0.01, max=0.99, help="Share of the individuals held out to judge by."),
+    seed: int = typer.Option(0, min=0, help="Which individuals are held out."),
+):
+    """Train the next model on the confirmed photos, judge it against the active one on held-out individuals,
+    and register it with its report (not active: `reindex --version N` makes it so)."""
+    from whaleid.settings import load_yaml
+    from whaleid.train.retrain import recipe_trainer
+
+    store = _store(directory)
+    settings = load_yaml(recipe).get("train", {}) if recipe else store.retrain.recipe()
+    trainer = recipe_trainer(settings, epochs)
+    store.retrain.split(holdout, seed)  # a catalog too small is refused before anything loads
+    report = store.retrain.run(trainer, holdout, seed, progress=_said)
+    console.print(retrain_table(report))
+    verdict = "better" if report["better"] else "[yellow]not better[/yellow]"
+    console.print(
+        f"model v{report['version']} registered, {verdict} than v{report['from_version']} on MAP@5; "
+        f"use it with `whaleid catalog reindex {directory} --version {report['version']}`"
+    )
+
+
+def _said(stage: str, done: int, total: int) -> None:
+    if stage == "training":
+        console.print(f"training: {done}/{total} epochs")
+    elif done == 0:
+        console.print(f"{stage}...")
+
+
+def retrain_table(report: dict):
+    """The report's scores, one row per model, as the CLI prints them."""
+    from rich.table import Table
+
+    from whaleid.search.metrics import cell
+
+    held = report["held_out"]
+    table = Table(
+        title=f"held-out individuals: {held['test']['individuals']} scored ({held['test']['photos']} photos), "
+        f"{held['calibration']['individuals']} calibrating"
+    )
+    columns = {"map5": "MAP@5", "top1_known": "top-1", "top5_known": "top-5", "new_precision": "new P"}
+    columns |= {"new_recall": "new R", "threshold": "threshold"}
+    table.add_column("model", no_wrap=True)
+    for name in columns.values():
+        table.add_column(name, justify="right")
+    names = {"current": f"v{report['from_version']} (active)", "new": f"v{report['version']} (new)"}
+    for key, scores in report["scores"].items():
+        table.add_row(names.get(key, "ImageNet only"), *(cell(scores[c]) for c in columns))
+    return table
 
 
 @command("export", group=catalog_app)

@@ -38,6 +38,7 @@ __all__ = [
     "convert_checkpoint",
     "load_checkpoint",
     "read_saved",
+    "recorded_recipe",
     "save_checkpoint",
 ]
 
@@ -247,6 +248,17 @@ def recorded_preparation(path: str | Path) -> tuple[int, dict | None]:
     meta = _read_meta(checkpoint_paths(path)[0])
     model = meta.get("model") if isinstance(meta.get("model"), dict) else {}
     return model.get("img_size", DEFAULT_IMG_SIZE), meta.get("preprocess")  # the settings are checked when it loads
+
+
+def recorded_recipe(path: str | Path) -> dict:
+    """How a checkpoint was trained (its training settings), read without its weights; for a network that whaleid
+    did not train (ImageNet features saved as a checkpoint), its backbone and input size with the defaults."""
+    meta = _read_meta(checkpoint_paths(path)[0])
+    trained = (meta.get("extra") or {}).get("train_config")
+    if isinstance(trained, dict):
+        return trained
+    model = meta.get("model") if isinstance(meta.get("model"), dict) else {}
+    return {"model": {key: model[key] for key in ("backbone", "img_size") if key in model}}
 
 
 def load_checkpoint(path: str | Path) -> tuple[EmbeddingModel, Checkpoint]:

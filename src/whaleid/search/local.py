@@ -17,7 +17,7 @@ from whaleid.errors import UserError
 from whaleid.model import learned
 from whaleid.model.keypoints import Keypoints
 
-__all__ = ["GEOMETRIES", "MATCHERS", "MatchConfig", "inliers", "verified"]
+__all__ = ["GEOMETRIES", "MATCHERS", "MatchConfig", "inliers", "matched_points", "verified"]
 
 GEOMETRIES = ("similarity", "affine")
 MATCHERS = ("auto", "lightglue", "ratio", "mutual")  # auto: lightglue for ALIKED keypoints, else ratio
@@ -70,10 +70,22 @@ def inliers(a: Keypoints, b: Keypoints, config: MatchConfig = MatchConfig(matche
     """How many descriptor matches between two photos one transform (``config.geometry``) explains."""
     if config.matcher == "lightglue":
         return int(verified(a, [b], config)[0])
+    return len(matched_points(a, b, config))
+
+
+def matched_points(a: Keypoints, b: Keypoints, config: MatchConfig) -> np.ndarray:
+    """The verified matches themselves, (n, 4): x, y in ``a`` then x, y in ``b`` (units of each photo's long
+    side): what a reviewer is shown of why two photos were found alike."""
     if len(a) < 3 or len(b) < 3:
-        return 0
-    good = np.asarray(_matches(a, b, config), np.int64).reshape(-1, 2)
-    return _consistent(a.xy[good[:, 0]], b.xy[good[:, 1]], config)
+        return np.zeros((0, 4), np.float32)
+    if config.matcher == "lightglue":
+        found = learned.match((a.xy, a.descriptors), [(b.xy, b.descriptors)], config.min_confidence, config.early_stop)
+        good = np.asarray(found[0], np.int64).reshape(-1, 2)
+    else:
+        good = np.asarray(_matches(a, b, config), np.int64).reshape(-1, 2)
+    src, dst = a.xy[good[:, 0]], b.xy[good[:, 1]]
+    keep = _inlier_mask(src, dst, config)
+    return np.hstack([src[keep], dst[keep]]).astype(np.float32)
 
 
 def verified(query: Keypoints, photos: list[Keypoints], config: MatchConfig) -> np.ndarray:
@@ -94,10 +106,16 @@ def verified(query: Keypoints, photos: list[Keypoints], config: MatchConfig) -> 
 
 def _consistent(src: np.ndarray, dst: np.ndarray, config: MatchConfig) -> int:
     """How many of the matched positions ``src`` -> ``dst`` one transform explains."""
+    return int(_inlier_mask(src, dst, config).sum())
+
+
+def _inlier_mask(src: np.ndarray, dst: np.ndarray, config: MatchConfig) -> np.ndarray:
+    """Which of the matched positions ``src`` -> ``dst`` one transform explains."""
+    none = np.zeros(len(src), bool)
     if len(src) < 3:
-        return 0
+        return none
     if config.geometry == "affine":
         _, mask = cv2.estimateAffine2D(src, dst, method=cv2.USAC_MAGSAC, ransacReprojThreshold=config.reprojection)
     else:  # OpenCV offers only RANSAC for the 4-parameter similarity
         _, mask = cv2.estimateAffinePartial2D(src, dst, method=cv2.RANSAC, ransacReprojThreshold=config.reprojection)
-    return 0 if mask is None else int(mask.sum())
+    return none if mask is None else mask.ravel().astype(bool)

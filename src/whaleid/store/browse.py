@@ -7,6 +7,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from whaleid.store.db import Database
+from whaleid.store.edits import history, summary
 from whaleid.store.errors import NotFound
 from whaleid.store.queries import PHOTO_KINDS, resolve, undone
 from whaleid.store.schema import Decision, Encounter, Individual, MatchRun, Model, Photo
@@ -165,7 +166,8 @@ def first_pending(db: Database, encounter: int | None = None) -> int | None:
 
 
 def latest_decisions(db: Database, limit: int = 20) -> list[dict]:
-    """The latest decisions, newest first, with whether each was undone."""
+    """The latest decisions, newest first, with whether each was undone (a rename or an edit says what it
+    changed: ``name: – → Nicky``)."""
     with db.reader() as session:
         rows = session.execute(select(Decision, undone()).order_by(Decision.id.desc()).limit(limit)).all()
         names = _catalog_ids(session, {d.individual_id for d, _ in rows} | {d.other_individual_id for d, _ in rows})
@@ -176,6 +178,8 @@ def latest_decisions(db: Database, limit: int = 20) -> list[dict]:
                 "photo": d.photo_id,
                 "individual": names.get(d.individual_id),
                 "into": names.get(d.other_individual_id),
+                "encounter": d.encounter_id,
+                "changes": summary(d.details),
                 "undoes": d.undoes_id,
                 "undone": bool(was_undone),
                 "reviewer": d.reviewer,
@@ -219,7 +223,8 @@ def discovery_curve(db: Database) -> list[tuple[int, int]]:
 
 
 def individual_page(db: Database, catalog_id: str) -> dict:
-    """An individual as it stands now (an alias shows the one it was merged into), its photos and encounters."""
+    """An individual as it stands now (an alias shows the one it was merged into), its photos, encounters
+    and the history of its name (its aliases' too)."""
     with db.reader() as session:
         found = _resolved(session, [catalog_id]).get(catalog_id)
         if found is None:
@@ -230,19 +235,22 @@ def individual_page(db: Database, catalog_id: str) -> dict:
             .order_by(Photo.taken_at, Photo.id)
         ).all()
         encounters = _encounters(session, [p.encounter_id for p in photos])
-        aliases = session.scalars(select(Individual.catalog_id).where(Individual.merged_into_id == found.id)).all()
+        aliases = session.execute(
+            select(Individual.id, Individual.catalog_id).where(Individual.merged_into_id == found.id)
+        ).all()
         return {
             "individual": found.catalog_id,
             "name": found.name,
             "species": found.species,
             "created_by": found.created_by,
             "created_at": found.created_at.isoformat(timespec="seconds"),
-            "aliases": list(aliases),
+            "aliases": [catalog_id for _, catalog_id in aliases],
             "photos": [photo_view(p, encounters) for p in photos],
             "encounters": [
                 {"id": e.id, "date": e.date, "place": e.place}
                 for e in sorted(encounters.values(), key=lambda e: (e.date or "", e.id))
             ],
+            "history": history(session, individuals=[found.id, *(i for i, _ in aliases)]),
         }
 
 
@@ -267,7 +275,8 @@ def individuals(db: Database, limit: int = 200, offset: int = 0) -> list[dict]:
 
 
 def encounter_page(db: Database, encounter_id: int) -> dict:
-    """An encounter and all its photos, each with the individual it was identified as."""
+    """An encounter, the history of its edits and all its photos, each with the individual it was identified
+    as and when it was seen (EXIF, else the encounter's date)."""
     with db.reader() as session:
         found = session.get(Encounter, encounter_id)
         if found is None:
@@ -282,7 +291,8 @@ def encounter_page(db: Database, encounter_id: int) -> dict:
             "longitude": found.longitude,
             "observer": found.observer,
             "notes": found.notes,
-            "photos": [{**photo_view(p), "individual": names.get(p.individual_id)} for p in photos],
+            "photos": [{**photo_view(p, {found.id: found}), "individual": names.get(p.individual_id)} for p in photos],
+            "history": history(session, encounter=found.id),
         }
 
 

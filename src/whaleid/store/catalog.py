@@ -4,7 +4,7 @@ A catalog is a folder: ``catalog.json`` (which database), ``catalog.db`` (the SQ
 ``photos/`` (content-addressed copies, named by sha256), ``models/v<N>/`` (the models that
 embedded them) and ``index/`` (a cache of gallery vectors, rebuilt from the database when
 missing). Every command is one transaction. The work is done by the parts a store is made of:
-``models``, ``gallery``, ``intake``, ``review`` and ``exports``.
+``models``, ``gallery``, ``intake``, ``review``, ``edits``, ``exports``, ``matches`` and ``retrain``.
 """
 
 from __future__ import annotations
@@ -19,10 +19,13 @@ from pathlib import Path
 from whaleid.errors import UserError
 from whaleid.files import atomic_path
 from whaleid.store.db import Database, check_new, database_file, migrate, open_catalog, open_engine, sqlite_url
+from whaleid.store.edits import Edits
 from whaleid.store.exports import Exports
 from whaleid.store.gallery import Gallery
 from whaleid.store.intake import Intake
+from whaleid.store.matches import Matches
 from whaleid.store.models import Models, model_source
+from whaleid.store.retrain import Retrain
 from whaleid.store.review import Review
 from whaleid.store.vectors import VectorCache
 
@@ -44,10 +47,14 @@ class CatalogStore(Database):
         super().__init__(db or self.config.get("db") or sqlite_url(self.dir))
         open_catalog(self.engine)
         self.models = Models(self.dir, self)
-        self.gallery = Gallery(self, self.models, VectorCache(self.dir))
+        vectors = VectorCache(self.dir)
+        self.gallery = Gallery(self, self.models, vectors)
         self.intake = Intake(self.dir, self, self.models, self.gallery)
         self.review = Review(self.dir, self)
+        self.edits = Edits(self)
         self.exports = Exports(self.dir, self)
+        self.matches = Matches(self.dir, self, self.models)
+        self.retrain = Retrain(self.dir, self, self.models, vectors)
 
     @classmethod
     def create(cls, directory: str | os.PathLike, model: str | os.PathLike, db: str | None = None) -> CatalogStore:

@@ -16,7 +16,7 @@ from whaleid.search.identify import Identifier
 from whaleid.search.index import ExactIndex
 from whaleid.store.db import Database
 from whaleid.store.models import Models, Progress, model_source
-from whaleid.store.queries import MAX_PARAMETERS, confirmed, now
+from whaleid.store.queries import EDIT_KINDS, MAX_PARAMETERS, confirmed, now
 from whaleid.store.schema import Decision, Embedding, Individual, MatchRun, Model, Photo
 from whaleid.store.vectors import VectorCache
 
@@ -64,9 +64,9 @@ class Gallery:
         if built is None or built[1] is None or (built[0][0], built[0][3]) != (stamp[0], stamp[3]):
             return None  # another model, or the vector cache was rebuilt
         since = session.execute(select(Decision.kind, Decision.photo_id).where(Decision.id > built[0][1])).all()
-        if any(kind not in ("confirm", "new") for kind, _ in since):
+        if any(kind not in ("confirm", "new", *EDIT_KINDS) for kind, _ in since):
             return None  # an undo, merge or unsure can move photos out: rebuild from the database
-        photo_ids = sorted({photo for _, photo in since})
+        photo_ids = sorted({photo for _, photo in since} - {None})  # (renames and edits move no photo)
         query = select(Photo.id, Individual.catalog_id, Individual.species, Photo.file).join(
             Individual, Photo.individual_id == Individual.id
         )

@@ -46,6 +46,12 @@ def new_reindex(db: Database, version: int, user: str) -> dict:
         return describe(_new(session, "reindex", {"version": version}, user, "queued"))
 
 
+def new_retrain(db: Database, options: dict, user: str) -> dict:
+    """A job that trains, judges and registers the catalog's next model (see :mod:`whaleid.store.retrain`)."""
+    with db.session() as session, session.begin():
+        return describe(_new(session, "retrain", options, user, "queued"))
+
+
 def _new(session: Session, kind: str, payload: dict, user: str, state: str) -> Job:
     job = Job(
         kind=kind,

@@ -19,7 +19,7 @@ from whaleid.errors import UserError
 from whaleid.files import atomic_path
 from whaleid.model.checkpoint import checkpoint_files, checkpoints, recorded_preparation
 from whaleid.model.embed import Embedder, embed_files
-from whaleid.model.keypoints import KeypointFiles
+from whaleid.model.keypoints import KeypointFiles, Keypoints
 from whaleid.preprocess.prepare import PreprocessConfig, prepare_paths
 from whaleid.search.fusion import Fusion
 from whaleid.search.identify import Identifier, IdentifyConfig
@@ -104,9 +104,18 @@ class Models:
                     "checkpoints": m.source.get("checkpoints", []),
                     "threshold": self.record(m).threshold,
                     "created_at": m.created_at.isoformat(timespec="seconds"),
+                    "report": self.report(m.version),
                 }
                 for m in session.scalars(select(Model).order_by(Model.version))
             ]
+
+    def report_path(self, version: int) -> Path:
+        """Where a version that the catalog trained keeps its report (see :mod:`whaleid.store.retrain`)."""
+        return self.dir / "models" / f"v{version}" / "report.json"
+
+    def report(self, version: int) -> dict | None:
+        path = self.report_path(version)
+        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
     def record(self, model: Model) -> GalleryRecord:
         """How this model's gallery is made and scored, from its row, read once (a row migrated from before the
@@ -172,6 +181,15 @@ class Models:
         return KeypointFiles(
             self.dir / "index" / f"keypoints{model.id}", rerank.keypoints, [Path(f).stem for f in files]
         )
+
+    def photo_keypoints(self, model: Model, files: Sequence[str]) -> list[Keypoints]:
+        """The keypoints of stored photos (names under photos/), extracted now where missing (a photo stored
+        before its keypoints were lost or a re-ranking model came); the model must re-rank."""
+        stored = self.keypoints(model, files)
+        paths = [str(self.dir / "photos" / f) for f in files]
+        prepared, ok = prepare_paths(paths, self.record(model).preprocess, self.dir / "cache")  # the readable ones
+        stored.write([n for n, good in zip(stored.names, ok) if good], prepared)
+        return [stored[i] for i in range(len(files))]
 
     def crops(self, session: Session) -> bool:
         """Whether the active model sees photos cropped."""

@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session, aliased
 from whaleid.store.schema import Decision, Individual, Photo
 
 PHOTO_KINDS = ("confirm", "new", "unsure")  # the decisions about one photo (merge and undo are the others)
+EDIT_KINDS = ("rename", "edit")  # an individual's name, an encounter's details: no photo changes identity
 MAX_PARAMETERS = 10_000  # bound parameters per query: SQLite allows 32,766 by default, psycopg 65,535
 
 

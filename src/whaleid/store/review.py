@@ -1,5 +1,6 @@
 """Review: the queue of photos awaiting a decision, and the decisions (decide, merge, undo), each one
-append-only event whose effect is cached on the photo rows in the same transaction."""
+append-only event whose effect is cached on the photo rows in the same transaction (an undo also undoes
+the renames and edits of :mod:`whaleid.store.edits`)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ from sqlalchemy.orm import Session
 
 from whaleid.errors import UserError
 from whaleid.store.db import Database
+from whaleid.store.edits import revert
 from whaleid.store.errors import ConflictError, NotFound
-from whaleid.store.queries import MAX_PARAMETERS, PHOTO_KINDS, individual, named, now, resolve, undone
+from whaleid.store.queries import EDIT_KINDS, MAX_PARAMETERS, PHOTO_KINDS, individual, named, now, resolve, undone
 from whaleid.store.schema import Decision, Individual, MatchRun, Photo
 
 
@@ -149,15 +151,16 @@ class Review:
                 raise UserError(f"decision {event_id} is itself an undo: decide again instead")
             if was_undone:
                 raise UserError(f"decision {event_id} was already undone")
+            if event.kind in EDIT_KINDS:
+                revert(session, event)  # the values before it come back: no photo changes
             undo = Decision(kind="undo", undoes_id=event.id, reviewer=reviewer, created_at=now())
             session.add(undo)
             session.flush()
+            affected = [event.photo_id] if event.kind in PHOTO_KINDS else []
             if event.kind == "merge":
                 session.get(Individual, event.individual_id).merged_into_id = None
                 target = resolve(session, session.get(Individual, event.other_individual_id))
                 affected = session.scalars(select(Photo.id).where(Photo.individual_id == target.id)).all()
-            else:
-                affected = [event.photo_id]
             for photo_id in set(affected):
                 _reproject(session, session.get(Photo, photo_id))
         return undo

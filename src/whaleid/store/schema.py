@@ -50,7 +50,7 @@ class Job(Base):
 
     __tablename__ = "jobs"
     id: Mapped[int] = mapped_column(primary_key=True)
-    kind: Mapped[str] = mapped_column(String(20))  # upload | reindex
+    kind: Mapped[str] = mapped_column(String(20))  # upload | reindex | retrain
     state: Mapped[str] = mapped_column(String(20), index=True)  # receiving | queued | running | done | failed
     payload: Mapped[dict] = mapped_column(JSON)  # upload: encounter id and staged files; reindex: model version
     progress: Mapped[dict] = mapped_column(JSON)  # {"stage": str, "done": int, "total": int}
@@ -151,7 +151,8 @@ class MatchRun(Base):
 
 
 class Decision(Base):
-    """An append-only event: confirm | new | unsure (a photo), merge (two individuals), undo (an earlier event)."""
+    """An append-only event: confirm | new | unsure (a photo), merge (two individuals), undo (an earlier event),
+    rename (an individual's name) or edit (an encounter's details); the last two say what they changed."""
 
     __tablename__ = "decisions"
     __table_args__ = (UniqueConstraint("undoes_id"),)  # an event is undone at most once
@@ -164,6 +165,8 @@ class Decision(Base):
     reviewer: Mapped[str] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(DateTime)
     match_run_id: Mapped[int | None] = mapped_column(ForeignKey("match_runs.id"))
+    encounter_id: Mapped[int | None] = mapped_column(ForeignKey("encounters.id"), index=True)  # edit: this one
+    details: Mapped[dict | None] = mapped_column(JSON)  # rename, edit: {field: {"before": old, "after": new}}
 
 
 class Setting(Base):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -125,13 +126,14 @@ def train(
     progress: bool = True,
     preprocess: dict | None = None,
     extra: dict | None = None,
+    on_epoch: Callable[[int, int], None] | None = None,
 ) -> TrainResult:
     """Train an embedding model on `catalog`; writes the checkpoint (`model.json` + `model.safetensors`),
     `last.pt` and `metrics.jsonl` in `out_dir`.
 
     ``preprocess`` (how the photos were cropped, see :mod:`whaleid.preprocess.cache`) is stored in
     the checkpoint so that embedding later prepares photos the same way; ``extra``
-    (e.g. the resolved recipe) is stored with it.
+    (e.g. the resolved recipe) is stored with it; ``on_epoch(done, epochs)`` follows progress (a web job's).
     """
     _check_trainable(catalog)
     if val_catalog is not None and len(val_catalog) < 2:  # found out here, not after the first epoch
@@ -149,4 +151,6 @@ def train(
         if run.accelerator.is_main_process:
             save_epoch(run, config, out_dir, history, catalog.labels, preprocess, extra)
         run.accelerator.wait_for_everyone()
+        if on_epoch is not None:
+            on_epoch(epoch + 1, config.epochs)
     return TrainResult(out_dir / f"{STEM}.json", history, time.time() - started)

@@ -44,6 +44,10 @@ class MergeBody(BaseModel):
     into: Text
 
 
+class NameBody(BaseModel):
+    name: Annotated[str | None, Field(max_length=1000)]  # null or "": no name (the store refuses over 200)
+
+
 class EncounterBody(BaseModel):
     date: Annotated[str | None, Field(max_length=40)] = None
     place: Annotated[str | None, Field(max_length=300)] = None
@@ -160,6 +164,15 @@ def photo_image(
     return FileResponse(path, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=86400"})
 
 
+@router.get("/photos/{photo_id}/matches/{other_id}")
+def photo_matches(photo_id: PhotoId, other_id: PhotoId, request: Request, _: Reader) -> dict:
+    """The keypoint matches the second stage verifies between two photos (``matcher`` null: the model does
+    not re-rank); a pair is matched once, then read from the catalog's cache."""
+    jobs = request.app.state.jobs
+    with jobs.budget.hold(jobs.limits.pixels):  # keypoints lost from the catalog are extracted again: a photo decoded
+        return request.app.state.store.matches.between(photo_id, other_id)
+
+
 @router.post("/photos/{photo_id}/decision")
 def decide(photo_id: PhotoId, body: DecisionBody, request: Request, user: Reviewer) -> dict:
     """Confirm a candidate, make a new individual, or say you can't tell; 409 when decided meanwhile."""
@@ -212,6 +225,15 @@ def merge(catalog_id: Text, body: MergeBody, request: Request, user: Reviewer) -
     return {"decision": event.id, "merged": catalog_id, "into": body.into}
 
 
+@router.patch("/individuals/{catalog_id}")
+def rename(catalog_id: Text, body: NameBody, request: Request, user: Reviewer) -> dict:
+    """Name the individual (merges followed; null or "" clears the name): an event, undone as a decision is."""
+    store = request.app.state.store
+    event = store.edits.rename(catalog_id, body.name, reviewer=user.name)
+    individual = browse.catalog_id(store, event.individual_id)
+    return {"decision": event.id, "individual": individual, "name": event.details["name"]["after"]}
+
+
 @router.get("/encounters")
 def encounters(request: Request, _: Reader) -> list[dict]:
     return browse.encounters(request.app.state.store)
@@ -220,6 +242,15 @@ def encounters(request: Request, _: Reader) -> list[dict]:
 @router.get("/encounters/{encounter_id}")
 def encounter(encounter_id: PhotoId, request: Request, _: Reader) -> dict:
     return browse.encounter_page(request.app.state.store, encounter_id)
+
+
+@router.patch("/encounters/{encounter_id}")
+def edit_encounter(encounter_id: PhotoId, body: EncounterBody, request: Request, user: Reviewer) -> dict:
+    """Change the details given (null clears one): an event recording the fields that changed, before and
+    after, undone as a decision is; a change that changes nothing is refused."""
+    fields = body.model_dump(exclude_unset=True)
+    event = request.app.state.store.edits.edit_encounter(encounter_id, user.name, **fields)
+    return {"decision": event.id, "encounter": encounter_id, "changed": event.details}
 
 
 @router.post("/uploads", status_code=201)
@@ -293,3 +324,16 @@ def models(request: Request, _: Reader) -> list[dict]:
 def activate(version: PhotoId, request: Request, user: Admin) -> dict:
     """Embed every photo with this model and make it the one that proposes matches (a background job)."""
     return request.app.state.jobs.create_reindex(version, user.name)
+
+
+class RetrainBody(BaseModel):
+    holdout: Annotated[float, Field(gt=0, lt=1)] = 0.3  # the share of individuals held out to judge by
+    seed: Annotated[int, Field(ge=0, le=2**31)] = 0
+
+
+@router.post("/models/retrain", status_code=202)
+def retrain(request: Request, user: Admin, body: RetrainBody | None = None) -> dict:
+    """Train the next model on the confirmed photos, judge it on held-out individuals and register it with its
+    report (a background job; it is not made active). A catalog too small to train on is refused."""
+    options = body or RetrainBody()
+    return request.app.state.jobs.create_retrain(user.name, options.holdout, options.seed)

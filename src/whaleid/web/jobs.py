@@ -27,6 +27,7 @@ from whaleid.files import atomic_path
 from whaleid.store import jobs
 from whaleid.store.catalog import CatalogStore
 from whaleid.store.intake import EncounterInfo
+from whaleid.train.retrain import recipe_trainer
 
 log = logging.getLogger(__name__)
 ACCEPTED = {"JPEG": ".jpg", "MPO": ".jpg", "PNG": ".png", "TIFF": ".tif", "HEIF": ".heic"}
@@ -153,6 +154,14 @@ class Jobs:
         self._wake.set()
         return job
 
+    def create_retrain(self, user: str, holdout: float = 0.3, seed: int = 0) -> dict:
+        """A job that trains the next model on the confirmed photos, judges it and registers it (not active);
+        a catalog too small to train on is refused now, not after a queue's wait."""
+        self.store.retrain.split(holdout, seed)
+        job = jobs.new_retrain(self.store, {"holdout": holdout, "seed": seed}, user)
+        self._wake.set()
+        return job
+
     # ------------------------------------------------------------------ reading jobs
 
     def get(self, job_id: int) -> dict:
@@ -202,7 +211,9 @@ class Jobs:
         job_id, kind, payload = claimed
         try:
             with self.budget.hold(self.limits.pixels, wait=None):  # the job's share: a photo of the largest size
-                result = self._upload(job_id, payload) if kind == "upload" else self._reindex(job_id, payload)
+                result = {"upload": self._upload, "reindex": self._reindex, "retrain": self._retrain}[kind](
+                    job_id, payload
+                )
             jobs.finish(self.store, job_id, "done", result=result)
             shutil.rmtree(self.store.dir / STAGING / str(job_id), ignore_errors=True)
         except UserError as error:
@@ -229,6 +240,10 @@ class Jobs:
 
     def _reindex(self, job_id: int, payload: dict) -> dict:
         return {"embedded": self.store.gallery.reindex(version=payload["version"], progress=self._progress(job_id))}
+
+    def _retrain(self, job_id: int, payload: dict) -> dict:
+        trainer = recipe_trainer(self.store.retrain.recipe())
+        return self.store.retrain.run(trainer, payload["holdout"], payload["seed"], progress=self._progress(job_id))
 
     def _progress(self, job_id: int):
         def report(stage: str, done: int, total: int) -> None:

@@ -14,6 +14,8 @@ from fastapi.templating import Jinja2Templates
 
 from whaleid.errors import UserError
 from whaleid.store import browse
+from whaleid.store.edits import MAX_NAME
+from whaleid.store.errors import ConflictError
 from whaleid.store.users import users as listed_users
 from whaleid.web.api import PhotoId, Text, login_response, password_is
 from whaleid.web.jobs import Refused
@@ -42,6 +44,14 @@ MESSAGES = {
     "merge-refused": "Not merged: give the catalog id of another individual of the catalog.",
     "undone": "Decision undone.",
     "undo-refused": "Not undone: that decision is already undone, or is itself an undo.",
+    "undo-conflict": "Not undone: what it changed was changed again since; undo that later change first.",
+    "named": "Name saved: the dashboard's decisions can undo it.",
+    "name-refused": f"Name not saved: a name is at most {MAX_NAME} characters and differs from the current one.",
+    "edited": "Encounter saved: the dashboard's decisions can undo the change.",
+    "edit-refused": (
+        "Encounter not saved: a date is ISO 8601 (2026-07-01 or 2026-07-01T14:30), a latitude -90 to 90, "
+        "a longitude -180 to 180, a place at most 300 characters, and something must change."
+    ),
     "user-added": "User added.",
     "user-refused": (
         f"User not added: a name is new and 1-64 letters, digits, '.', '_', '-' or '@'; "
@@ -51,6 +61,11 @@ MESSAGES = {
     "role-refused": "Role not changed: no such user, or the last admin would lose the admin role.",
     "reindex-queued": "Reindex queued: the dashboard shows its progress.",
     "reindex-refused": "Reindex not queued: that model is not in the catalog.",
+    "retrain-queued": "Training queued: the dashboard shows its progress; the new version appears here with its report.",
+    "retrain-refused": (
+        "Training not queued: the catalog is too small to train on (it needs individuals with 2+ confirmed photos, "
+        "some to train on and some held out to judge by); the current model stays."
+    ),
 }
 
 
@@ -246,11 +261,26 @@ def merge_form(
     return back(f"/individuals/{_quoted(into.strip())}", note="merged")
 
 
+@router.post("/individuals/{catalog_id}/name")
+def name_form(
+    catalog_id: Text, request: Request, user: Reviewer, name: Annotated[str, Form(max_length=1000)] = ""
+) -> RedirectResponse:
+    """Name the individual (an empty name clears it): an event in its history, undone from the dashboard."""
+    page = f"/individuals/{_quoted(catalog_id)}"
+    try:
+        request.app.state.store.edits.rename(catalog_id, name, reviewer=user.name)
+    except UserError:
+        return back(page, error="name-refused")
+    return back(page, note="named")
+
+
 @router.post("/decisions/{decision_id}/undo")
 def undo_form(decision_id: PhotoId, request: Request, user: Reviewer) -> RedirectResponse:
-    """Undo a decision from the dashboard's list (merges: the review page's Z undoes a photo's decision)."""
+    """Undo a decision from the dashboard's list (merges, renames, edits: the review page's Z undoes a photo's)."""
     try:
         request.app.state.store.review.undo(decision_id, reviewer=user.name)
+    except ConflictError:
+        return back("/", error="undo-conflict")
     except UserError:
         return back("/", error="undo-refused")
     return back("/", note="undone")
@@ -268,6 +298,39 @@ def encounters(request: Request, user: Viewer) -> HTMLResponse:
 @router.get("/encounters/{encounter_id}")
 def encounter(encounter_id: PhotoId, request: Request, user: Viewer) -> HTMLResponse:
     return render(request, "encounter.html", user, item=browse.encounter_page(request.app.state.store, encounter_id))
+
+
+@router.post("/encounters/{encounter_id}/edit")
+def edit_encounter_form(
+    encounter_id: PhotoId,
+    request: Request,
+    user: Reviewer,
+    date: Annotated[str, Form(max_length=100)] = "",
+    place: Annotated[str, Form(max_length=1000)] = "",
+    latitude: Annotated[str, Form(max_length=100)] = "",
+    longitude: Annotated[str, Form(max_length=100)] = "",
+    observer: Annotated[str, Form(max_length=1000)] = "",
+    notes: Annotated[str, Form(max_length=5000)] = "",
+) -> RedirectResponse:
+    """The encounter's details as the form shows them (a blank field clears it); the fields that changed are
+    one event in its history, undone from the dashboard."""
+    page = f"/encounters/{encounter_id}"
+    fields = {"date": date, "place": place, "observer": observer, "notes": notes}
+    try:
+        request.app.state.store.edits.edit_encounter(
+            encounter_id, user.name, **fields, latitude=_number(latitude), longitude=_number(longitude)
+        )
+    except UserError:
+        return back(page, error="edit-refused")
+    return back(page, note="edited")
+
+
+def _number(text: str) -> float | str | None:
+    """A form's number field: blank is None; what is no number goes on as it is, for the store to refuse."""
+    try:
+        return float(text) if text.strip() else None
+    except ValueError:
+        return text
 
 
 @router.get("/export")
@@ -316,6 +379,15 @@ def activate_form(version: PhotoId, request: Request, user: Admin) -> RedirectRe
     except UserError:
         return back("/users", error="reindex-refused")
     return back("/users", note="reindex-queued")
+
+
+@router.post("/models/retrain")
+def retrain_form(request: Request, user: Admin) -> RedirectResponse:
+    try:
+        request.app.state.jobs.create_retrain(user.name)
+    except UserError:
+        return back("/users", error="retrain-refused")
+    return back("/users", note="retrain-queued")
 
 
 @router.get("/account")

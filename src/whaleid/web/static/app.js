@@ -103,14 +103,20 @@ function setupReview(root) {
     else if (key === "z") actions.undo();
     else if (key === "j") actions.next();
     else if (key === "k") actions.previous();
+    else if (key === "m") toggleMarks();
     else return;
     event.preventDefault();
   });
   setupCompare(photo);
 }
 
-// Side-by-side comparison: the query and a candidate photo, zoomed and panned together.
+// Side-by-side comparison: the query and a candidate photo, zoomed and panned together. A candidate's photo
+// is compared as the model sees both (the crops), with the keypoint pairs that the second stage verified
+// marked on both sides by number and colour; M shows or hides them.
 const view = { scale: 1, x: 0, y: 0 };
+const SVG = "http://www.w3.org/2000/svg";
+const NAMES = { aliked: "ALIKED", sift: "SIFT", orb: "ORB", lightglue: "LightGlue", ratio: "ratio test", mutual: "mutual nearest" };
+let marksShown = true;
 
 function applyView() {
   for (const id of ["compare-left", "compare-right"]) {
@@ -120,29 +126,104 @@ function applyView() {
 
 function closeCompare() { document.getElementById("compare").hidden = true; }
 
+function toggleMarks() {
+  marksShown = !marksShown;
+  for (const side of ["left", "right"]) document.getElementById(`compare-${side}-marks`).style.display = marksShown ? "" : "none";
+  sayMatches();
+}
+
+// The count of matched points, and what M does now.
+function sayMatches(base) {
+  const line = document.getElementById("compare-matches");
+  if (base !== undefined) line.dataset.base = base;
+  line.textContent = line.dataset.base ? `${line.dataset.base} · M ${marksShown ? "hides" : "shows"} them` : "";
+}
+
+// An image as large as its half of the screen allows (small crops too), its marks' box the image's own pixels.
+function fitImage(img, marks) {
+  const box = img.closest(".viewport").getBoundingClientRect();
+  const scale = Math.min(box.width / img.naturalWidth, box.height / img.naturalHeight);
+  img.style.width = `${img.naturalWidth * scale}px`;
+  marks.setAttribute("viewBox", `0 0 ${img.naturalWidth} ${img.naturalHeight}`);
+}
+
+// Pair i as a circle and its number at (x, y), in units of the photo's long side.
+function drawMarks(marks, img, points) {
+  const long = Math.max(img.naturalWidth, img.naturalHeight);
+  marks.replaceChildren();
+  points.forEach(([x, y], i) => {
+    const colour = `hsl(${(i * 137.5) % 360}, 95%, 55%)`;
+    const circle = document.createElementNS(SVG, "circle");
+    Object.entries({ cx: x * long, cy: y * long, r: long * 0.018, stroke: colour }).forEach(([k, v]) => circle.setAttribute(k, v));
+    const label = document.createElementNS(SVG, "text");
+    Object.entries({ x: x * long + long * 0.022, y: y * long - long * 0.012, "font-size": long * 0.035 }).forEach(([k, v]) => label.setAttribute(k, v));
+    label.textContent = String(i + 1);
+    marks.append(circle, label);
+  });
+}
+
+function loaded(img, url) {
+  return new Promise((resolve) => {
+    img.onload = () => resolve(img);
+    img.onerror = () => resolve(img);
+    img.src = url;
+  });
+}
+
 // Each side says what it shows: the query (which photo, which view) and the candidate (rank, individual).
 function setupCompare(photo) {
   const overlay = document.getElementById("compare");
   const query = document.getElementById("query-crop");
   const full = document.getElementById("query-full");
-  const show = (side, img, label) => {
-    document.getElementById(`compare-${side}`).src = img.dataset.full;
-    document.getElementById(`compare-${side}-label`).textContent = label;
+  const matches = document.getElementById("compare-matches");
+  let shown = 0; // the latest comparison opened: an earlier one's late answer draws nothing
+  const side = (name) => ({
+    img: document.getElementById(`compare-${name}-image`),
+    marks: document.getElementById(`compare-${name}-marks`),
+    label: document.getElementById(`compare-${name}-label`),
+  });
+  const show = (s, url, label) => {
+    s.label.textContent = label;
+    s.marks.replaceChildren();
+    return loaded(s.img, url).then(() => fitImage(s.img, s.marks));
   };
-  document.querySelectorAll("img.zoomable").forEach((img) => img.addEventListener("click", () => {
+  async function compare(img) {
+    const opened = ++shown;
+    const left = side("left");
+    const right = side("right");
     const candidate = img.closest(".candidate");
-    const other = img === query ? full : query;
-    show("left", candidate ? query : other, `Query: photo ${photo}${candidate ? "" : `, ${other.alt}`}`);
-    if (candidate) {
-      const { rank, individual } = candidate.dataset;
-      show("right", img, `Candidate ${rank}: ${individual} (${rank} confirms)`);
-    } else {
-      show("right", img, `Query: photo ${photo}, ${img.alt}`);
-    }
+    sayMatches("");
+    overlay.hidden = false;
     Object.assign(view, { scale: 1, x: 0, y: 0 });
     applyView();
-    overlay.hidden = false;
-  }));
+    if (!candidate) {
+      const other = img === query ? full : query;
+      await Promise.all([
+        show(left, other.dataset.full, `Query: photo ${photo}, ${other.alt}`),
+        show(right, img.dataset.full, `Query: photo ${photo}, ${img.alt}`),
+      ]);
+      return;
+    }
+    const { rank, individual } = candidate.dataset;
+    matches.textContent = "Matching…";
+    const [found] = await Promise.all([
+      api("GET", `/api/photos/${photo}/matches/${img.dataset.photo}`).catch((error) => ({ error: error.message })),
+      show(left, query.src, `Query: photo ${photo}`),
+      show(right, img.dataset.crop, `Candidate ${rank}: ${individual} (${rank} confirms)`),
+    ]);
+    if (opened !== shown) return;
+    if (found.error) { matches.textContent = `Matched points unavailable: ${found.error}`; return; }
+    if (found.matcher === null) {
+      matches.textContent = "No matched points: this catalog's model ranks by the whole photo only (no re-ranking).";
+      return;
+    }
+    const method = `${NAMES[found.detector] || found.detector} + ${NAMES[found.matcher] || found.matcher}`;
+    if (!found.count) { matches.textContent = `No matched points between these two photos (${method}).`; return; }
+    drawMarks(left.marks, left.img, found.pairs.map((p) => [p[0], p[1]]));
+    drawMarks(right.marks, right.img, found.pairs.map((p) => [p[2], p[3]]));
+    sayMatches(`${found.count} matched point${found.count === 1 ? "" : "s"} (${method})`);
+  }
+  document.querySelectorAll("img.zoomable").forEach((img) => img.addEventListener("click", () => compare(img)));
   document.getElementById("compare-close").addEventListener("click", closeCompare);
   let drag = null;
   overlay.addEventListener("wheel", (event) => {

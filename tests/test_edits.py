@@ -3,6 +3,7 @@ undone like decisions (an undo never drops a later change), from the store, the 
 captions date photos by when the animal was seen; catalogs of schema 0003 gain the columns as they open."""
 
 import html
+import json
 import re
 from datetime import date
 
@@ -150,6 +151,9 @@ def test_an_edit_records_only_the_fields_that_changed_and_its_undo_restores_them
     newest = browse.latest_decisions(store, 1)[0]
     assert (newest["kind"], newest["encounter"], newest["photo"], newest["reviewer"]) == ("edit", encounter, None, "bo")
     assert newest["changes"] == "place: Cape Cod Bay → –; latitude: 41.5 → 42; notes: – → calf alongside"
+    logged = store.exports.table("decisions").set_index("event").loc[second.id]  # the exported audit trail, whole
+    assert (logged["kind"], logged["encounter"], logged["reviewer"]) == ("edit", encounter, "bo")
+    assert json.loads(logged["changes"]) == second.details
 
     with pytest.raises(
         ConflictError, match=f"decision {first.id}: the place of encounter {encounter} changed again since"

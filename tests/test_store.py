@@ -188,6 +188,13 @@ def test_exports_feed_training_and_darwin_core(tmp_path, model, photos):
     row = dwc[dwc["organismID"].str.startswith("WID-")].iloc[0]
     assert (row["eventDate"], row["decimalLatitude"], row["identifiedBy"]) == ("2026-07-02", 41.5, "reviewer")
     assert store.exports.export("decisions", tmp_path / "log.csv") == len(photos["known"]) + 1
+    earlier = tmp_path / "earlier-log.csv"  # a decision log of a whaleid before renames and edits: replaced
+    earlier.write_text("event,kind,photo_sha256,individual,merged_into,undoes,reviewer,time\n1,new,,,,,ana,\n")
+    store.exports.export("decisions", earlier)
+    assert pd.read_csv(earlier).columns[-2:].tolist() == ["encounter", "changes"]
+    (tmp_path / "mine.csv").write_text("event,kind\n1,a\n")  # not an export of this kind: kept
+    with pytest.raises(UserError, match="--force"):
+        store.exports.export("decisions", tmp_path / "mine.csv")
     with pytest.raises(UserError, match="unknown export format"):
         store.exports.export("xml", tmp_path / "x.xml")
 

@@ -3,6 +3,7 @@ occurrences, and the catalog's numbers."""
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -30,6 +31,9 @@ DWC_COLUMNS = [
     "associatedMedia",
 ]
 
+# the headers of exports that whaleid wrote before a column was added: replaced like its own
+EARLIER_HEADERS = {"decisions": "event,kind,photo_sha256,individual,merged_into,undoes,reviewer,time"}
+
 
 class Exports:
     """The exports and numbers of one catalog folder."""
@@ -54,7 +58,9 @@ class Exports:
         """
         table = self.table(kind)
         header = ",".join(table.columns)
-        self._write(Path(path), header.__eq__, kind, force, lambda tmp: table.to_csv(tmp, index=False))
+
+        ours = {header, EARLIER_HEADERS.get(kind)}.__contains__  # this export's, or an earlier whaleid's
+        self._write(Path(path), ours, kind, force, lambda tmp: table.to_csv(tmp, index=False))
         return len(table)
 
     def capture_histories(self, occasion: str = "month", season_start: int = 1) -> CaptureHistories:
@@ -150,6 +156,8 @@ def export_decisions(session: Session) -> pd.DataFrame:
             Decision.undoes_id,
             Decision.reviewer,
             Decision.created_at,
+            Decision.encounter_id,
+            Decision.details,
         )
         .outerjoin(Photo, Decision.photo_id == Photo.id)
         .outerjoin(first, Decision.individual_id == first.id)
@@ -157,7 +165,11 @@ def export_decisions(session: Session) -> pd.DataFrame:
         .order_by(Decision.id)
     ).all()
     columns = ["event", "kind", "photo_sha256", "individual", "merged_into", "undoes", "reviewer", "time"]
-    return pd.DataFrame(rows, columns=columns)
+    table = pd.DataFrame(rows, columns=[*columns, "encounter", "changes"])
+    # a rename's or an encounter edit's values before and after, as JSON: the audit trail whole
+    table["changes"] = [json.dumps(d, ensure_ascii=False, sort_keys=True) if d else "" for d in table["changes"]]
+    table["encounter"] = table["encounter"].astype("Int64")
+    return table
 
 
 def export_dwc(session: Session) -> pd.DataFrame:

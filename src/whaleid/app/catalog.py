@@ -188,7 +188,6 @@ def retrain(
     store = _store(directory)
     settings = load_yaml(recipe).get("train", {}) if recipe else store.retrain.recipe()
     trainer = recipe_trainer(settings, epochs)
-    store.retrain.split(holdout, seed)  # a catalog too small is refused before anything loads
     report = store.retrain.run(trainer, holdout, seed, progress=_said)
     console.print(retrain_table(report))
     verdict = "better" if report["better"] else "[yellow]not better[/yellow]"

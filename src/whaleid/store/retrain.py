@@ -26,6 +26,7 @@ from whaleid.files import atomic_path
 from whaleid.model.checkpoint import recorded_preparation, recorded_recipe
 from whaleid.model.embed import embed_files
 from whaleid.model.embeddings import Embeddings
+from whaleid.model.keypoints import KeypointFiles
 from whaleid.preprocess.prepare import prepare_paths
 from whaleid.search.identify import Identifier, IdentifyConfig
 from whaleid.search.metrics import json_float
@@ -128,22 +129,22 @@ class Retrain:
         say("scoring on held-out individuals", 0, 3)
         with self.db.reader() as session:
             current = self.cache.vectors(session, model, held["photo"].to_numpy(np.int64))
-        scored = {"current": self._judge(model, held, current)}
+        keypoints = self.models.keypoints(model, held["file"].tolist())  # the second stage's, when it re-ranks
+        scored = {"current": self._judge(model, held, current, keypoints)}
         for name, source in (("new", {"checkpoints": [str(checkpoint)]}), ("imagenet", {"zero_shot": backbone})):
             say("scoring on held-out individuals", len(scored), 3)
             embedder = GalleryRecord(source, img_size=size, preprocess=preprocess).embedder(with_keypoints=False)
             vectors, good = embed_files(embedder, held["path"].tolist(), progress=False)
             if not good.all():
                 raise UserError(f"{int((~good).sum())} held-out photos could not be read again: run the retrain again")
-            scored[name] = self._judge(model, held, vectors.vectors)
+            scored[name] = self._judge(model, held, vectors.vectors, keypoints)
         fitted = scored["new"].pop("fitted")
         for result in scored.values():
             result.pop("fitted", None)
         return scored, fitted
 
-    def _judge(self, model: Model, held: pd.DataFrame, vectors: np.ndarray) -> dict:
+    def _judge(self, model: Model, held: pd.DataFrame, vectors: np.ndarray, keypoints: KeypointFiles | None) -> dict:
         """Open-set metrics on the test individuals, threshold (and fusion) fitted on the calibration ones."""
-        keypoints = self.models.keypoints(model, held["file"].tolist())
         parts = {}
         for part in ("calibration", "test"):
             rows = np.flatnonzero((held["part"] == part).to_numpy())

@@ -1,5 +1,6 @@
 """A catalog's next model as a trainer: the store's retrain step hands it the confirmed photos (the store and
-training know nothing of each other; the CLI and the web job build one of these and pass it in)."""
+training know nothing of each other; the CLI and the web job build one of these and pass it in, as the
+``Trainer`` that :mod:`whaleid.store.retrain` declares)."""
 
 from __future__ import annotations
 
@@ -12,16 +13,13 @@ from whaleid.settings import from_dict
 from whaleid.train.config import TrainConfig
 from whaleid.train.loop import train
 
-Progress = Callable[[str, int, int], None]
-Trainer = Callable[[Catalog, Path, "dict | None", "Progress | None"], Path]
 
-
-def recipe_trainer(recipe: dict, epochs: int | None = None) -> Trainer:
+def recipe_trainer(recipe: dict, epochs: int | None = None) -> Callable[..., Path]:
     """A trainer of ``recipe`` (training settings, as a checkpoint records them or a recipe's ``train`` section);
     ``epochs`` overrides its length. Settings are checked here, before any photo is read."""
     config = from_dict(TrainConfig, recipe if epochs is None else {**recipe, "epochs": epochs}, "train")
 
-    def run(catalog: Catalog, out_dir: Path, preprocess: dict | None, progress: Progress | None) -> Path:
+    def run(catalog: Catalog, out_dir: Path, preprocess: dict | None, progress: Callable | None) -> Path:
         def epoch_done(done: int, total: int) -> None:
             if progress is not None:
                 progress("training", done, total)

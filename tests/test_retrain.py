@@ -130,3 +130,12 @@ def test_the_web_refuses_to_queue_training_on_a_catalog_too_small(tmp_path, synt
         assert all(j["kind"] != "retrain" for j in c.get("/api/jobs").json())
     with client(store, "reviewer") as c:
         assert c.post("/api/models/retrain").status_code == 403
+
+
+@pytest.mark.parametrize(("recipe", "says"), [("5", "must be a mapping"), ("{lr: 0.1, epoch: 3}", "epoch")])
+def test_a_recipe_file_that_is_no_training_section_is_refused_in_one_line(tmp_path, synth_csv, model, recipe, says):
+    store = grown(tmp_path, synth_csv, model, individuals=5)
+    path = tmp_path / "recipe.yaml"
+    path.write_text(f"train: {recipe}\n")
+    result = runner.invoke(app, ["catalog", "retrain", str(store.dir), "--recipe", str(path), "--epochs", "2"])
+    assert result.exit_code == 2 and says in result.output and "unexpected" not in result.output, result.output

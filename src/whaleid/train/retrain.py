@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 from whaleid.data.catalog import Catalog
@@ -17,7 +18,8 @@ from whaleid.train.loop import train
 def recipe_trainer(recipe: dict, epochs: int | None = None) -> Callable[..., Path]:
     """A trainer of ``recipe`` (training settings, as a checkpoint records them or a recipe's ``train`` section);
     ``epochs`` overrides its length. Settings are checked here, before any photo is read."""
-    config = from_dict(TrainConfig, recipe if epochs is None else {**recipe, "epochs": epochs}, "train")
+    config = from_dict(TrainConfig, recipe, "train")
+    config = config if epochs is None else replace(config, epochs=epochs)
 
     def run(catalog: Catalog, out_dir: Path, preprocess: dict | None, progress: Callable | None) -> Path:
         def epoch_done(done: int, total: int) -> None:

@@ -52,9 +52,22 @@ def test_a_retrained_version_is_registered_with_its_report_and_not_activated(tmp
     assert [(m["version"], m["active"]) for m in listed] == [(1, True), (2, False)]
     assert listed[1]["report"] == json.loads(json.dumps(report))
     assert listed[1]["threshold"] == pytest.approx(report["scores"]["new"]["threshold"], abs=1e-4)
-    assert not (store.dir / "cache" / "retrain").exists()
+    assert not list((store.dir / "cache").glob("retrain*"))  # the training folder is gone
     store.gallery.reindex(version=2)  # what the Model page's button queues: the new version proposes from now on
     assert [m["active"] for m in store.models.listed()] == [False, True]
+
+
+def test_a_training_that_fails_registers_nothing_and_leaves_nothing(tmp_path, synth_csv, model):
+    store = grown(tmp_path, synth_csv, model)
+
+    def full_disk(catalog, out_dir, preprocess, progress):
+        (out_dir / "model.safetensors").write_bytes(b"half")
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError, match="No space left"):
+        store.retrain.run(full_disk, holdout=0.5)
+    assert [m["version"] for m in store.models.listed()] == [1]
+    assert not list((store.dir / "cache").glob("retrain*")) and not (store.dir / "models" / "v2").exists()
 
 
 def test_the_same_individuals_stay_held_out_as_the_catalog_grows(tmp_path, model):
@@ -113,6 +126,8 @@ def test_an_admin_retrains_from_the_model_page_as_a_background_job(tmp_path, syn
         done = wait_for_job(c.get, job["id"])
         assert done["state"] == "done", done
         assert "training" in stages and done["result"]["version"] == 2 and done["result"]["recipe"]["epochs"] == 10
+        trained = json.loads((store.dir / "models" / "v2" / "0" / "model.json").read_text())["extra"]["train_config"]
+        assert trained["num_workers"] == 0  # photos load in the job's thread: no loader forked beside the server's
         page = c.get("/users").text  # the Model page: the report beside the button that switches to v2
         new = done["result"]["scores"]["new"]
         assert page.count('<tr class="report"') == 1 and page.count("<td>ImageNet-only start</td>") == 1

@@ -191,6 +191,18 @@ def test_every_page_renders_for_a_viewer_and_admin_pages_say_no(store):
         assert answer.status_code == 303 and answer.headers["location"] == "/login?next=%2Findividuals"
 
 
+def test_matched_points_need_a_login_name_real_photos_and_say_when_the_model_does_not_rerank(store):
+    pending = store.review.queue(2)
+    url = f"/api/photos/{pending[0].photo}/matches/{pending[1].photo}"
+    with client(store) as anonymous:
+        assert anonymous.get(url).status_code == 401
+    with client(store, "viewer") as c:
+        assert c.get(url).json() == {"matcher": None, "detector": None, "count": None, "pairs": []}
+        missing = c.get(f"/api/photos/{pending[0].photo}/matches/999999")
+        assert missing.status_code == 404 and missing.json()["detail"] == "no photo 999999"
+    assert not list(store.dir.glob("cache/matches*"))  # nothing matched, nothing cached
+
+
 def test_the_admin_pages_add_users_and_change_roles(store):
     with client(store, "admin") as c:
         csrf = c.headers["X-CSRF-Token"]

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -87,22 +87,22 @@ class Retrain:
         table = table[ok].reset_index(drop=True)
         table["path"] = files
         train, held = table[table["part"] == "train"], table[table["part"] != "train"].reset_index(drop=True)
-        work = self.dir / "cache" / "retrain"
-        shutil.rmtree(work, ignore_errors=True)
-        checkpoint = trainer(
-            Catalog(train[["path", "individual_id", "species"]].rename(columns={"path": "image"}), Path("/")),
-            work,
-            None if preprocess is None else preprocess.to_dict(),
-            progress,
-        )
-        training = time.time() - started
-        size, recipe = recorded_preparation(checkpoint)[0], recorded_recipe(checkpoint)
-        scored, fitted = self._judged(model, held, checkpoint, size, recipe["model"]["backbone"], say)
-        say("registering", 0, 1)
-        scoring = IdentifyConfig(rerank=self.models.record(model).scoring.rerank)
-        with self.db.session() as session, session.begin():
-            record = GalleryRecord(preprocess=preprocess, scoring=scoring, **fitted)
-            version = self.models.register(session, [str(checkpoint)], record).version
+        (self.dir / "cache").mkdir(exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix="retrain-", dir=self.dir / "cache") as work:  # two runs never share it
+            checkpoint = trainer(
+                Catalog(train[["path", "individual_id", "species"]].rename(columns={"path": "image"}), Path("/")),
+                Path(work),
+                None if preprocess is None else preprocess.to_dict(),
+                progress,
+            )
+            training = time.time() - started
+            size, recipe = recorded_preparation(checkpoint)[0], recorded_recipe(checkpoint)
+            scored, fitted = self._judged(model, held, checkpoint, size, recipe["model"]["backbone"], say)
+            say("registering", 0, 1)
+            scoring = IdentifyConfig(rerank=self.models.record(model).scoring.rerank)
+            with self.db.session() as session, session.begin():  # the checkpoint's files copied into models/v<N>/
+                record = GalleryRecord(preprocess=preprocess, scoring=scoring, **fitted)
+                version = self.models.register(session, [str(checkpoint)], record).version
         report = {
             "version": version,
             "from_version": model.version,
@@ -116,7 +116,6 @@ class Retrain:
         }
         with atomic_path(self.models.report_path(version)) as tmp:
             tmp.write_text(json.dumps(report, indent=1), encoding="utf-8")
-        shutil.rmtree(work, ignore_errors=True)
         say("registering", 1, 1)
         return report
 

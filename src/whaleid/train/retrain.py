@@ -15,11 +15,14 @@ from whaleid.train.config import TrainConfig
 from whaleid.train.loop import train
 
 
-def recipe_trainer(recipe: dict, epochs: int | None = None) -> Callable[..., Path]:
+def recipe_trainer(recipe: dict, epochs: int | None = None, in_thread: bool = False) -> Callable[..., Path]:
     """A trainer of ``recipe`` (training settings, as a checkpoint records them or a recipe's ``train`` section);
-    ``epochs`` overrides its length. Settings are checked here, before any photo is read."""
+    ``epochs`` overrides its length. Settings are checked here, before any photo is read. ``in_thread``: it runs
+    beside other threads (a server's job), where photos load in the training thread: a loader worker forked from
+    a process whose other threads hold locks can hang for ever (it did, once in a test run of the web job)."""
     config = from_dict(TrainConfig, recipe, "train")
     config = config if epochs is None else replace(config, epochs=epochs)
+    config = replace(config, num_workers=0) if in_thread else config
 
     def run(catalog: Catalog, out_dir: Path, preprocess: dict | None, progress: Callable | None) -> Path:
         def epoch_done(done: int, total: int) -> None:

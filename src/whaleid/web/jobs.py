@@ -242,7 +242,7 @@ class Jobs:
         return {"embedded": self.store.gallery.reindex(version=payload["version"], progress=self._progress(job_id))}
 
     def _retrain(self, job_id: int, payload: dict) -> dict:
-        trainer = recipe_trainer(self.store.retrain.recipe())
+        trainer = recipe_trainer(self.store.retrain.recipe(), in_thread=True)
         return self.store.retrain.run(trainer, payload["holdout"], payload["seed"], progress=self._progress(job_id))
 
     def _progress(self, job_id: int):
